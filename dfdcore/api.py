@@ -1,0 +1,87 @@
+"""The public entry points: build a ready-to-run generator from weights + dictionary, or a labelled random one."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .arch.checkpoint import (CheckpointError, check_state_dict, fill_derived_keys, infer_ngf, read_state_dict,
+                              to_official_keys)
+from .arch.blocks import fixed_blur_buffers
+from .arch.generator import DFDNet
+from .config import GeneratorConfig
+from .dictionary import ComponentDictionary
+
+
+def _as_dictionary(dictionary: ComponentDictionary | str | os.PathLike) -> ComponentDictionary:
+    return dictionary if isinstance(dictionary, ComponentDictionary) else ComponentDictionary.load(dictionary)
+
+
+def load_generator(checkpoint: str | os.PathLike, dictionary: ComponentDictionary | str | os.PathLike, *,
+                   device: str | torch.device = "cpu", dict_dtype: torch.dtype | None = None,
+                   fidelity: float = 1.0) -> DFDNet:
+    """Load a DFDNet generator in eval mode with its dictionary on ``device``.
+
+    Args:
+        checkpoint: official ``latest_net_G.pth``, a BasicSR-converted ``.pth`` or a dfd ``.safetensors``.
+        dictionary: official ``DictionaryCenter512/`` folder, dfd ``dictionary.safetensors``, BasicSR dictionary
+            ``.pth``, or a ComponentDictionary.
+        dict_dtype: storage dtype of the dictionary on the device (float32 default; float16/bfloat16 halve it).
+        fidelity: weight of the dictionary contribution in [0, 1] (1 = official).
+
+    Raises:
+        CheckpointError: missing/unreadable file or missing, unexpected or mis-shaped keys (all listed).
+        DictionaryError: missing dictionary files or wrong shapes (the file is named).
+    """
+    dictionary = _as_dictionary(dictionary)
+    state, _ = read_state_dict(checkpoint)
+    state = to_official_keys(state)
+    config = GeneratorConfig(face_size=dictionary.config.face_size, ngf=infer_ngf(state, str(checkpoint)))
+    if dictionary.config != config:
+        raise CheckpointError(f"{checkpoint}: weights are for ngf {config.ngf}, the dictionary for "
+                              f"ngf {dictionary.config.ngf} (channels {dictionary.config.tap_channels})")
+    # Built without initialising: every tensor must then come from the checkpoint.
+    with torch.device("meta"):
+        model = DFDNet(config, fidelity=fidelity)
+    model.to_empty(device="cpu")
+    expected = _expected_state(config)
+    state = fill_derived_keys(state, expected)
+    check_state_dict(state, expected, str(checkpoint))
+    model.load_state_dict({k: state[k] for k in expected}, strict=True)
+    del state
+    model.to(device).eval().requires_grad_(False)
+    model.attach_dictionary(dictionary, dtype=dict_dtype)
+    model.provenance = {"random_weights": False, "checkpoint": str(Path(checkpoint).resolve()),
+                        "dictionary": dictionary.metadata}
+    return model
+
+
+def _expected_state(config: GeneratorConfig) -> dict[str, torch.Tensor]:
+    """The state_dict layout of a generator for ``config``; Blur buffers carry their fixed values."""
+    with torch.device("meta"):
+        layout = DFDNet(config).state_dict()
+    for key, value in layout.items():
+        prefix, dot, leaf = key.rpartition(".")
+        if prefix.endswith(".conv1.0"):
+            layout[key] = fixed_blur_buffers(value.shape[0])[leaf]
+    return layout
+
+
+def random_generator(dictionary: ComponentDictionary | str | os.PathLike | None = None, *, k: int = 512,
+                     seed: int = 0, face_size: int = 512, ngf: int = 64, device: str | torch.device = "cpu",
+                     dict_dtype: torch.dtype | None = None, fidelity: float = 1.0) -> DFDNet:
+    """A generator with random weights (seeded) — for tests and demos only; ``provenance`` says so.
+
+    Without ``dictionary`` a random one with ``k`` entries is generated (lazily, seeded).
+    """
+    config = GeneratorConfig(face_size=face_size, ngf=ngf)
+    dictionary = ComponentDictionary.random(config, k=k, seed=seed) if dictionary is None else \
+        _as_dictionary(dictionary)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DFDNet(dictionary.config, fidelity=fidelity)
+    model.to(device).eval().requires_grad_(False)
+    model.attach_dictionary(dictionary, dtype=dict_dtype)
+    model.provenance = {"random_weights": True, "seed": seed, "dictionary": dictionary.metadata}
+    return model

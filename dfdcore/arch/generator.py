@@ -1,0 +1,111 @@
+"""DFDNet generator, state_dict-compatible with the official ``UNetDictFace`` (see reference §1)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import OFFICIAL, PART_PREFIXES, PARTS, GeneratorConfig
+from ..dictionary import ComponentDictionary
+from .blocks import MSDilateBlock, StyledUpBlock, attention_block, output_head
+from .spectral_norm import SNConv2d
+from .transfer import DictionaryBank, transfer_scale
+from .vgg import VGGFeatures
+
+
+class DFDNet(nn.Module):
+    """VGG19 taps → dictionary feature transfer per scale → MSDilate on raw conv5_4 → 4 styled up-blocks → head.
+
+    ``forward(faces, part_boxes)``: faces (B, 3, S, S) in [-1, 1] with S = ``config.face_size``; part_boxes (B, 4, 4)
+    integer ``[x1, y1, x2, y2]`` per part (left eye, right eye, nose, mouth) in face pixels → (B, 3, S, S) in [-1, 1].
+
+    The official checkpoint's unused VGG classifier and ``to_rgb0..3`` are not built (see ``IGNORED_KEY_PREFIXES``).
+    ``fidelity`` scales the dictionary contribution: 1 = official, 0 = no dictionary (matching is skipped).
+    """
+
+    def __init__(self, config: GeneratorConfig = OFFICIAL, fidelity: float = 1.0) -> None:
+        super().__init__()
+        self.config = config
+        self.fidelity = fidelity
+        self.bank: DictionaryBank | None = None
+        self.provenance: dict[str, object] = {}
+        w = config.ngf
+        for part in PARTS:
+            for scale, channels in zip(config.scales, config.tap_channels):
+                setattr(self, f"{PART_PREFIXES[part]}_{scale}", attention_block(channels))
+        self.VggExtract = VGGFeatures(w)
+        self.MSDilate = MSDilateBlock(8 * w)
+        self.up0 = StyledUpBlock(8 * w, 8 * w)
+        self.up1 = StyledUpBlock(8 * w, 4 * w)
+        self.up2 = StyledUpBlock(4 * w, 2 * w)
+        self.up3 = StyledUpBlock(2 * w, w)
+        self.up4 = output_head(w)
+
+    # ------------------------------------------------------------------------------------------- dictionary
+    def attach_dictionary(self, dictionary: ComponentDictionary, dtype: torch.dtype | None = None) -> DFDNet:
+        """Place the dictionary on this module's device once, instance-normalised, in ``dtype`` (default float32)."""
+        if dictionary.config != self.config:
+            raise ValueError(f"dictionary is for face size {dictionary.config.face_size} / ngf {dictionary.config.ngf}"
+                             f", the generator for {self.config.face_size} / {self.config.ngf}")
+        self.bank = None  # release the old one before building the new one
+        self.bank = DictionaryBank(dictionary, device=self.VggExtract.RGB_mean.device, dtype=dtype)
+        return self
+
+    @property
+    def fidelity(self) -> float:
+        return self._fidelity
+
+    @fidelity.setter
+    def fidelity(self, value: float) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"fidelity must be in [0, 1], got {value}")
+        self._fidelity = float(value)
+
+    def set_spectral_norm_power_iteration(self, enabled: bool) -> DFDNet:
+        """True reproduces the official test script (one power iteration per forward, u and v updated)."""
+        for module in self.modules():
+            if isinstance(module, SNConv2d):
+                module.power_iteration = enabled
+        return self
+
+    def attention_blocks(self, scale: int) -> dict[str, nn.Module]:
+        return {part: getattr(self, f"{PART_PREFIXES[part]}_{scale}") for part in PARTS}
+
+    # ------------------------------------------------------------------------------------------- forward
+    def check_inputs(self, faces: torch.Tensor, part_boxes: torch.Tensor) -> None:
+        size = self.config.face_size
+        if faces.ndim != 4 or faces.shape[1] != 3 or faces.shape[2:] != (size, size):
+            raise ValueError(f"faces must be (B, 3, {size}, {size}), got {tuple(faces.shape)}")
+        if not faces.is_floating_point():
+            raise ValueError(f"faces must be a float tensor in [-1, 1], got {faces.dtype}")
+        if part_boxes.shape != (faces.shape[0], 4, 4):
+            raise ValueError(f"part_boxes must be ({faces.shape[0]}, 4, 4) for {faces.shape[0]} faces, "
+                             f"got {tuple(part_boxes.shape)}")
+        if part_boxes.is_floating_point():
+            raise ValueError(f"part_boxes must be an integer tensor, got {part_boxes.dtype}")
+
+    def decode(self, conv5_4: torch.Tensor, styles: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder on the raw conv5_4 with the dictionary-updated taps as styles (finest first)."""
+        h = self.MSDilate(conv5_4)
+        h = self.up0(h, styles[3])
+        h = self.up1(h, styles[2])
+        h = self.up2(h, styles[1])
+        h = self.up3(h, styles[0])
+        return self.up4(h)
+
+    def restore(self, faces: torch.Tensor, part_boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``forward``, also returning the chosen dictionary entries (B, 4 scales, 4 parts), −1 where none."""
+        self.check_inputs(faces, part_boxes)
+        taps = self.VggExtract(faces)
+        chosen = torch.full((faces.shape[0], len(taps), len(PARTS)), -1, dtype=torch.int64)
+        if self.bank is None or self.fidelity == 0.0:
+            return self.decode(taps[3], taps), chosen
+        styles = []
+        for i, (tap, scale) in enumerate(zip(taps, self.config.scales)):
+            stride = faces.shape[-1] // tap.shape[-1]
+            updated, chosen[:, i] = transfer_scale(tap, part_boxes, stride, scale, self.bank,
+                                                   self.attention_blocks(scale), self.fidelity)
+            styles.append(updated)
+        return self.decode(taps[3], styles), chosen
+
+    def forward(self, faces: torch.Tensor, part_boxes: torch.Tensor) -> torch.Tensor:
+        return self.restore(faces, part_boxes)[0]

@@ -1,0 +1,53 @@
+"""Spectral-normalised convolution with the state_dict layout of PyTorch's hook-based ``spectral_norm``."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SNConv2d(nn.Module):
+    """Conv2d whose weight is divided by its largest singular value σ ≈ uᵀ W v.
+
+    State: ``bias`` (out,), ``weight_orig`` (out, in, kh, kw), buffers ``weight_u`` (out,), ``weight_v`` (in·kh·kw,)
+    — the keys of ``torch.nn.utils.spectral_norm`` (one power iteration, eps 1e-12).
+
+    ``power_iteration`` decides what a forward does: False (default) uses the stored u, v as they are
+    (deterministic, order-independent); True runs one power iteration first and writes u, v back, which is what
+    the official test script does because it never leaves train mode.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
+                 dilation: int = 1, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.padding, self.dilation, self.eps = padding, dilation, eps
+        self.power_iteration = False
+        fan_in = in_channels * kernel_size * kernel_size
+        # PyTorch's Conv2d default initialisation, so a random network behaves like the official one at init.
+        self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)))
+        weight = torch.empty(out_channels, in_channels, kernel_size, kernel_size)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        self.weight_orig = nn.Parameter(weight)
+        self.register_buffer("weight_u", F.normalize(torch.randn(out_channels), dim=0, eps=eps))
+        self.register_buffer("weight_v", F.normalize(torch.randn(fan_in), dim=0, eps=eps))
+
+    def normalized_weight(self) -> torch.Tensor:
+        matrix = self.weight_orig.flatten(1)
+        u, v = self.weight_u, self.weight_v
+        if self.power_iteration:
+            with torch.no_grad():
+                v = F.normalize(matrix.t() @ u, dim=0, eps=self.eps)
+                u = F.normalize(matrix @ v, dim=0, eps=self.eps)
+                self.weight_u.copy_(u)
+                self.weight_v.copy_(v)
+        sigma = torch.dot(u, matrix @ v)
+        return self.weight_orig / sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.normalized_weight(), self.bias, padding=self.padding, dilation=self.dilation)
+
+    def extra_repr(self) -> str:
+        out_c, in_c, kh, _ = self.weight_orig.shape
+        return f"{in_c}, {out_c}, kernel_size={kh}, padding={self.padding}, dilation={self.dilation}"

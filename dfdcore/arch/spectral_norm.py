@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+_INIT_ITERATIONS = 20
+
 
 class SNConv2d(nn.Module):
     """Conv2d whose weight is divided by its largest singular value σ ≈ uᵀ W v.
@@ -32,16 +34,26 @@ class SNConv2d(nn.Module):
         self.weight_orig = nn.Parameter(weight)
         self.register_buffer("weight_u", F.normalize(torch.randn(out_channels), dim=0, eps=eps))
         self.register_buffer("weight_v", F.normalize(torch.randn(fan_in), dim=0, eps=eps))
+        self.converge(_INIT_ITERATIONS)
+
+    @torch.no_grad()
+    def converge(self, iterations: int) -> None:
+        """Power-iterate u, v on the current weight so that σ = uᵀWv is the spectral norm, not a random guess.
+
+        Fresh random u, v give a σ that can be near zero; a checkpoint brings its own converged u, v."""
+        matrix = self.weight_orig.flatten(1)
+        u, v = self.weight_u, self.weight_v
+        for _ in range(iterations):
+            v = F.normalize(matrix.t() @ u, dim=0, eps=self.eps)
+            u = F.normalize(matrix @ v, dim=0, eps=self.eps)
+        self.weight_u.copy_(u)
+        self.weight_v.copy_(v)
 
     def normalized_weight(self) -> torch.Tensor:
         matrix = self.weight_orig.flatten(1)
         u, v = self.weight_u, self.weight_v
         if self.power_iteration:
-            with torch.no_grad():
-                v = F.normalize(matrix.t() @ u, dim=0, eps=self.eps)
-                u = F.normalize(matrix @ v, dim=0, eps=self.eps)
-                self.weight_u.copy_(u)
-                self.weight_v.copy_(v)
+            self.converge(1)
         sigma = torch.dot(u, matrix @ v)
         return self.weight_orig / sigma
 

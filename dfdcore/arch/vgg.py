@@ -29,7 +29,11 @@ def _vgg19_layers(width: int) -> list[nn.Module]:
             layers.append(nn.MaxPool2d(2, 2))
             continue
         out_c = item * width
-        layers += [nn.Conv2d(in_c, out_c, 3, padding=1), nn.ReLU(inplace=True)]
+        conv = nn.Conv2d(in_c, out_c, 3, padding=1)
+        # torchvision's VGG initialisation, so that random-weight features keep a realistic scale.
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+        layers += [conv, nn.ReLU(inplace=True)]
         in_c = out_c
     return layers[:35]  # drop the ReLU after conv5_4: the official tap is pre-ReLU
 

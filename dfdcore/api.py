@@ -44,8 +44,8 @@ def load_generator(checkpoint: str | os.PathLike, dictionary: ComponentDictionar
     # Built without initialising: every tensor must then come from the checkpoint.
     with torch.device("meta"):
         model = DFDNet(config, fidelity=fidelity)
+    expected = _expected_state(model)
     model.to_empty(device="cpu")
-    expected = _expected_state(config)
     state = fill_derived_keys(state, expected)
     check_state_dict(state, expected, str(checkpoint))
     model.load_state_dict({k: state[k] for k in expected}, strict=True)
@@ -57,10 +57,9 @@ def load_generator(checkpoint: str | os.PathLike, dictionary: ComponentDictionar
     return model
 
 
-def _expected_state(config: GeneratorConfig) -> dict[str, torch.Tensor]:
-    """The state_dict layout of a generator for ``config``; Blur buffers carry their fixed values."""
-    with torch.device("meta"):
-        layout = DFDNet(config).state_dict()
+def _expected_state(model: DFDNet) -> dict[str, torch.Tensor]:
+    """The state_dict layout of ``model`` (shapes; may be on "meta"); Blur buffers carry their fixed values."""
+    layout = dict(model.state_dict())
     for key, value in layout.items():
         prefix, dot, leaf = key.rpartition(".")
         if prefix.endswith(".conv1.0"):

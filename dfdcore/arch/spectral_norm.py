@@ -41,6 +41,8 @@ class SNConv2d(nn.Module):
         """Power-iterate u, v on the current weight so that σ = uᵀWv is the spectral norm, not a random guess.
 
         Fresh random u, v give a σ that can be near zero; a checkpoint brings its own converged u, v."""
+        if self.weight_orig.is_meta:  # a layout-only module (loading builds on "meta"): nothing to converge
+            return
         matrix = self.weight_orig.flatten(1)
         u, v = self.weight_u, self.weight_v
         for _ in range(iterations):

@@ -1,0 +1,39 @@
+"""Shared fixtures: small DFDNet configurations (128-px faces, ngf 8) with explicitly random weights."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import dfdcore
+from dfdcore import GeneratorConfig
+
+# The team's shared/ folder lies beside the project checkout (in CI too); DFD_SHARED overrides.
+SHARED = Path(os.environ.get("DFD_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+REFERENCE_TSV = SHARED / "reference" / "dfdnet_official_state_dict.tsv"
+SMALL = GeneratorConfig(face_size=128, ngf=8)
+
+
+@pytest.fixture(scope="session")
+def small_config() -> GeneratorConfig:
+    return SMALL
+
+
+@pytest.fixture(scope="session")
+def small_dictionary() -> dfdcore.ComponentDictionary:
+    return dfdcore.ComponentDictionary.random(SMALL, k=16, seed=3)
+
+
+@pytest.fixture()
+def small_generator(small_dictionary) -> dfdcore.DFDNet:
+    return dfdcore.random_generator(small_dictionary, seed=7)
+
+
+def random_faces(batch: int, size: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random faces in [-1, 1] and plausible part boxes from jittered landmark clouds."""
+    gen = torch.Generator().manual_seed(seed)
+    faces = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
+    landmarks = torch.rand(batch, 68, 2, generator=gen) * (size * 0.5) + size * 0.25
+    return faces, dfdcore.part_boxes(landmarks, face_size=size)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -61,9 +62,9 @@ def _expected_state(model: DFDNet) -> dict[str, torch.Tensor]:
     """The state_dict layout of ``model`` (shapes; may be on "meta"); Blur buffers carry their fixed values."""
     layout = dict(model.state_dict())
     for key, value in layout.items():
-        prefix, dot, leaf = key.rpartition(".")
-        if prefix.endswith(".conv1.0"):
-            layout[key] = fixed_blur_buffers(value.shape[0])[leaf]
+        blur = re.match(r"up\d\.conv1\.0\.(weight|weight_flip)$", key)
+        if blur:
+            layout[key] = fixed_blur_buffers(value.shape[0])[blur[1]]
     return layout
 
 

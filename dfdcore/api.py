@@ -19,6 +19,30 @@ def _as_dictionary(dictionary: ComponentDictionary | str | os.PathLike) -> Compo
     return dictionary if isinstance(dictionary, ComponentDictionary) else ComponentDictionary.load(dictionary)
 
 
+def load_weights(checkpoint: str | os.PathLike, face_size: int = 512, *, device: str | torch.device = "cpu",
+                 fidelity: float = 1.0) -> DFDNet:
+    """Load generator weights strictly (no dictionary attached) in eval mode; ngf is read from the weights.
+
+    Raises:
+        CheckpointError: missing/unreadable file or missing, unexpected or mis-shaped keys (all listed).
+    """
+    state, _ = read_state_dict(checkpoint)
+    state = to_official_keys(state)
+    config = GeneratorConfig(face_size=face_size, ngf=infer_ngf(state, str(checkpoint)))
+    # Built without initialising: every tensor must then come from the checkpoint.
+    with torch.device("meta"):
+        model = DFDNet(config, fidelity=fidelity)
+    expected = _expected_state(model)
+    model.to_empty(device="cpu")
+    state = fill_derived_keys(state, expected)
+    check_state_dict(state, expected, str(checkpoint))
+    model.load_state_dict({k: state[k] for k in expected}, strict=True)
+    del state
+    model.to(device).eval().requires_grad_(False)
+    model.provenance = {"random_weights": False, "checkpoint": str(Path(checkpoint).resolve())}
+    return model
+
+
 def load_generator(checkpoint: str | os.PathLike, dictionary: ComponentDictionary | str | os.PathLike, *,
                    device: str | torch.device = "cpu", dict_dtype: torch.dtype | None = None,
                    fidelity: float = 1.0) -> DFDNet:
@@ -32,29 +56,17 @@ def load_generator(checkpoint: str | os.PathLike, dictionary: ComponentDictionar
         fidelity: weight of the dictionary contribution in [0, 1] (1 = official).
 
     Raises:
-        CheckpointError: missing/unreadable file or missing, unexpected or mis-shaped keys (all listed).
+        CheckpointError: missing/unreadable file or missing, unexpected or mis-shaped keys (all listed), or
+            weights whose width does not match the dictionary.
         DictionaryError: missing dictionary files or wrong shapes (the file is named).
     """
     dictionary = _as_dictionary(dictionary)
-    state, _ = read_state_dict(checkpoint)
-    state = to_official_keys(state)
-    config = GeneratorConfig(face_size=dictionary.config.face_size, ngf=infer_ngf(state, str(checkpoint)))
-    if dictionary.config != config:
-        raise CheckpointError(f"{checkpoint}: weights are for ngf {config.ngf}, the dictionary for "
+    model = load_weights(checkpoint, dictionary.config.face_size, device=device, fidelity=fidelity)
+    if dictionary.config != model.config:
+        raise CheckpointError(f"{checkpoint}: weights are for ngf {model.config.ngf}, the dictionary for "
                               f"ngf {dictionary.config.ngf} (channels {dictionary.config.tap_channels})")
-    # Built without initialising: every tensor must then come from the checkpoint.
-    with torch.device("meta"):
-        model = DFDNet(config, fidelity=fidelity)
-    expected = _expected_state(model)
-    model.to_empty(device="cpu")
-    state = fill_derived_keys(state, expected)
-    check_state_dict(state, expected, str(checkpoint))
-    model.load_state_dict({k: state[k] for k in expected}, strict=True)
-    del state
-    model.to(device).eval().requires_grad_(False)
     model.attach_dictionary(dictionary, dtype=dict_dtype)
-    model.provenance = {"random_weights": False, "checkpoint": str(Path(checkpoint).resolve()),
-                        "dictionary": dictionary.metadata}
+    model.provenance["dictionary"] = dictionary.metadata
     return model
 
 

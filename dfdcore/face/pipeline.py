@@ -1,0 +1,55 @@
+"""Photograph → aligned faces with their landmarks and component boxes (no restoration, no paste-back)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..components import part_boxes
+from .align import align_face
+from .detect import DetectedFace, detect_faces, landmarks
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """One face of a photograph on the template: ``image`` (S, S, 3) uint8, ``matrix`` (2, 3) photo → face,
+    ``landmarks68`` (68, 2) on the face, ``boxes`` (4, 4) component boxes, and the detection it came from."""
+
+    image: np.ndarray
+    matrix: np.ndarray
+    landmarks68: np.ndarray
+    boxes: np.ndarray
+    detection: DetectedFace
+
+
+def _map_box(matrix: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = box
+    corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]], dtype=np.float64) @ matrix.T
+    lo, hi = corners.min(0), corners.max(0)
+    return int(lo[0]), int(lo[1]), int(np.ceil(hi[0])), int(np.ceil(hi[1]))
+
+
+def align_faces(rgb: np.ndarray, face_size: int = 512, upsample: int = 1, min_score: float = 0.2,
+                max_faces: int | None = None) -> list[AlignedFace]:
+    """Detect faces (largest first), align each by its 5 landmarks, then find its 68 landmarks on the aligned
+    face inside the detection box carried through the alignment (no second detection)."""
+    faces = []
+    for detection in detect_faces(rgb, upsample=upsample, min_score=min_score)[:max_faces]:
+        crop, matrix = align_face(rgb, landmarks(rgb, detection.box, points=5), face_size)
+        lm68 = landmarks(crop, _map_box(matrix, detection.box), points=68)
+        boxes = part_boxes(torch.from_numpy(lm68)[None], face_size=face_size)[0].numpy()
+        faces.append(AlignedFace(crop, matrix, lm68, boxes, detection))
+    return faces
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """(S, S, 3) uint8 images → (B, 3, S, S) float in [-1, 1]."""
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    return batch / 127.5 - 1
+
+
+def to_images(batch: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, S, S) in [-1, 1] → uint8 images, rounded to nearest (the official code truncates)."""
+    pixels = ((batch.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return list(pixels.permute(0, 2, 3, 1).cpu().numpy())

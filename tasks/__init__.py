@@ -1,0 +1,1 @@
+"""Units of distributed work (Ray tasks/actors, Prefect tasks) around dfdcore."""

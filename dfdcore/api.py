@@ -13,6 +13,7 @@ from .arch.blocks import fixed_blur_buffers
 from .arch.generator import DFDNet
 from .config import GeneratorConfig
 from .dictionary import ComponentDictionary
+from .runtime import release_free_memory
 
 
 def _as_dictionary(dictionary: ComponentDictionary | str | os.PathLike) -> ComponentDictionary:
@@ -29,15 +30,15 @@ def load_weights(checkpoint: str | os.PathLike, face_size: int = 512, *, device:
     state, _ = read_state_dict(checkpoint)
     state = to_official_keys(state)
     config = GeneratorConfig(face_size=face_size, ngf=infer_ngf(state, str(checkpoint)))
-    # Built without initialising: every tensor must then come from the checkpoint.
-    with torch.device("meta"):
-        model = DFDNet(config, fidelity=fidelity)
+    # Strict loading below overwrites every tensor of this freshly initialised model. (Building it on the "meta"
+    # device would skip the initialisation but pulls in torch._dynamo: ~150 MiB resident for the process's life.)
+    model = DFDNet(config, fidelity=fidelity)
     expected = _expected_state(model)
-    model.to_empty(device="cpu")
     state = fill_derived_keys(state, expected)
     check_state_dict(state, expected, str(checkpoint))
     model.load_state_dict({k: state[k] for k in expected}, strict=True)
     del state
+    release_free_memory()
     model.to(device).eval().requires_grad_(False)
     model.provenance = {"random_weights": False, "checkpoint": str(Path(checkpoint).resolve())}
     return model

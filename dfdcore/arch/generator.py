@@ -84,12 +84,12 @@ class DFDNet(nn.Module):
             raise ValueError(f"part_boxes must be an integer tensor, got {part_boxes.dtype}")
 
     def decode(self, conv5_4: torch.Tensor, styles: list[torch.Tensor]) -> torch.Tensor:
-        """Decoder on the raw conv5_4 with the dictionary-updated taps as styles (finest first)."""
+        """Decoder on the raw conv5_4 with the dictionary-updated taps as styles (finest first).
+
+        ``styles`` is consumed (emptied) so that each map is freed once used."""
         h = self.MSDilate(conv5_4)
-        h = self.up0(h, styles[3])
-        h = self.up1(h, styles[2])
-        h = self.up2(h, styles[1])
-        h = self.up3(h, styles[0])
+        for block in (self.up0, self.up1, self.up2, self.up3):
+            h = block(h, styles.pop())
         return self.up4(h)
 
     def restore(self, faces: torch.Tensor, part_boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,13 +99,15 @@ class DFDNet(nn.Module):
         chosen = torch.full((faces.shape[0], len(taps), len(PARTS)), -1, dtype=torch.int64)
         if self.bank is None or self.fidelity == 0.0:
             return self.decode(taps[3], taps), chosen
+        conv5_4 = taps[3]
         styles = []
-        for i, (tap, scale) in enumerate(zip(taps, self.config.scales)):
+        for i, scale in enumerate(self.config.scales):
+            tap, taps[i] = taps[i], None  # hold each raw tap only while its scale is transferred
             stride = faces.shape[-1] // tap.shape[-1]
             updated, chosen[:, i] = transfer_scale(tap, part_boxes, stride, scale, self.bank,
                                                    self.attention_blocks(scale), self.fidelity)
             styles.append(updated)
-        return self.decode(taps[3], styles), chosen
+        return self.decode(conv5_4, styles), chosen
 
     def forward(self, faces: torch.Tensor, part_boxes: torch.Tensor) -> torch.Tensor:
         return self.restore(faces, part_boxes)[0]

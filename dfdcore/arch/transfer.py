@@ -15,6 +15,7 @@ from torch import nn
 from ..components import scale_boxes
 from ..config import PARTS, GeneratorConfig
 from ..dictionary import ComponentDictionary
+from ..runtime import release_free_memory
 
 ADAIN_EPS = 1e-5
 _RERANK = 8  # candidates re-scored in float32 when the dictionary is stored in 16-bit
@@ -59,6 +60,7 @@ class DictionaryBank(nn.Module):
             for start, rows in dictionary.iter_rows(scale, part):
                 buffer[start:start + len(rows)] = normalised_entries(rows.to(device)).to(self.dtype)
             self.register_buffer(self.buffer_name(scale, part), buffer, persistent=False)
+        release_free_memory()
 
     @staticmethod
     def buffer_name(scale: int, part: str) -> str:

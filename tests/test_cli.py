@@ -1,0 +1,53 @@
+"""The dfd command line, run in-process with click's runner on small random networks."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+from PIL import Image
+
+from dfd.cli import main
+
+SMALL = ["--face-size", "128", "--ngf", "8", "--k", "8"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    assert "sample" in result.output and "dictionary" in result.output
+    assert "--random-weights" in run("sample", "--help").output
+
+
+def test_sample_without_weights_explains_what_to_do(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "latest_net_G.pth" in result.output and "--random-weights" in result.output
+
+
+def test_sample_with_missing_weights_is_an_error(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "--weights", str(tmp_path / "nope.pth"), "--dictionary",
+                                       str(tmp_path / "nope"), "-o", str(tmp_path)])
+    assert result.exit_code == 1 and "no such dictionary" in result.output
+
+
+def test_sample_random_weights_restores_and_labels_bundled_photos(tmp_path):
+    result = run("sample", "--random-weights", *SMALL, "-o", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    compares = sorted((tmp_path / "compare").glob("*.png"))
+    assert [p.stem for p in compares] == ["astronaut_00", "grace_hopper_00", "obama_00"]
+    assert "3 restored" in result.output and "random weights" in result.output
+    with Image.open(compares[0]) as image:
+        assert image.size == (256, 128 + 28)
+        assert image.text["dfd:model"].startswith("RANDOM WEIGHTS")
+    restored = Image.open(tmp_path / "restored" / "obama_00.png")
+    assert restored.size == (128, 128)
+
+
+def test_dictionary_commands_round_trip(tmp_path):
+    single = tmp_path / "d.safetensors"
+    assert run("dictionary", "random", str(single), "--k", "4", "--face-size", "128", "--ngf", "8").exit_code == 0
+    assert run("dictionary", "convert", str(single), str(tmp_path / "folder")).exit_code == 0
+    info = run("dictionary", "info", str(tmp_path / "folder"))
+    assert "K=4" in info.output and "mouth 16x13x13" in info.output

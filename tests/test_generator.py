@@ -138,3 +138,23 @@ def test_random_weights_are_labelled(small_generator):
 def test_dictionary_is_not_in_state_dict(small_generator):
     assert not any("entries_" in key for key in small_generator.state_dict())
     assert small_generator.bank.entries(64, "left_eye").shape == (16, 16 * 10 * 10)
+
+
+def test_row_bands_give_the_same_result(small_generator):
+    faces, boxes = random_faces(2, seed=31)
+    with torch.no_grad():
+        small_generator.row_bands = 1
+        whole, whole_taps = small_generator(faces, boxes), small_generator.VggExtract(faces)
+        small_generator.row_bands = 4
+        banded, banded_taps = small_generator(faces, boxes), small_generator.VggExtract(faces, bands=4)
+    assert torch.equal(whole, banded)
+    assert all(torch.equal(a, b) for a, b in zip(whole_taps, banded_taps))
+
+
+def test_rowwise_needs_its_halo():
+    from dfdcore.arch.tiling import rowwise
+
+    x = torch.randn(1, 2, 64, 16)
+    blur = torch.nn.Conv2d(2, 2, 5, padding=2).requires_grad_(False)
+    assert torch.allclose(rowwise(blur, x, bands=4, halo=2), blur(x), atol=1e-6)
+    assert not torch.allclose(rowwise(blur, x, bands=4, halo=1), blur(x), atol=1e-6)  # too small a halo shows

@@ -70,9 +70,13 @@ class StyledUpBlock(nn.Module):
         self.ShiftModel1 = nn.Sequential(SNConv2d(in_channels, out_channels), lrelu(),
                                          SNConv2d(out_channels, out_channels), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def modulate(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """t · scale(s) + shift(s), before the ×2 upsampling (``convup``)."""
         t = self.lrelu1(self.conv1(x))
-        return self.convup(torch.addcmul(self.ShiftModel1(style), t, self.ScaleModel1(style)))
+        return torch.addcmul(self.ShiftModel1(style), t, self.ScaleModel1(style))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return self.convup(self.modulate(x, style))
 
 
 class UpResBlock(nn.Module):

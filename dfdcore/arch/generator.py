@@ -8,6 +8,7 @@ from ..config import OFFICIAL, PART_PREFIXES, PARTS, GeneratorConfig
 from ..dictionary import ComponentDictionary
 from .blocks import MSDilateBlock, StyledUpBlock, attention_block, output_head
 from .spectral_norm import SNConv2d
+from .tiling import rowwise
 from .transfer import DictionaryBank, transfer_scale
 from .vgg import VGGFeatures
 
@@ -28,6 +29,8 @@ class DFDNet(nn.Module):
         self.fidelity = fidelity
         self.bank: DictionaryBank | None = None
         self.provenance: dict[str, object] = {}
+        # Full-resolution stages are evaluated in this many row bands when gradients are off (1 = whole maps).
+        self.row_bands = 4
         w = config.ngf
         for part in PARTS:
             for scale, channels in zip(config.scales, config.tap_channels):
@@ -88,14 +91,20 @@ class DFDNet(nn.Module):
 
         ``styles`` is consumed (emptied) so that each map is freed once used."""
         h = self.MSDilate(conv5_4)
-        for block in (self.up0, self.up1, self.up2, self.up3):
+        for block in (self.up0, self.up1, self.up2):
             h = block(h, styles.pop())
-        return self.up4(h)
+        h = self.up3.modulate(h, styles.pop())
+        # The last upsampling and the head run at full resolution: in bands at inference (same result).
+        # Halo: 8 rows before the ×2 upsampling cover its bilinear edge and the 7 3×3 convs after it.
+        return rowwise(lambda band: self.up4(self.up3.convup(band)), h, self._bands(), halo=8, up=2)
+
+    def _bands(self) -> int:
+        return 1 if torch.is_grad_enabled() else self.row_bands
 
     def restore(self, faces: torch.Tensor, part_boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As ``forward``, also returning the chosen dictionary entries (B, 4 scales, 4 parts), −1 where none."""
         self.check_inputs(faces, part_boxes)
-        taps = self.VggExtract(faces)
+        taps = self.VggExtract(faces, bands=self._bands())
         chosen = torch.full((faces.shape[0], len(taps), len(PARTS)), -1, dtype=torch.int64)
         if self.bank is None or self.fidelity == 0.0:
             return self.decode(taps[3], taps), chosen

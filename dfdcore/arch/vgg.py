@@ -6,6 +6,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .tiling import rowwise
+
 # VGG19 "E" layout up to conv5_4, in units of the first conv width (64 for ImageNet VGG19); "M" = max-pool.
 _VGG19_PLAN = (1, 1, "M", 2, 2, "M", 4, 4, 4, 4, "M", 8, 8, 8, 8, "M", 8, 8, 8, 8)
 # Index ranges of the four groups; each ends at one tap (ReLU 8, ReLU 17, ReLU 26, conv 34).
@@ -66,10 +68,11 @@ class VGGFeatures(nn.Module):
         self.RGB_std = nn.Parameter(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.model.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, bands: int = 1) -> list[torch.Tensor]:
+        """``bands`` > 1 evaluates the first (full-resolution) group in row bands: same taps, less memory.
+        Its halo of 8 input rows covers two 3×3 convs, the 2×2 pool and two more 3×3 convs."""
         h = ((x + 1) / 2 - self.RGB_mean) / self.RGB_std
-        taps = []
-        for group in self.features:
-            h = group(h)
-            taps.append(h)
+        taps = [rowwise(self.features[0], h, bands, halo=8, down=2)]
+        for group in self.features[1:]:
+            taps.append(group(taps[-1]))
         return taps

@@ -74,7 +74,6 @@ def main() -> None:
     Loads the official DFDNet release unchanged (or BasicSR's port, or dfd's own models), runs it on batches of
     faces, and manages component dictionaries. Run `dfd COMMAND --help` for each command.
     """
-    os.environ.setdefault("DFD_HOME", str(Path.cwd() / ".dfd"))
 
 
 @main.command()

@@ -16,8 +16,7 @@ FACES = SHARED / "data" / "faces"
 def test_similarity_matches_scikit_image():
     rng = np.random.default_rng(0)
     src, dst = rng.random((5, 2)) * 100, rng.random((5, 2)) * 500
-    reference = SimilarityTransform()
-    reference.estimate(src, dst)
+    reference = SimilarityTransform.from_estimate(src, dst)
     assert np.abs(estimate_similarity(src, dst) - reference.params[:2]).max() < 1e-9
 
 

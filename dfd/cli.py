@@ -26,9 +26,20 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
+
+
 def _build_generator(weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype, fidelity):
     import dfdcore
 
+    device = _resolve_device(device)
     if random_weights and weights:
         raise click.UsageError("--random-weights and --weights exclude each other")
     if random_weights:
@@ -55,7 +66,8 @@ def model_options(func):
         click.option("--seed", default=0, show_default=True, help="Seed of the random network."),
         click.option("--face-size", default=512, show_default=True, help="Face size of a random network."),
         click.option("--ngf", default=64, show_default=True, help="Channel width of a random network."),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps."),
+        click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, "
+                     "cuda, cuda:1, mps."),
         click.option("--dict-dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
                      help="Storage type of the dictionaries on the device (float16 halves their memory)."),
         click.option("--fidelity", type=click.FloatRange(0, 1), default=1.0, show_default=True,
@@ -124,7 +136,7 @@ def sample(images, output, batch_size, weights, dictionary, random_weights, k, s
     with tqdm(total=len(faces), desc="restore", unit="face") as bar, torch.inference_mode():
         for start in range(0, len(faces), batch_size):
             chunk = faces[start:start + batch_size]
-            batch = to_tensor([f.image for _, _, f in chunk]).to(device)
+            batch = to_tensor([f.image for _, _, f in chunk]).to(model.VggExtract.RGB_mean.device)
             boxes = torch.from_numpy(np.stack([f.boxes for _, _, f in chunk]))
             restored = to_images(model(batch, boxes))
             for (path, i, face), result in zip(chunk, restored):
@@ -139,7 +151,7 @@ def sample(images, output, batch_size, weights, dictionary, random_weights, k, s
 
     click.echo("")
     click.echo(f"  model        {label} (face {model.config.face_size}px, ngf {model.config.ngf}, "
-               f"K={model.bank.k}, fidelity {model.fidelity:g}, {device})")
+               f"K={model.bank.k}, fidelity {model.fidelity:g}, {model.VggExtract.RGB_mean.device})")
     click.echo(f"  images       {len(paths)} ({len(failures)} without a usable face)")
     click.echo(f"  faces        {len(faces)} restored in {restore_seconds:.1f} s "
                f"({restore_seconds / max(1, len(faces)):.1f} s/face; model load {load_seconds:.1f} s)")
@@ -149,6 +161,88 @@ def sample(images, output, batch_size, weights, dictionary, random_weights, k, s
     if model.provenance.get("random_weights"):
         click.echo("  note         random weights: this shows the pipeline, not a restoration. "
                    "Use --weights/--dictionary for real results.")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help="Output folder or URL (s3://bucket/prefix, file://...).")
+@click.option("--model", "model_name", type=click.Choice(["dfdnet", "identity"]), default="dfdnet", show_default=True,
+              help="identity returns each aligned face unchanged: checks detection, alignment and paste-back alone.")
+@click.option("--upscale", default=2, show_default=True, type=click.IntRange(1, 8),
+              help="Scale of the whole output image (the background is bicubic-upscaled).")
+@click.option("--only-largest", is_flag=True, help="Restore only the largest face of each image.")
+@click.option("--only-center", is_flag=True, help="Restore only the face closest to the image centre.")
+@click.option("--min-face", default=0, show_default=True, help="Ignore faces whose detection box is smaller (px).")
+@click.option("--upsample", default=1, show_default=True, type=click.IntRange(0, 3),
+              help="Detector upsampling steps (1 finds faces down to ~40 px; 0 is faster).")
+@click.option("--min-score", default=0.2, show_default=True, help="Detection score threshold (HOG).")
+@click.option("--batch-size", default=4, show_default=True, help="Faces per forward pass, across images.")
+@click.option("--workers", default=0, show_default=True,
+              help="Ray workers, each with its own model (0 = this process). RAY_ADDRESS selects a cluster.")
+@click.option("--ext", type=click.Choice(["auto", "png", "jpg"]), default="auto", show_default=True,
+              help="Output format; auto keeps JPEG for 8-bit opaque JPEG inputs and writes PNG otherwise.")
+@click.option("--suffix", default="", help="Appended to each output file name (before the extension).")
+@click.option("--save-faces", is_flag=True, help="Also write cropped_faces/ and restored_faces/.")
+@click.option("--cmp", is_flag=True, help="Also write cmp/: input | output side by side.")
+@click.option("--force", is_flag=True, help="Redo images already in the manifest with the same content and config.")
+@click.option("--allow-failures", is_flag=True, help="Exit 0 even when some images failed.")
+@click.option("--max-pixels", default=178_956_970, show_default=True,
+              help="Refuse larger images (decompression-bomb guard).")
+@model_options
+def restore(inputs, output, model_name, upscale, only_largest, only_center, min_face, upsample, min_score, batch_size,
+            workers, ext, suffix, save_faces, cmp, force, allow_failures, max_pixels, weights, dictionary, random_weights, k,
+            seed, face_size, ngf, device, dict_dtype, fidelity) -> None:
+    """Restore every face in photographs and paste it back.
+
+    INPUTS are files, folders (recursive), globs or fsspec URLs (s3://bucket/prefix). Restored images keep their
+    relative paths under OUTPUT/restored_imgs/; OUTPUT/manifest.parquet gets one row per input (status, reason,
+    faces, outputs, model, timings). A rerun skips images whose content and configuration are unchanged.
+    Exits non-zero when any image failed, unless --allow-failures.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from dfdcore.bulk import restore_sources
+    from dfdcore.io.storage import list_images
+    from dfdcore.restore import IdentityModel, Restorer, RestoreOptions
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    sources = list_images(list(inputs))
+    if not sources:
+        raise click.ClickException(f"no images found in {', '.join(inputs)}")
+    options = RestoreOptions(upscale=upscale, only_largest=only_largest, only_center=only_center,
+                             min_face=min_face, upsample=upsample, min_score=min_score, ext=ext, suffix=suffix)
+    if model_name == "dfdnet" and not random_weights and not (weights and dictionary):
+        raise click.UsageError("no model given.\n" + WEIGHTS_HELP + "\n  * or --model identity to check the "
+                               "geometry (faces pasted back unchanged).")
+    run_options = dict(force=force, save_faces=save_faces, cmp=cmp, max_pixels=max_pixels)
+    with tqdm(total=len(sources), desc="restore", unit="image") as bar:
+        if workers > 0:
+            from tasks.restore import ModelSpec, restore_parallel
+
+            spec = ModelSpec(model_name, weights, dictionary, random_weights, k, seed, face_size, ngf,
+                             _resolve_device(device), dict_dtype, fidelity)
+            summary = restore_parallel(sources, output, spec, options, workers=workers, batch_size=batch_size,
+                                       on_image=lambda: bar.update(1), **run_options)
+        else:
+            model = IdentityModel(face_size) if model_name == "identity" else _build_generator(
+                weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype, fidelity)
+            restorer = Restorer(model, options, batch_size=batch_size, device=_resolve_device(device))
+            summary = restore_sources(sources, output, restorer, on_image=lambda: bar.update(1), **run_options)
+    label = "RANDOM WEIGHTS (not a restoration)" if random_weights and model_name == "dfdnet" else model_name
+    click.echo("")
+    click.echo(f"  model      {label}")
+    click.echo(f"  images     {summary.images}: {summary.restored} restored, {summary.no_face} without a face, "
+               f"{summary.skipped} already done, {summary.failed} failed")
+    click.echo(f"  faces      {summary.faces}")
+    click.echo(f"  time       {summary.seconds:.1f} s")
+    for uri, reason in summary.failures[:20]:
+        click.echo(f"  failed     {uri}: {reason}")
+    if len(summary.failures) > 20:
+        click.echo(f"  ...        and {len(summary.failures) - 20} more (see the manifest)")
+    click.echo(f"  results    {output.rstrip('/')}/restored_imgs/  manifest: {output.rstrip('/')}/manifest.parquet")
+    if summary.failed and not allow_failures:
+        sys.exit(1)
 
 
 @main.group()

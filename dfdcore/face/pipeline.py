@@ -14,13 +14,15 @@ from .detect import DetectedFace, detect_faces, landmarks
 @dataclass(frozen=True)
 class AlignedFace:
     """One face of a photograph on the template: ``image`` (S, S, 3) uint8, ``matrix`` (2, 3) photo → face,
-    ``landmarks68`` (68, 2) on the face, ``boxes`` (4, 4) component boxes, and the detection it came from."""
+    ``landmarks68`` (68, 2) on the face, ``boxes`` (4, 4) component boxes, the detection it came from and its
+    5 landmarks ``points5`` (5, 2) in photo pixels."""
 
     image: np.ndarray
     matrix: np.ndarray
     landmarks68: np.ndarray
     boxes: np.ndarray
     detection: DetectedFace
+    points5: np.ndarray
 
 
 def _map_box(matrix: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
@@ -36,10 +38,11 @@ def align_faces(rgb: np.ndarray, face_size: int = 512, upsample: int = 1, min_sc
     face inside the detection box carried through the alignment (no second detection)."""
     faces = []
     for detection in detect_faces(rgb, upsample=upsample, min_score=min_score)[:max_faces]:
-        crop, matrix = align_face(rgb, landmarks(rgb, detection.box, points=5), face_size)
+        points5 = landmarks(rgb, detection.box, points=5)
+        crop, matrix = align_face(rgb, points5, face_size)
         lm68 = landmarks(crop, _map_box(matrix, detection.box), points=68)
         boxes = part_boxes(torch.from_numpy(lm68)[None], face_size=face_size)[0].numpy()
-        faces.append(AlignedFace(crop, matrix, lm68, boxes, detection))
+        faces.append(AlignedFace(crop, matrix, lm68, boxes, detection, points5))
     return faces
 
 

@@ -1,7 +1,12 @@
-"""Robust file I/O: atomic writes and raw array files."""
+"""Robust file I/O: atomic writes, raw array files, image decode/encode and fsspec storage."""
 from .atomic import atomic_path
-from .images import read_rgb, write_image
+from .images import DecodedImage, ImageDecodeError, decode_image, encode_image, read_rgb, write_image
 from .arrays import ArraySource, FileArray, MemoryArray, read_npy_header, read_safetensors_header, write_safetensors
+from .storage import (IMAGE_EXTENSIONS, Source, exists, filesystem_for, is_local, join_uri, list_images, read_bytes,
+                      storage_options_for, write_bytes_atomic)
 
-__all__ = ["ArraySource", "FileArray", "MemoryArray", "atomic_path", "read_npy_header", "read_rgb",
-           "read_safetensors_header", "write_image", "write_safetensors"]
+__all__ = ["ArraySource", "DecodedImage", "FileArray", "IMAGE_EXTENSIONS", "ImageDecodeError", "MemoryArray",
+           "Source", "atomic_path", "decode_image", "encode_image", "exists", "filesystem_for", "is_local",
+           "join_uri", "list_images",
+           "read_bytes", "read_npy_header", "read_rgb", "read_safetensors_header", "storage_options_for",
+           "write_bytes_atomic", "write_image", "write_safetensors"]

@@ -1,0 +1,200 @@
+"""Whole-photograph restoration: detect and align every face, restore faces in batches across images, paste them
+back into the (optionally upscaled) photograph.
+
+``Restorer`` works on decoded images in memory; ``restore_sources`` adds storage (any fsspec URL), outputs written
+atomically, a manifest with one row per input and resumable reruns. Neither imports an orchestrator: the CLI, the
+Prefect flows and Ray actors all call these.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
+
+import numpy as np
+import torch
+from torch import nn
+
+from .face import AlignedFace, align_faces, to_images, to_tensor
+from .face.paste import face_to_image_matrix, paste_faces, upscale_image
+from .io.images import DecodedImage, ImageDecodeError, decode_image, encode_image
+
+
+class IdentityModel(nn.Module):
+    """Returns the aligned faces unchanged: checks detection, alignment and paste-back geometry on their own."""
+
+    def __init__(self, face_size: int = 512) -> None:
+        super().__init__()
+        self.face_size = face_size
+        self.provenance = {"model": "identity", "random_weights": False}
+
+    def forward(self, faces: torch.Tensor, part_boxes: torch.Tensor) -> torch.Tensor:
+        return faces
+
+
+def model_face_size(model: nn.Module) -> int:
+    return model.config.face_size if hasattr(model, "config") else model.face_size
+
+
+def model_identity(model: nn.Module) -> dict:
+    """What produced an output: weights/dictionary paths, random or not; stable, JSON-serialisable."""
+    provenance = dict(getattr(model, "provenance", {}))
+    provenance.setdefault("model", type(model).__name__)
+    if hasattr(model, "fidelity"):
+        provenance["fidelity"] = model.fidelity
+    return json.loads(json.dumps(provenance, default=str, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """Everything that changes the output for a given input (hashed into ``config_hash``)."""
+
+    upscale: int = 2
+    only_largest: bool = False
+    only_center: bool = False
+    min_face: int = 0           # minimum detection box side in input pixels
+    upsample: int = 1           # detector upsampling steps (finds faces down to ~40 px)
+    min_score: float = 0.2      # HOG detection score threshold
+    ext: str = "auto"           # auto (keep the input's format family) | png | jpg
+    suffix: str = ""
+
+    def config_hash(self, model_id: dict) -> str:
+        payload = json.dumps({"options": asdict(self), "model": model_id}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ImageResult:
+    """One photograph restored: the output pixels and what was found."""
+
+    restored: np.ndarray                 # (H·s, W·s, 3) float32 in [0, 1]
+    alpha: np.ndarray | None             # (H·s, W·s) float32 or None
+    faces: list[AlignedFace]
+    restored_faces: list[np.ndarray]     # (S, S, 3) uint8 each
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def select_faces(faces: list[AlignedFace], shape: tuple[int, int], options: RestoreOptions) -> list[AlignedFace]:
+    """Apply --min-face, --only-center and --only-largest; keep a stable order (largest first)."""
+    faces = [f for f in faces if min(f.detection.box[2] - f.detection.box[0],
+                                     f.detection.box[3] - f.detection.box[1]) >= options.min_face]
+    if options.only_center and faces:
+        cy, cx = shape[0] / 2, shape[1] / 2
+        faces = [min(faces, key=lambda f: ((f.detection.box[0] + f.detection.box[2]) / 2 - cx) ** 2
+                     + ((f.detection.box[1] + f.detection.box[3]) / 2 - cy) ** 2)]
+    if options.only_largest and faces:
+        faces = faces[:1]
+    return faces
+
+
+class Restorer:
+    """Batches the faces of many photographs through a face model and pastes them back.
+
+    ``model(faces (B, 3, S, S) in [-1, 1], part_boxes (B, 4, 4)) → (B, 3, S, S)``: a DFDNet generator or
+    ``IdentityModel``.
+    """
+
+    def __init__(self, model: nn.Module, options: RestoreOptions = RestoreOptions(), batch_size: int = 4,
+                 device: str | torch.device = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.options = options
+        self.batch_size = max(1, batch_size)
+        self.device = torch.device(device)
+        self.face_size = model_face_size(model)
+
+    @torch.inference_mode()
+    def restore_faces(self, faces: Sequence[AlignedFace]) -> list[np.ndarray]:
+        """Aligned faces → restored (S, S, 3) uint8 faces, ``batch_size`` at a time."""
+        restored: list[np.ndarray] = []
+        for start in range(0, len(faces), self.batch_size):
+            chunk = faces[start:start + self.batch_size]
+            batch = to_tensor([f.image for f in chunk]).to(self.device)
+            boxes = torch.from_numpy(np.stack([f.boxes for f in chunk]))
+            restored += to_images(self.model(batch, boxes))
+        return restored
+
+    def find_faces(self, image: DecodedImage) -> list[AlignedFace]:
+        found = align_faces(image.rgb8, face_size=self.face_size, upsample=self.options.upsample,
+                            min_score=self.options.min_score)
+        return select_faces(found, image.rgb8.shape[:2], self.options)
+
+    def compose(self, image: DecodedImage, faces: list[AlignedFace], restored: list[np.ndarray]) -> ImageResult:
+        """Paste restored faces into the upscaled photograph (full precision background, alpha upscaled too)."""
+        scale = self.options.upscale
+        background = upscale_image(image.rgb, scale).astype(np.float32)
+        pasted = paste_faces(background, [(r.astype(np.float32) / 255.0, face_to_image_matrix(f.matrix, scale))
+                                          for f, r in zip(faces, restored)]) if faces else background
+        alpha = None if image.alpha is None else upscale_image(image.alpha, scale).astype(np.float32)
+        return ImageResult(np.clip(pasted, 0.0, 1.0), alpha, faces, restored)
+
+    def restore_images(self, images: Iterable[tuple[object, DecodedImage]]
+                       ) -> Iterator[tuple[object, ImageResult | Exception]]:
+        """Restore many photographs, batching faces across them; yields (key, result or the error) in input
+        order. A failure in one photograph is yielded as its exception and never stops the others."""
+        pending: list[tuple[object, DecodedImage, list[AlignedFace], float]] = []
+        queued = 0
+        for key, image in images:
+            started = time.perf_counter()
+            try:
+                faces = self.find_faces(image)
+            except Exception as exc:  # noqa: BLE001 - reported per image
+                yield key, exc
+                continue
+            pending.append((key, image, faces, time.perf_counter() - started))
+            queued += len(faces)
+            if queued >= self.batch_size:
+                yield from self._flush(pending)
+                pending, queued = [], 0
+        yield from self._flush(pending)
+
+    def _flush(self, pending) -> Iterator[tuple[object, ImageResult | Exception]]:
+        started = time.perf_counter()
+        all_faces = [f for _, _, faces, _ in pending for f in faces]
+        try:
+            restored = self.restore_faces(all_faces)
+        except Exception as exc:  # noqa: BLE001 - a failed batch fails its images, not the run
+            for key, *_ in pending:
+                yield key, exc
+            return
+        per_face = (time.perf_counter() - started) / max(1, len(all_faces))
+        cursor = 0
+        for key, image, faces, detect_seconds in pending:
+            mine, cursor = restored[cursor:cursor + len(faces)], cursor + len(faces)
+            t0 = time.perf_counter()
+            try:
+                result = self.compose(image, faces, mine)
+            except Exception as exc:  # noqa: BLE001
+                yield key, exc
+                continue
+            result.seconds = {"detect": detect_seconds, "restore": per_face * len(faces),
+                              "paste": time.perf_counter() - t0}
+            yield key, result
+
+
+def output_name(relpath: str, image: DecodedImage, options: RestoreOptions) -> str:
+    """Relative output path: the input's relative path with the chosen extension and suffix."""
+    path = PurePosixPath(relpath)
+    if options.ext == "auto":
+        ext = ".jpg" if image.format == "JPEG" and image.alpha is None and image.bit_depth == 8 else ".png"
+    else:
+        ext = "." + options.ext.lstrip(".").replace("jpeg", "jpg")
+    return str(path.with_name(f"{path.stem}{options.suffix}{ext}"))
+
+
+def encode_result(result: ImageResult, image: DecodedImage, name: str, text: dict[str, str]) -> bytes:
+    ext = PurePosixPath(name).suffix.lstrip(".")
+    return encode_image(result.restored, alpha=result.alpha, grey=image.grey, bit_depth=image.bit_depth,
+                        ext=ext, text=text)
+
+
+def decode_or_error(data: bytes, name: str, max_pixels: int) -> DecodedImage | ImageDecodeError:
+    try:
+        return decode_image(data, name=name, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        return exc
+
+
+ProgressCallback = Callable[[int], None]

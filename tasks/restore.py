@@ -1,0 +1,106 @@
+"""Ray actors that restore shards of images in parallel; the driver owns the manifest.
+
+Each actor loads the model once and restores chunks of sources with ``dfdcore.bulk.restore_sources`` (outputs are
+written by the actors, atomically); the driver merges each finished chunk's manifest rows and rewrites the manifest,
+so an interrupted run resumes at chunk granularity. ``RAY_ADDRESS`` selects a cluster; without it Ray starts locally.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import ray
+
+from dfdcore.bulk import MANIFEST_NAME, BulkSummary
+from dfdcore.io.storage import Source, join_uri
+from dfdcore.manifest import merge_rows, read_manifest, write_manifest
+from dfdcore.restore import Restorer, RestoreOptions
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the face model inside a worker (paths travel, weights do not)."""
+
+    name: str = "dfdnet"           # dfdnet | identity
+    weights: str | None = None
+    dictionary: str | None = None
+    random_weights: bool = False
+    k: int = 512
+    seed: int = 0
+    face_size: int = 512
+    ngf: int = 64
+    device: str = "cpu"
+    dict_dtype: str = "float32"
+    fidelity: float = 1.0
+
+    def build(self):
+        import torch
+
+        import dfdcore
+        from dfdcore.restore import IdentityModel
+
+        if self.name == "identity":
+            return IdentityModel(self.face_size)
+        dtype = getattr(torch, self.dict_dtype)
+        if self.random_weights:
+            return dfdcore.random_generator(self.dictionary, k=self.k, seed=self.seed, face_size=self.face_size,
+                                            ngf=self.ngf, device=self.device, dict_dtype=dtype,
+                                            fidelity=self.fidelity)
+        return dfdcore.load_generator(self.weights, self.dictionary, device=self.device, dict_dtype=dtype,
+                                      fidelity=self.fidelity)
+
+
+@ray.remote
+class RestoreWorker:
+    def __init__(self, spec: ModelSpec, options: RestoreOptions, batch_size: int, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers
+        self.restorer = Restorer(spec.build(), options, batch_size=batch_size, device=spec.device)
+
+    def restore(self, sources: list[Source], out: str, **kwargs) -> BulkSummary:
+        from dfdcore.bulk import restore_sources
+
+        return restore_sources(sources, out, self.restorer, write_manifest_file=False, **kwargs)
+
+
+def ensure_ray() -> None:
+    """Connect to ``RAY_ADDRESS`` or start Ray locally, keeping its files under the dfd home (./.dfd)."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 would otherwise write a token to $HOME
+    address = os.environ.get("RAY_ADDRESS")
+    temp_dir = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray"))
+    extra = {} if address or len(temp_dir) > 60 else {"_temp_dir": temp_dir}  # unix socket paths are short
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, **extra)
+
+
+def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, options: RestoreOptions, *,
+                     workers: int, batch_size: int = 4, chunk: int = 8, on_image: Callable[[], None] | None = None,
+                     **kwargs) -> BulkSummary:
+    """Restore ``sources`` with ``workers`` Ray actors; same outputs and manifest as the single-process path."""
+    ensure_ray()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    actors = [RestoreWorker.remote(spec, options, batch_size, threads) for _ in range(workers)]
+    manifest_uri = join_uri(out, MANIFEST_NAME)
+    rows = read_manifest(manifest_uri)
+    total = BulkSummary(images=len(sources))
+    chunks = [list(sources[i:i + chunk]) for i in range(0, len(sources), chunk)]
+    pending = {actors[i % workers].restore.remote(part, out, **kwargs): part for i, part in enumerate(chunks)}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        part = pending.pop(done[0])
+        summary: BulkSummary = ray.get(done[0])
+        rows = merge_rows(rows, summary.rows)
+        write_manifest(manifest_uri, rows)
+        for name in ("restored", "no_face", "skipped", "failed", "faces"):
+            setattr(total, name, getattr(total, name) + getattr(summary, name))
+        total.failures += summary.failures
+        total.rows += summary.rows
+        if on_image:
+            for _ in part:
+                on_image()
+    for actor in actors:
+        ray.kill(actor)
+    return total

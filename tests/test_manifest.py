@@ -1,0 +1,127 @@
+"""The Parquet run manifest: round trips on local disk and S3, merging, and deciding what a rerun may skip."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dfdcore.io import join_uri, read_bytes, write_bytes_atomic
+from dfdcore.manifest import (COLUMNS, SCHEMA, is_current, merge_rows, read_manifest, sha256_bytes,
+                              write_manifest)
+
+from .s3server import create_bucket, s3_server  # noqa: F401  (fixture)
+
+WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+
+
+def _face(shift: float) -> dict:
+    # Values exactly representable in float32, so round trips compare equal.
+    return {"det_box": [10.5 + shift, 20.0, 110.25, 140.0], "det_score": 0.875,
+            "lm5": [float(v) + shift for v in range(10)], "lm68": [float(v) / 4 for v in range(136)]}
+
+
+def _rows() -> list[dict]:
+    ok = {"source_uri": "/in/a.jpg", "relpath": "a.jpg", "content_sha256": sha256_bytes(b"a"), "status": "ok",
+          "error": None, "n_faces": 2, "faces": [_face(0), {**_face(1), "lm68": None}],
+          "outputs": ["/out/restored/a.png", "/out/compare/a.png"], "model_id": "dfdnet-test",
+          "random_weights": True, "config_hash": "cfg1",
+          "seconds": {"decode": 0.25, "detect": 1.5, "restore": 2.0, "total": 4.0}, "updated_at": WHEN}
+    failed = {"source_uri": "/in/bad.jpg", "relpath": "bad.jpg", "content_sha256": sha256_bytes(b"bad"),
+              "status": "failed", "error": "truncated image: the file ends early", "model_id": "dfdnet-test",
+              "config_hash": "cfg1", "seconds": {"decode": 0.01, "detect": None, "restore": None, "total": 0.01},
+              "updated_at": WHEN}
+    return [ok, failed]
+
+
+def test_schema_documents_every_column():
+    assert SCHEMA.names == list(COLUMNS)
+    assert all(field.metadata and field.metadata[b"doc"] for field in SCHEMA)
+    assert SCHEMA.field("faces").type.value_type.field("lm68").type == pa.list_(pa.float32())
+
+
+def test_local_round_trip(tmp_path):
+    uri = str(tmp_path / "run" / "manifest.parquet")
+    assert read_manifest(uri) == {}
+    rows = _rows()
+    write_manifest(uri, rows)
+    back = read_manifest(uri)
+    assert list(back) == ["/in/a.jpg", "/in/bad.jpg"]
+    assert back["/in/a.jpg"] == rows[0]
+    failed = back["/in/bad.jpg"]
+    assert failed["n_faces"] == 0 and failed["faces"] == [] and failed["outputs"] == []
+    assert failed["random_weights"] is False and failed["error"].startswith("truncated image")
+    assert pq.read_schema(uri).equals(SCHEMA)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["manifest.parquet"]
+
+
+def test_rows_are_checked(tmp_path):
+    uri = str(tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match="status must be one of"):
+        write_manifest(uri, [{**_rows()[0], "status": "done"}])
+    with pytest.raises(ValueError, match="unknown manifest columns"):
+        write_manifest(uri, [{**_rows()[0], "sha": "x"}])
+    with pytest.raises(ValueError, match="lacks"):
+        write_manifest(uri, [{"source_uri": "/in/a.jpg", "status": "ok"}])
+    with pytest.raises(ValueError, match="face 0: lm5 must hold 10 numbers, got 2 values"):
+        write_manifest(uri, [{**_rows()[0], "faces": [{**_face(0), "lm5": [1.0, 2.0]}]}])
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_unreadable_manifest_is_a_clear_error(tmp_path):
+    uri = str(tmp_path / "m.parquet")
+    write_bytes_atomic(uri, b"not parquet at all")
+    with pytest.raises(ValueError, match="not a readable manifest"):
+        read_manifest(uri)
+
+
+def test_defaults_fill_in(tmp_path):
+    uri = str(tmp_path / "m.parquet")
+    before = dt.datetime.now(dt.timezone.utc)
+    write_manifest(uri, [{"source_uri": "/in/x.jpg", "relpath": "x.jpg", "status": "no_face",
+                          "content_sha256": "abc", "config_hash": "c"}])
+    row = read_manifest(uri)["/in/x.jpg"]
+    assert row["n_faces"] == 0 and row["error"] is None and row["seconds"] is None
+    assert before - dt.timedelta(seconds=1) <= row["updated_at"] <= dt.datetime.now(dt.timezone.utc)
+
+
+def test_s3_round_trip(s3_server):
+    bucket = create_bucket(s3_server, "runs")
+    uri = join_uri(bucket, "run1/manifest.parquet")
+    assert read_manifest(uri) == {}
+    write_manifest(uri, _rows())
+    back = read_manifest(uri)
+    assert back["/in/a.jpg"] == _rows()[0]
+    assert pq.read_table(pa.BufferReader(read_bytes(uri))).num_rows == 2
+    write_manifest(uri, merge_rows(back, [{**_rows()[1], "status": "ok", "error": None}]))
+    assert read_manifest(uri)["/in/bad.jpg"]["status"] == "ok"
+
+
+def test_merge_rows_replaces_by_source_and_copies():
+    old = {row["source_uri"]: row for row in _rows()}
+    new = [{**_rows()[1], "status": "ok", "error": None},
+           {**_rows()[0], "source_uri": "/in/c.jpg", "relpath": "c.jpg"}]
+    merged = merge_rows(old, new)
+    assert sorted(merged) == ["/in/a.jpg", "/in/bad.jpg", "/in/c.jpg"]
+    assert merged["/in/bad.jpg"]["status"] == "ok"
+    assert old["/in/bad.jpg"]["status"] == "failed"
+    merged["/in/a.jpg"]["status"] = "failed"
+    assert old["/in/a.jpg"]["status"] == "ok"
+    assert merge_rows(old, {}) == old
+
+
+def test_is_current():
+    ok, failed = _rows()
+    assert is_current(ok, sha256_bytes(b"a"), "cfg1")
+    assert not is_current(ok, sha256_bytes(b"a changed"), "cfg1")
+    assert not is_current(ok, sha256_bytes(b"a"), "cfg2")
+    assert not is_current(failed, sha256_bytes(b"bad"), "cfg1")
+    assert is_current({**ok, "status": "no_face", "faces": []}, sha256_bytes(b"a"), "cfg1")
+    assert not is_current(None, sha256_bytes(b"a"), "cfg1")
+
+
+def test_sha256_bytes():
+    assert sha256_bytes(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert len(sha256_bytes(np.zeros(10, np.uint8).tobytes())) == 64

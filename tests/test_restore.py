@@ -1,0 +1,113 @@
+"""`dfd restore` end to end on real photographs: failures as rows, resumable reruns, alpha, greyscale, S3."""
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dfd.cli import main
+from dfdcore.manifest import read_manifest
+
+from .conftest import SHARED
+from .s3server import s3_server  # noqa: F401  (fixture)
+
+PORTRAITS = SHARED / "data" / "faces" / "portraits"
+SMALL_RANDOM = ["--random-weights", "--face-size", "128", "--ngf", "8", "--k", "8"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def photo_folder(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(PORTRAITS / "grace_hopper.jpg", folder / "grace_hopper.jpg")
+    shutil.copy(PORTRAITS / "astronaut.png", folder / "nested" / "astronaut.png")
+    (folder / "corrupt.jpg").write_bytes((PORTRAITS / "obama.jpg").read_bytes()[:2000] + b"\x00garbage" * 50)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is a text file, not a photograph\n")
+    return folder
+
+
+def test_bad_files_become_failure_rows_and_good_photos_are_restored(tmp_path, photo_folder):
+    out = tmp_path / "out"
+    before = {p: p.read_bytes() for p in photo_folder.rglob("*") if p.is_file()}
+    result = run("restore", photo_folder, "-o", out, "--model", "identity", "--upscale", "1")
+    assert result.exit_code == 1, result.output  # failures without --allow-failures
+    rows = read_manifest(str(out / "manifest.parquet"))
+    by_name = {r["relpath"]: r for r in rows.values()}
+    assert {n for n, r in by_name.items() if r["status"] == "failed"} == {"corrupt.jpg", "empty.png", "notes.jpg"}
+    assert all(by_name[n]["error"] for n in ("corrupt.jpg", "empty.png", "notes.jpg"))
+    assert by_name["grace_hopper.jpg"]["status"] == "ok" and by_name["grace_hopper.jpg"]["n_faces"] == 1
+    assert by_name["nested/astronaut.png"]["status"] == "ok"
+    assert (out / "restored_imgs" / "grace_hopper.jpg").exists()
+    assert (out / "restored_imgs" / "nested" / "astronaut.png").exists()
+    assert {p: p.read_bytes() for p in photo_folder.rglob("*") if p.is_file()} == before  # inputs untouched
+    assert "3 failed" in result.output
+
+
+def test_rerun_does_no_work_and_force_redoes(tmp_path, photo_folder):
+    out = tmp_path / "out"
+    first = run("restore", photo_folder, "-o", out, "--model", "identity", "--allow-failures")
+    assert first.exit_code == 0
+    output = out / "restored_imgs" / "grace_hopper.jpg"
+    stamp = output.stat().st_mtime_ns
+    second = run("restore", photo_folder, "-o", out, "--model", "identity", "--allow-failures")
+    assert "2 already done" in second.output and "0 restored" in second.output
+    assert output.stat().st_mtime_ns == stamp
+    changed = run("restore", photo_folder, "-o", out, "--model", "identity", "--allow-failures", "--upscale", "1")
+    assert "2 restored" in changed.output  # a different configuration is new work
+    forced = run("restore", photo_folder, "-o", out, "--model", "identity", "--allow-failures", "--upscale", "1",
+                 "--force")
+    assert "2 restored" in forced.output
+
+
+def test_rgba_keeps_alpha_and_grey_stays_grey(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(PORTRAITS / "32bit.png", folder / "rgba.png")
+    Image.open(PORTRAITS / "grace_hopper.jpg").convert("L").save(folder / "grey.png")
+    out = tmp_path / "out"
+    result = run("restore", folder, "-o", out, *SMALL_RANDOM, "--upscale", "2")
+    assert result.exit_code == 0, result.output
+    with Image.open(PORTRAITS / "32bit.png") as source, Image.open(out / "restored_imgs" / "rgba.png") as restored:
+        assert restored.mode == "RGBA" and restored.size == (source.width * 2, source.height * 2)
+        alpha_in = np.asarray(source.getchannel("A"), dtype=np.float32)
+        alpha_out = np.asarray(restored.getchannel("A"), dtype=np.float32)[::2, ::2]
+        assert np.abs(alpha_out - alpha_in).mean() < 2.0
+    with Image.open(out / "restored_imgs" / "grey.png") as grey:
+        assert grey.mode in ("L", "I;16")
+    assert "RANDOM WEIGHTS" in result.output
+
+
+def test_s3_bucket_as_input_and_output(tmp_path, s3_server):  # noqa: F811
+    import fsspec
+
+    fs = fsspec.filesystem("s3", endpoint_url=s3_server)
+    fs.mkdir("photos")
+    fs.put(str(PORTRAITS / "grace_hopper.jpg"), "photos/in/a/grace_hopper.jpg")
+    fs.pipe("photos/in/broken.png", b"\x89PNG\r\n\x1a\n broken")
+    result = run("restore", "s3://photos/in", "-o", "s3://photos/out", "--model", "identity", "--upscale", "1",
+                 "--allow-failures", "--save-faces", "--cmp")
+    assert result.exit_code == 0, result.output
+    assert fs.exists("photos/out/restored_imgs/a/grace_hopper.jpg")
+    assert fs.exists("photos/out/restored_faces/a/grace_hopper_00.png")
+    assert fs.exists("photos/out/cmp/a/grace_hopper.png")
+    rows = read_manifest("s3://photos/out/manifest.parquet")
+    assert {r["relpath"]: r["status"] for r in rows.values()} == {"a/grace_hopper.jpg": "ok", "broken.png": "failed"}
+    restored = Image.open(io.BytesIO(fs.cat("photos/out/restored_imgs/a/grace_hopper.jpg")))
+    assert restored.size == Image.open(PORTRAITS / "grace_hopper.jpg").size
+    again = run("restore", "s3://photos/in", "-o", "s3://photos/out", "--model", "identity", "--upscale", "1",
+                "--allow-failures", "--save-faces", "--cmp")
+    assert "1 already done" in again.output
+
+
+def test_missing_model_explains_what_to_do(tmp_path, photo_folder):
+    result = CliRunner().invoke(main, ["restore", str(photo_folder), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--model identity" in result.output

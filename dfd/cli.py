@@ -207,9 +207,14 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     from dfdcore.restore import IdentityModel, Restorer, RestoreOptions
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    sources = list_images(list(inputs))
-    if not sources:
-        raise click.ClickException(f"no images found in {', '.join(inputs)}")
+    try:
+        sources = list_images(list(inputs))
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    clashes = _relpath_clashes(sources)
+    if clashes:
+        raise click.ClickException("two inputs would write the same output: " + "; ".join(clashes[:5]) +
+                                   " — pass their common parent folder instead")
     options = RestoreOptions(upscale=upscale, only_largest=only_largest, only_center=only_center,
                              min_face=min_face, upsample=upsample, min_score=min_score, ext=ext, suffix=suffix)
     if model_name == "dfdnet" and not random_weights and not (weights and dictionary):
@@ -243,6 +248,16 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     click.echo(f"  results    {output.rstrip('/')}/restored_imgs/  manifest: {output.rstrip('/')}/manifest.parquet")
     if summary.failed and not allow_failures:
         sys.exit(1)
+
+
+def _relpath_clashes(sources) -> list[str]:
+    seen: dict[str, str] = {}
+    clashes = []
+    for source in sources:
+        if source.relpath in seen:
+            clashes.append(f"{seen[source.relpath]} and {source.uri} → {source.relpath}")
+        seen.setdefault(source.relpath, source.uri)
+    return clashes
 
 
 @main.group()

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from importlib import resources
 from pathlib import Path
 
 import click
@@ -89,78 +87,65 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("images", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(file_okay=False), default="dfd-results/sample", show_default=True,
-              help="Folder for aligned faces, restored faces and side-by-side comparisons.")
-@click.option("--batch-size", default=4, show_default=True, help="Faces restored per forward pass.")
+@click.option("-o", "--output", default="dfd-results/sample", show_default=True,
+              help="Output folder: restored_imgs/, cmp/ (input | output), cropped_faces/, restored_faces/.")
+@click.option("--upscale", default=2, show_default=True, type=click.IntRange(1, 8), help="Scale of the output images.")
+@click.option("--batch-size", default=4, show_default=True, help="Faces per forward pass, across images.")
+@click.option("--force", is_flag=True, help="Redo the photos even if OUTPUT already holds them.")
 @model_options
-def sample(images, output, batch_size, weights, dictionary, random_weights, k, seed, face_size, ngf, device,
+def sample(output, upscale, batch_size, force, weights, dictionary, random_weights, k, seed, face_size, ngf, device,
            dict_dtype, fidelity) -> None:
-    """Detect, align and restore the faces of a few photographs (default: the bundled public-domain samples).
+    """Restore the bundled public-domain sample photographs: a first run of dfd.
 
-    Writes, per face, the aligned input, the restored face and an input|restored comparison under OUTPUT, and
-    prints a summary. Without --weights/--dictionary use --random-weights (the result is then not a restoration,
-    and every file says so).
+    Same pipeline as `dfd restore` (detect, align, restore every face, paste back) with side-by-side comparisons
+    and the faces saved. Without --weights/--dictionary use --random-weights: the result is then not a
+    restoration, and every file says so.
     """
-    import numpy as np
-    import torch
     from tqdm import tqdm
 
-    from dfdcore.face import align_faces, to_images, to_tensor
-    from dfdcore.io import read_rgb, write_image
-    from dfdcore.viz import side_by_side
+    from dfdcore.bulk import restore_sources
+    from dfdcore.io.storage import Source
+    from dfdcore.restore import Restorer, RestoreOptions
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    paths = [Path(p) for p in images] or sorted(
-        Path(str(p)) for p in resources.files("dfdcore.assets").iterdir() if p.name.endswith((".png", ".jpg")))
-    started = time.perf_counter()
+    _use_all_cores()
+    import dfdcore
+
+    photos = sorted(p for p in (Path(dfdcore.__file__).parent / "assets").iterdir() if p.suffix in (".png", ".jpg"))
     click.echo(f"Loading the model ({'RANDOM weights' if random_weights else weights}) ...")
     model = _build_generator(weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype,
                              fidelity)
-    label = "RANDOM WEIGHTS - not a restoration" if model.provenance.get("random_weights") else "dfd DFDNet"
-    load_seconds = time.perf_counter() - started
+    restorer = Restorer(model, RestoreOptions(upscale=upscale), batch_size=batch_size, device=_resolve_device(device))
+    with tqdm(total=len(photos), desc="restore", unit="image") as bar:
+        summary = restore_sources([Source(str(p), p.name) for p in photos], output, restorer, force=force,
+                                  save_faces=True, cmp=True, on_image=lambda: bar.update(1))
+    _report(summary, _label(model), output)
+    click.echo(f"  compare    {output.rstrip('/')}/cmp/ (input | output side by side)")
 
-    faces, failures = [], []
-    for path in tqdm(paths, desc="detect + align", unit="image"):
-        try:
-            found = align_faces(read_rgb(path), face_size=model.config.face_size)
-        except ValueError as exc:
-            failures.append((path, str(exc)))
-            continue
-        if not found:
-            failures.append((path, "no face found"))
-        faces += [(path, i, face) for i, face in enumerate(found)]
 
-    out = Path(output)
-    restore_started = time.perf_counter()
-    with tqdm(total=len(faces), desc="restore", unit="face") as bar, torch.inference_mode():
-        for start in range(0, len(faces), batch_size):
-            chunk = faces[start:start + batch_size]
-            batch = to_tensor([f.image for _, _, f in chunk]).to(model.VggExtract.RGB_mean.device)
-            boxes = torch.from_numpy(np.stack([f.boxes for _, _, f in chunk]))
-            restored = to_images(model(batch, boxes))
-            for (path, i, face), result in zip(chunk, restored):
-                stem = f"{path.stem}_{i:02d}"
-                tag = {"dfd:model": label, "dfd:source": str(path)}
-                write_image(out / "aligned" / f"{stem}.png", face.image, tag)
-                write_image(out / "restored" / f"{stem}.png", result, tag)
-                write_image(out / "compare" / f"{stem}.png", side_by_side([face.image, result],
-                                                                          ["input", label]), tag)
-            bar.update(len(chunk))
-    restore_seconds = time.perf_counter() - restore_started
+def _use_all_cores() -> None:
+    import torch
 
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def _label(model) -> str:
+    provenance = getattr(model, "provenance", {})
+    if provenance.get("random_weights"):
+        return "RANDOM WEIGHTS (not a restoration: use --weights/--dictionary for real results)"
+    return str(provenance.get("checkpoint") or provenance.get("model", type(model).__name__))
+
+
+def _report(summary, label: str, output: str) -> None:
     click.echo("")
-    click.echo(f"  model        {label} (face {model.config.face_size}px, ngf {model.config.ngf}, "
-               f"K={model.bank.k}, fidelity {model.fidelity:g}, {model.VggExtract.RGB_mean.device})")
-    click.echo(f"  images       {len(paths)} ({len(failures)} without a usable face)")
-    click.echo(f"  faces        {len(faces)} restored in {restore_seconds:.1f} s "
-               f"({restore_seconds / max(1, len(faces)):.1f} s/face; model load {load_seconds:.1f} s)")
-    for path, reason in failures:
-        click.echo(f"  skipped      {path}: {reason}")
-    click.echo(f"  results      {out.resolve()}/compare/ (input | restored), aligned/, restored/")
-    if model.provenance.get("random_weights"):
-        click.echo("  note         random weights: this shows the pipeline, not a restoration. "
-                   "Use --weights/--dictionary for real results.")
+    click.echo(f"  model      {label}")
+    click.echo(f"  images     {summary.images}: {summary.restored} restored, {summary.no_face} without a face, "
+               f"{summary.skipped} already done, {summary.failed} failed")
+    click.echo(f"  faces      {summary.faces} in {summary.seconds:.1f} s")
+    for uri, reason in summary.failures[:20]:
+        click.echo(f"  failed     {uri}: {reason}")
+    if len(summary.failures) > 20:
+        click.echo(f"  ...        and {len(summary.failures) - 20} more (see the manifest)")
+    click.echo(f"  results    {output.rstrip('/')}/restored_imgs/   manifest {output.rstrip('/')}/manifest.parquet")
 
 
 @main.command()
@@ -199,14 +184,13 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     faces, outputs, model, timings). A rerun skips images whose content and configuration are unchanged.
     Exits non-zero when any image failed, unless --allow-failures.
     """
-    import torch
     from tqdm import tqdm
 
     from dfdcore.bulk import restore_sources
     from dfdcore.io.storage import list_images
     from dfdcore.restore import IdentityModel, Restorer, RestoreOptions
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    _use_all_cores()
     try:
         sources = list_images(list(inputs))
     except FileNotFoundError as exc:
@@ -234,18 +218,8 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
                 weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype, fidelity)
             restorer = Restorer(model, options, batch_size=batch_size, device=_resolve_device(device))
             summary = restore_sources(sources, output, restorer, on_image=lambda: bar.update(1), **run_options)
-    label = "RANDOM WEIGHTS (not a restoration)" if random_weights and model_name == "dfdnet" else model_name
-    click.echo("")
-    click.echo(f"  model      {label}")
-    click.echo(f"  images     {summary.images}: {summary.restored} restored, {summary.no_face} without a face, "
-               f"{summary.skipped} already done, {summary.failed} failed")
-    click.echo(f"  faces      {summary.faces}")
-    click.echo(f"  time       {summary.seconds:.1f} s")
-    for uri, reason in summary.failures[:20]:
-        click.echo(f"  failed     {uri}: {reason}")
-    if len(summary.failures) > 20:
-        click.echo(f"  ...        and {len(summary.failures) - 20} more (see the manifest)")
-    click.echo(f"  results    {output.rstrip('/')}/restored_imgs/  manifest: {output.rstrip('/')}/manifest.parquet")
+    _report(summary, "RANDOM WEIGHTS (not a restoration)" if random_weights and model_name == "dfdnet"
+            else model_name, output)
     if summary.failed and not allow_failures:
         sys.exit(1)
 

@@ -160,7 +160,10 @@ def _report(summary, label: str, output: str) -> None:
 @click.option("--min-face", default=0, show_default=True, help="Ignore faces whose detection box is smaller (px).")
 @click.option("--upsample", default=1, show_default=True, type=click.IntRange(0, 3),
               help="Detector upsampling steps (1 finds faces down to ~40 px; 0 is faster).")
-@click.option("--min-score", default=0.2, show_default=True, help="Detection score threshold (HOG).")
+@click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", show_default=True,
+              help="dlib HOG (fast) or MMOD CNN (finds more profile faces; ~100x slower on a CPU).")
+@click.option("--min-score", default=0.2, show_default=True, help="Detection score threshold (HOG score or CNN "
+              "confidence).")
 @click.option("--batch-size", default=4, show_default=True, help="Faces per forward pass, across images.")
 @click.option("--workers", default=0, show_default=True,
               help="Ray workers, each with its own model (0 = this process). RAY_ADDRESS selects a cluster.")
@@ -174,9 +177,9 @@ def _report(summary, label: str, output: str) -> None:
 @click.option("--max-pixels", default=178_956_970, show_default=True,
               help="Refuse larger images (decompression-bomb guard).")
 @model_options
-def restore(inputs, output, model_name, upscale, only_largest, only_center, min_face, upsample, min_score, batch_size,
-            workers, ext, suffix, save_faces, cmp, force, allow_failures, max_pixels, weights, dictionary, random_weights, k,
-            seed, face_size, ngf, device, dict_dtype, fidelity) -> None:
+def restore(inputs, output, model_name, upscale, only_largest, only_center, min_face, upsample, detector, min_score,
+            batch_size, workers, ext, suffix, save_faces, cmp, force, allow_failures, max_pixels, weights, dictionary,
+            random_weights, k, seed, face_size, ngf, device, dict_dtype, fidelity) -> None:
     """Restore every face in photographs and paste it back.
 
     INPUTS are files, folders (recursive), globs or fsspec URLs (s3://bucket/prefix). Restored images keep their
@@ -200,7 +203,8 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
         raise click.ClickException("two inputs would write the same output: " + "; ".join(clashes[:5]) +
                                    " — pass their common parent folder instead")
     options = RestoreOptions(upscale=upscale, only_largest=only_largest, only_center=only_center,
-                             min_face=min_face, upsample=upsample, min_score=min_score, ext=ext, suffix=suffix)
+                             min_face=min_face, upsample=upsample, min_score=min_score, detector=detector, ext=ext,
+                             suffix=suffix)
     if model_name == "dfdnet" and not random_weights and not (weights and dictionary):
         raise click.UsageError("no model given.\n" + WEIGHTS_HELP + "\n  * or --model identity to check the "
                                "geometry (faces pasted back unchanged).")

@@ -1,6 +1,7 @@
 """The public entry points: build a ready-to-run generator from weights + dictionary, or a labelled random one."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,19 @@ from .arch.generator import DFDNet
 from .config import GeneratorConfig
 from .dictionary import ComponentDictionary
 from .runtime import release_free_memory
+
+
+def checksum(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, sorted): identifies weights in manifests."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if file.is_file():
+            digest.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
+            with open(file, "rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def _as_dictionary(dictionary: ComponentDictionary | str | os.PathLike) -> ComponentDictionary:
@@ -40,7 +54,8 @@ def load_weights(checkpoint: str | os.PathLike, face_size: int = 512, *, device:
     del state
     release_free_memory()
     model.to(device).eval().requires_grad_(False)
-    model.provenance = {"random_weights": False, "checkpoint": str(Path(checkpoint).resolve())}
+    model.provenance = {"random_weights": False, "checkpoint": str(Path(checkpoint).resolve()),
+                        "checkpoint_sha256": checksum(checkpoint)}
     return model
 
 
@@ -68,6 +83,8 @@ def load_generator(checkpoint: str | os.PathLike, dictionary: ComponentDictionar
                               f"ngf {dictionary.config.ngf} (channels {dictionary.config.tap_channels})")
     model.attach_dictionary(dictionary, dtype=dict_dtype)
     model.provenance["dictionary"] = dictionary.metadata
+    if "source" in dictionary.metadata:
+        model.provenance["dictionary_sha256"] = checksum(dictionary.metadata["source"])
     return model
 
 

@@ -191,6 +191,7 @@ class ComponentDictionary:
         meta = {k: v for k, v in metadata.items() if k not in ("face_size", "ngf", "k", "format")}
         if "provenance" in meta:
             meta["provenance"] = json.loads(meta["provenance"])
+        meta["source"] = str(path)
         return cls(entries, config, meta, names)
 
     @classmethod

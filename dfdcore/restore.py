@@ -57,7 +57,8 @@ class RestoreOptions:
     only_center: bool = False
     min_face: int = 0           # minimum detection box side in input pixels
     upsample: int = 1           # detector upsampling steps (finds faces down to ~40 px)
-    min_score: float = 0.2      # HOG detection score threshold
+    min_score: float = 0.2      # detection score threshold (HOG score or CNN confidence)
+    detector: str = "hog"       # hog | cnn
     ext: str = "auto"           # auto (keep the input's format family) | png | jpg
     suffix: str = ""
 
@@ -118,7 +119,7 @@ class Restorer:
 
     def find_faces(self, image: DecodedImage) -> list[AlignedFace]:
         found = align_faces(image.rgb8, face_size=self.face_size, upsample=self.options.upsample,
-                            min_score=self.options.min_score)
+                            min_score=self.options.min_score, detector=self.options.detector)
         return select_faces(found, image.rgb8.shape[:2], self.options)
 
     def compose(self, image: DecodedImage, faces: list[AlignedFace], restored: list[np.ndarray]) -> ImageResult:

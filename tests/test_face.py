@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage.transform import SimilarityTransform
 
-from dfdcore.face import align_faces, estimate_similarity, landmarks, template_points
+from dfdcore.face import align_faces, detect_faces, estimate_similarity, landmarks, template_points
 from dfdcore.io import read_rgb
 
 from .conftest import SHARED
@@ -58,3 +58,13 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ValueError, match="broken.jpg: cannot read image"):
         read_rgb(bad)
+
+
+def test_cnn_detector_finds_the_face_hog_finds():
+    rgb = read_rgb(FACES / "portraits" / "grace_hopper.jpg")
+    [cnn] = detect_faces(rgb, upsample=0, min_score=0.0, detector="cnn")
+    [hog] = detect_faces(rgb, upsample=0, detector="hog")
+    centre = lambda b: np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])  # noqa: E731
+    assert np.linalg.norm(centre(cnn.box) - centre(hog.box)) < 30 and cnn.score > 0
+    with pytest.raises(ValueError, match="detector must be one of"):
+        detect_faces(rgb, detector="yolo")

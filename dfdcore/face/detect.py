@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import dlib
 import numpy as np
 
-from .models import frontal_detector, shape_predictor
+from .models import cnn_detector, frontal_detector, shape_predictor
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,24 @@ def _rgb_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def detect_faces(rgb: np.ndarray, upsample: int = 1, min_score: float = 0.2) -> list[DetectedFace]:
-    """HOG detections with score ≥ ``min_score``, largest first. ``rgb``: (H, W, 3) uint8."""
-    rects, scores, _ = frontal_detector().run(_rgb_uint8(rgb), upsample, -1.0)
-    faces = [DetectedFace((r.left(), r.top(), r.right(), r.bottom()), float(s))
-             for r, s in zip(rects, scores) if s >= min_score]
+DETECTORS = ("hog", "cnn")
+
+
+def detect_faces(rgb: np.ndarray, upsample: int = 1, min_score: float = 0.2, detector: str = "hog"
+                 ) -> list[DetectedFace]:
+    """Face detections with score ≥ ``min_score``, largest first. ``rgb``: (H, W, 3) uint8.
+
+    ``detector``: "hog" (dlib's frontal HOG detector, its SVM score) or "cnn" (dlib's MMOD CNN, its confidence).
+    """
+    image = _rgb_uint8(rgb)
+    if detector == "hog":
+        rects, scores, _ = frontal_detector().run(image, upsample, -1.0)
+        found = zip(rects, scores)
+    elif detector == "cnn":
+        found = [(d.rect, d.confidence) for d in cnn_detector()(image, upsample)]
+    else:
+        raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+    faces = [DetectedFace((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in found if s >= min_score]
     return sorted(faces, key=lambda f: f.area, reverse=True)
 
 

@@ -27,3 +27,9 @@ def shape_predictor(points: int) -> dlib.shape_predictor:
     if points == 5:
         return dlib.shape_predictor(models.pose_predictor_five_point_model_location())
     raise ValueError(f"landmark model must have 5 or 68 points, got {points}")
+
+
+@functools.cache
+def cnn_detector() -> dlib.cnn_face_detection_model_v1:
+    """dlib's MMOD CNN face detector: finds more profile and small faces, ~100x slower than HOG on a CPU."""
+    return dlib.cnn_face_detection_model_v1(_locations().cnn_face_detector_model_location())

@@ -33,11 +33,11 @@ def _map_box(matrix: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, i
 
 
 def align_faces(rgb: np.ndarray, face_size: int = 512, upsample: int = 1, min_score: float = 0.2,
-                max_faces: int | None = None) -> list[AlignedFace]:
+                max_faces: int | None = None, detector: str = "hog") -> list[AlignedFace]:
     """Detect faces (largest first), align each by its 5 landmarks, then find its 68 landmarks on the aligned
     face inside the detection box carried through the alignment (no second detection)."""
     faces = []
-    for detection in detect_faces(rgb, upsample=upsample, min_score=min_score)[:max_faces]:
+    for detection in detect_faces(rgb, upsample=upsample, min_score=min_score, detector=detector)[:max_faces]:
         points5 = landmarks(rgb, detection.box, points=5)
         crop, matrix = align_face(rgb, points5, face_size)
         lm68 = landmarks(crop, _map_box(matrix, detection.box), points=68)

@@ -144,3 +144,17 @@ def test_identity_model_reproduces_the_photo_in_face_regions(upscale, bar):
         inside = mask > 0.5
         psnrs.append(10 * np.log10(1 / np.mean((result.restored[inside] - reference[inside]) ** 2)))
     assert len(psnrs) == 9 and np.median(psnrs) >= bar, psnrs
+
+
+def test_sixteen_bit_input_keeps_its_depth(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    grey = np.asarray(Image.open(PORTRAITS / "grace_hopper.jpg").convert("L"), dtype=np.uint16) * 257 + 3
+    Image.fromarray(grey).save(folder / "deep.png")  # 16-bit greyscale PNG; +3 is below 8-bit resolution
+    out = tmp_path / "out"
+    assert run("restore", folder, "-o", out, "--model", "identity", "--upscale", "1").exit_code == 0
+    with Image.open(out / "restored_imgs" / "deep.png") as restored:
+        assert restored.mode.startswith("I")  # still 16-bit greyscale
+        pixels = np.asarray(restored, dtype=np.int64)
+    background = pixels[:40, :40]  # a corner far from the face: the input at full precision
+    assert np.array_equal(background, grey[:40, :40].astype(np.int64))

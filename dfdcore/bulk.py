@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from .face.pipeline import to_photo_points
 from .io.images import encode_image
 from .io.storage import Source, join_uri, read_bytes, write_bytes_atomic
 from .manifest import is_current, merge_rows, read_manifest, sha256_bytes, write_manifest
@@ -42,13 +43,8 @@ class BulkSummary:
 
 def _face_record(face) -> dict:
     return {"det_box": [float(v) for v in face.detection.box], "det_score": float(face.detection.score),
-            "lm5": [float(v) for v in face.points5.reshape(-1)], "lm68": [float(v) for v in _to_image(face.matrix, face.landmarks68).reshape(-1)]}
-
-
-def _to_image(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Landmarks on the aligned face → source-image pixels (inverse of the alignment)."""
-    inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
-    return points @ inverse[:, :2].T + inverse[:, 2]
+            "lm5": [float(v) for v in face.points5.reshape(-1)],
+            "lm68": [float(v) for v in to_photo_points(face.matrix, face.landmarks68).reshape(-1)]}
 
 
 def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, force: bool = False,

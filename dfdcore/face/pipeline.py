@@ -32,6 +32,12 @@ def _map_box(matrix: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, i
     return int(lo[0]), int(lo[1]), int(np.ceil(hi[0])), int(np.ceil(hi[1]))
 
 
+def to_photo_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points on the aligned face (N, 2) → photo pixels, through the inverse of the (2, 3) photo → face matrix."""
+    inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
+    return points @ inverse[:, :2].T + inverse[:, 2]
+
+
 def align_faces(rgb: np.ndarray, face_size: int = 512, upsample: int = 1, min_score: float = 0.2,
                 max_faces: int | None = None, detector: str = "hog") -> list[AlignedFace]:
     """Detect faces (largest first), align each by its 5 landmarks, then find its 68 landmarks on the aligned

@@ -37,3 +37,17 @@ def random_faces(batch: int, size: int = 128, seed: int = 0) -> tuple[torch.Tens
     faces = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
     landmarks = torch.rand(batch, 68, 2, generator=gen) * (size * 0.5) + size * 0.25
     return faces, dfdcore.part_boxes(landmarks, face_size=size)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One Prefect temporary server for the whole session, with its state in a temporary dfd home."""
+    home = tmp_path_factory.mktemp("dfd-home")
+    os.environ["DFD_HOME"] = str(home)
+    from flows.tracking import configure_prefect
+
+    configure_prefect()
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield home

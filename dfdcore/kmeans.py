@@ -1,0 +1,223 @@
+"""K-means over streamed component features (FAISS) → ComponentDictionary.
+
+Per partition (scale, part): a seeded uniform sample of at most k·max_points_per_centroid rows trains FAISS k-means,
+then every row is assigned to its nearest centre in streamed batches to count cluster sizes. No step holds the
+whole partition.
+
+Notation for the memory formulas: n rows in the partition, d = C·h·w, m = training rows (≤ k·max_points_per_centroid,
+≤ n), B = batch_rows, G = one Parquet row group (≤ features.ROW_GROUP_BYTES ≈ 64 MiB).
+For the official 512 model, mouth_256 has d = 387,200: m = 131,072 (k 512 × 256) would need 203 GB of float32 for
+the sample, so pass ``max_train_bytes`` (or a lower max_points_per_centroid) there.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import PARTS, GeneratorConfig
+from .dictionary import ComponentDictionary
+from .features import iter_feature_batches, partition_schema
+
+Key = tuple[int, str]
+Progress = Callable[[int, int, Key, "KMeansResult"], None]
+
+
+@dataclass
+class KMeansResult:
+    """Outcome of one partition's k-means.
+
+    centroids: (k, C, h, w) float32. objective: FAISS's per-iteration objective (sum of squared distances of the
+    training sample; FAISS stops early once it no longer changes, so it may be shorter than niter).
+    cluster_sizes: (k,) int64 rows of the whole partition nearest to each centre.
+    inertia: mean squared distance of all rows to their centre.
+    """
+
+    scale: int
+    part: str
+    centroids: np.ndarray
+    objective: list[float]
+    cluster_sizes: np.ndarray
+    empty_clusters: int
+    n_rows: int
+    n_train: int
+    inertia: float
+    seconds: float
+    params: dict = field(default_factory=dict)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Alias of ``cluster_sizes``."""
+        return self.cluster_sizes
+
+    @property
+    def empty(self) -> int:
+        """Alias of ``empty_clusters``."""
+        return self.empty_clusters
+
+    def summary(self) -> dict:
+        """JSON-friendly summary (no centroids), e.g. for run logs and dictionary provenance."""
+        return {"scale": self.scale, "part": self.part, "k": int(self.centroids.shape[0]),
+                "shape": list(self.centroids.shape[1:]), "n_rows": self.n_rows, "n_train": self.n_train,
+                "empty_clusters": self.empty_clusters, "inertia": self.inertia,
+                "final_objective": self.objective[-1] if self.objective else None,
+                "seconds": round(self.seconds, 3), **self.params}
+
+
+def default_gpu() -> bool:
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return bool(get and get() > 0)
+
+
+def sample_size(n_rows: int, k: int, dim: int, max_points_per_centroid: int,
+                max_train_bytes: int | None = None) -> int:
+    """Training rows m = min(n, k·max_points_per_centroid, max_train_bytes // (4·d)), at least k."""
+    m = min(n_rows, k * max_points_per_centroid)
+    if max_train_bytes is not None:
+        m = min(m, max(k, max_train_bytes // (4 * dim)))
+    return m
+
+
+def sample_rows(root_uri: str, scale: int, part: str, n_rows: int, m: int, seed: int,
+                batch_rows: int = 4096) -> np.ndarray:
+    """A uniform sample without replacement of ``m`` of the ``n_rows`` rows, in file order → (m, d) float32.
+
+    The row indices are drawn up front (n is known from the footers), so the sample depends only on ``seed`` and
+    the data, not on batch boundaries. Peak memory: m·d·4 + m·8 (indices) + G + B·d·2.
+    """
+    picks = np.sort(np.random.default_rng(seed).choice(n_rows, size=m, replace=False)) if m < n_rows \
+        else np.arange(n_rows)
+    out: np.ndarray | None = None
+    start = filled = 0
+    for batch in iter_feature_batches(root_uri, scale, part, batch_rows):
+        if out is None:
+            out = np.empty((m, batch.shape[1]), dtype=np.float32)
+        lo, hi = np.searchsorted(picks, [start, start + len(batch)])
+        out[filled:filled + hi - lo] = batch[picks[lo:hi] - start]  # float16 → float32 only for picked rows
+        filled += hi - lo
+        start += len(batch)
+    if out is None or filled != m or start != n_rows:
+        raise RuntimeError(f"scale={scale}/part={part}: read {start} rows, footers say {n_rows}; the partition "
+                           f"changed while it was being read")
+    return out
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means++ seeding of (m, d) float32 rows → (k, d) initial centres.
+
+    FAISS seeds with k random rows, which often puts two seeds in one cluster and leaves Lloyd's iterations stuck
+    there; D²-sampling avoids most of that at the cost of about one extra k-means iteration (k passes of m·d).
+    Distances come from ‖x‖² − 2x·c + ‖c‖², so the extra memory is m·(8 + 4) + k·d·4, never an (m, d) temporary.
+    """
+    rng = np.random.default_rng(seed)
+    sq_norms = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    centres = np.empty((k, x.shape[1]), dtype=np.float32)
+    centres[0] = x[rng.integers(len(x))]
+    best = np.full(len(x), np.inf)
+    for i in range(1, k):
+        c = centres[i - 1]
+        dist = np.maximum(sq_norms - 2 * (x @ c).astype(np.float64) + float(np.dot(c, c)), 0.0)
+        np.minimum(best, dist, out=best)
+        total = best.sum()
+        # All rows already coincide with a centre (duplicates): any row will do, FAISS splits empty clusters later.
+        index = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=best / total)
+        centres[i] = x[index]
+    return centres
+
+
+def kmeans_partition(root_uri: str, scale: int, part: str, k: int, niter: int = 20, seed: int = 0,
+                     max_points_per_centroid: int = 256, gpu: bool | None = None, batch_rows: int = 4096,
+                     max_train_bytes: int | None = None, init: str = "kmeans++") -> KMeansResult:
+    """FAISS k-means of one feature partition → KMeansResult with (k, C, h, w) float32 centroids.
+
+    Steps and peak memory (bytes):
+    1. sample: m·d·4 + m·8 + G + B·d·2 (``sample_rows``).
+    2. train: m·d·4 (sample) + 2·k·d·4 (centroids + FAISS's flat index copy) + m·12 (labels, distances)
+       + FAISS's distance blocks (≈ 1024·k·4 per thread-block on CPU).
+    3. assign all n rows: k·d·4 (index) + G + B·d·(2 + 4) (float16 batch + float32 copy) + B·(8 + 4) + B·k·4
+       (distance block); the sample is freed before this step.
+    FAISS warns when m < 39·k (too few points per centroid) but still runs.
+    ``init``: "kmeans++" (default, ``kmeans_plus_plus``: + m·12 + k·d·4 during seeding) or "random" (FAISS's own
+    seeding with k random sample rows).
+
+    Fewer rows than ``k`` is an error (FAISS cannot seed k distinct centres from fewer points and padding with
+    duplicates would make a dictionary of repeated entries); use a smaller k or extract more faces.
+    ``gpu`` None → use a GPU when FAISS sees one. Deterministic for a given seed, data and thread count.
+    """
+    import faiss  # imported lazily: feature extraction and inference do not need FAISS
+
+    if init not in ("kmeans++", "random"):
+        raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
+    if k < 1 or niter < 1 or max_points_per_centroid < 1:
+        raise ValueError(f"k, niter and max_points_per_centroid must be >= 1, got {k}, {niter}, "
+                         f"{max_points_per_centroid}")
+    began = time.perf_counter()
+    schema = partition_schema(root_uri, scale, part)
+    n, dim = schema.num_rows, schema.dim
+    if n < k:
+        raise ValueError(f"scale={scale}/part={part}: {n} feature rows for k={k} centres; k-means needs at least "
+                         f"k rows — lower k or extract features from more faces")
+    gpu = default_gpu() if gpu is None else gpu
+    m = sample_size(n, k, dim, max_points_per_centroid, max_train_bytes)
+    sample = sample_rows(root_uri, scale, part, n, m, seed, batch_rows)
+    km = faiss.Kmeans(dim, k, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid,
+                      gpu=gpu, verbose=False)
+    km.train(sample, init_centroids=kmeans_plus_plus(sample, k, seed) if init == "kmeans++" else None)
+    objective = [float(v) for v in km.obj]
+    del sample  # step 3 must not hold the sample as well
+
+    sizes = np.zeros(k, dtype=np.int64)
+    total_sq = 0.0
+    for batch in iter_feature_batches(root_uri, scale, part, batch_rows):
+        dist, labels = km.index.search(np.ascontiguousarray(batch, dtype=np.float32), 1)
+        sizes += np.bincount(labels[:, 0], minlength=k)
+        total_sq += float(dist.sum(dtype=np.float64))
+    centroids = np.asarray(km.centroids, dtype=np.float32).reshape(k, schema.channels, schema.height, schema.width)
+    params = {"niter": niter, "seed": seed, "init": init, "max_points_per_centroid": max_points_per_centroid,
+              "gpu": gpu,
+              "extractor_sha256": schema.extractor_sha256, "random_extractor": schema.random}
+    return KMeansResult(scale=int(scale), part=part, centroids=centroids, objective=objective, cluster_sizes=sizes,
+                        empty_clusters=int((sizes == 0).sum()), n_rows=n, n_train=m, inertia=total_sq / n,
+                        seconds=time.perf_counter() - began, params=params)
+
+
+def build_dictionary(root_uri: str, config: GeneratorConfig, k: int, niter: int = 20, seed: int = 0,
+                     max_points_per_centroid: int = 256, gpu: bool | None = None, batch_rows: int = 4096,
+                     max_train_bytes: int | None = None, init: str = "kmeans++",
+                     progress: Progress | None = None) -> tuple[ComponentDictionary, dict[Key, KMeansResult]]:
+    """k-means over all 16 partitions (scales × PARTS) → (ComponentDictionary, {(scale, part): KMeansResult}).
+
+    Partitions run one after another with the same ``seed``, so each entry equals ``kmeans_partition`` of that
+    partition. Peak memory = the largest partition's ``kmeans_partition`` peak + the centroids kept so far
+    (Σ k·d·4; ≈ 3 GiB for the official sizes with k = 512). All partitions must come from one extractor.
+    ``progress(done, total, key, result)`` is called after each partition.
+    """
+    keys = [(scale, part) for scale in config.scales for part in PARTS]
+    schemas = {key: partition_schema(root_uri, *key) for key in keys}  # fail early, before hours of k-means
+    for key, schema in schemas.items():
+        expected = config.dict_shape(*key, k)[1:]
+        if (schema.channels, schema.height, schema.width) != expected:
+            found = (schema.channels, schema.height, schema.width)
+            raise ValueError(f"scale={key[0]}/part={key[1]}: features of shape {found}, the configuration "
+                             f"(face size {config.face_size}, ngf {config.ngf}) needs {expected}")
+    sources = {(s.extractor_sha256, s.random) for s in schemas.values()}
+    if len(sources) != 1:
+        raise ValueError(f"partitions come from {len(sources)} different extractors; rebuild the features with one")
+    results: dict[Key, KMeansResult] = {}
+    for done, key in enumerate(keys, start=1):
+        results[key] = kmeans_partition(root_uri, *key, k=k, niter=niter, seed=seed,
+                                        max_points_per_centroid=max_points_per_centroid, gpu=gpu,
+                                        batch_rows=batch_rows, max_train_bytes=max_train_bytes, init=init)
+        if progress is not None:
+            progress(done, len(keys), key, results[key])
+    checksum, random = sources.pop()
+    provenance = {"kind": "kmeans", "k": k, "niter": niter, "seed": seed, "init": init,
+                  "max_points_per_centroid": max_points_per_centroid, "max_train_bytes": max_train_bytes,
+                  "extractor_sha256": checksum, "random_extractor": random,
+                  "partitions": {f"{s}/{p}": r.summary() for (s, p), r in results.items()}}
+    entries = {key: result.centroids for key, result in results.items()}
+    return ComponentDictionary(entries, config, {"provenance": provenance}), results

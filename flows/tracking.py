@@ -1,0 +1,34 @@
+"""Embedded defaults for the orchestration layer: one dfd home holding Prefect's and MLflow's state."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def dfd_home() -> Path:
+    home = Path(os.environ.get("DFD_HOME", ".dfd")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def configure_prefect() -> None:
+    """Settings for Prefect's temporary local server; call before importing prefect. PREFECT_API_URL wins."""
+    home = dfd_home()
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def mlflow_experiment(name: str) -> str:
+    """Point MLflow at MLFLOW_TRACKING_URI or a SQLite file under the dfd home; return the experiment id."""
+    import mlflow
+
+    home = dfd_home()
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (home / "mlartifacts" / name).as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifacts)

@@ -1,0 +1,61 @@
+"""Ray work for the dictionary flow: scanning, landmarks and feature extraction over batches.
+
+Functions take and return plain rows and URIs (never images or tensors): the data stays in storage, the driver
+only sees what it writes into the tables. Actors keep their models loaded across batches.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import ray
+
+from dfdcore.io.storage import Source
+
+
+@ray.remote
+def scan_batch(sources: Sequence[Source]) -> list[dict]:
+    from dfdcore.collection import scan_image
+
+    return [scan_image(source) for source in sources]
+
+
+@ray.remote
+def landmarks_batch(image_rows: Sequence[dict], upsample: int = 1) -> list[dict]:
+    from dfdcore.collection import detect_image_faces
+
+    return [row for image in image_rows for row in detect_image_faces(image, upsample=upsample)]
+
+
+@ray.remote
+class FeatureWorker:
+    """Holds the VGG19 extractor; turns batches of selected faces into feature shards."""
+
+    def __init__(self, vgg_weights: str | None, random_seed: int | None, face_size: int, ngf: int,
+                 threads: int) -> None:
+        import torch
+
+        from dfdcore.config import GeneratorConfig
+        from dfdcore.features import load_vgg
+
+        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers
+        self.config = GeneratorConfig(face_size=face_size, ngf=ngf)
+        self.vgg, self.checksum, self.random = load_vgg(vgg_weights, width=ngf, random_seed=random_seed)
+
+    def extract(self, faces: Sequence[dict], root: str, shard: str, flip: bool) -> int:
+        from dfdcore.dictionary_features import extract_shard
+
+        return extract_shard(self.vgg, self.checksum, self.random, self.config, faces, root, shard, flip)
+
+    def extractor(self) -> tuple[str, bool]:
+        return self.checksum, self.random
+
+
+def ensure_ray() -> None:
+    from tasks.restore import ensure_ray as start
+
+    start()
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))

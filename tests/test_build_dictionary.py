@@ -1,0 +1,105 @@
+"""The build_dictionary flow end to end on real photos: Prefect (temporary server), Ray (local), MLflow (SQLite)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import dfdcore
+from dfdcore import ComponentDictionary, GeneratorConfig
+
+from .conftest import SHARED
+
+FACES = SHARED / "data" / "faces"
+CONFIG = GeneratorConfig(face_size=128, ngf=8)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("collection")
+    for name in ("grace_hopper.jpg", "obama.jpg", "astronaut.png", "biden.jpg"):
+        shutil.copy(FACES / "portraits" / name, folder / name)
+    for person in sorted(p for p in (FACES / "identities").iterdir() if p.is_dir())[:2]:
+        for photo in sorted(person.iterdir())[:2]:
+            shutil.copy(photo, folder / f"{person.name}_{photo.name}")
+    shutil.copy(FACES / "groups" / "2008_002506.jpg", folder / "group.jpg")  # 3 faces
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(photos, tmp_path_factory, prefect_server):
+    from flows.build_dictionary import DictionaryConfig, build_dictionary
+
+    out = tmp_path_factory.mktemp("dictionary-out")
+    config = DictionaryConfig(k=4, select=8, face_size=128, ngf=8, random_weights=True, seed=1, niter=5,
+                              workers=1, batch=4)
+    summary = build_dictionary(str(photos), str(out), config)
+    return out, config, summary
+
+
+def test_dictionary_has_reference_shapes_and_loads(built, tmp_path):
+    out, config, summary = built
+    for path in (out / "dictionary.safetensors", out / "DictionaryCenter128"):
+        dictionary = ComponentDictionary.load(path)
+        assert dictionary.k == 4 and dictionary.config == CONFIG
+        for scale, part in dictionary.keys():
+            assert dictionary.shape(scale, part) == CONFIG.dict_shape(scale, part, 4)
+            assert torch.isfinite(dictionary.tensor(scale, part)).all()
+    weights = dfdcore.save_checkpoint(dfdcore.random_generator(k=4, face_size=128, ngf=8), tmp_path / "g.pth")
+    model = dfdcore.load_generator(weights, out / "dictionary.safetensors")
+    assert model.bank.k == 4
+    assert summary.images == 10 and summary.failed_images == 1
+    assert summary.faces == 4 + 4 + 3 and summary.selected == 8
+
+
+def test_tables_have_the_documented_schemas(built):
+    out, _, _ = built
+    images = pq.read_table(out / "images.parquet")
+    assert images.column_names == ["image_id", "uri", "width", "height", "format", "status", "error"]
+    assert sorted(images.column("status").to_pylist()).count("failed") == 1
+    faces = pq.read_table(out / "faces.parquet")
+    for column in ("image_id", "face_index", "det_box", "det_score", "lm5", "lm68", "yaw", "pitch", "roll",
+                   "eye_open_left", "eye_open_right", "mouth_open", "mouth_width", "status", "error"):
+        assert column in faces.column_names
+    assert all(len(v) == 136 for v in faces.column("lm68").to_pylist() if v is not None)
+    selection = pq.read_table(out / "selection.parquet")
+    assert sum(selection.column("selected").to_pylist()) == 8
+    assert json.loads(selection.schema.metadata[b"stats"])
+    shards = list((out / "features" / "scale=64" / "part=mouth").glob("*.parquet"))
+    schema = pq.read_schema(shards[0])
+    assert schema.field("feature").type.value_type == "halffloat"
+    assert (out / "selection.png").stat().st_size > 1000
+
+
+def test_mlflow_run_records_the_build(built):
+    _, _, summary = built
+    run = mlflow.get_run(summary.run_id)
+    assert run.data.params["k"] == "4" and run.data.tags["random_vgg"] == "True"
+    assert run.data.tags["extractor_checksum"]
+    assert run.data.metrics["faces"] == 11 and run.data.metrics["selected"] == 8
+    assert "inertia_64_mouth" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary.run_id)}
+    assert {"dictionary.safetensors", "selection.png", "faces.parquet"} <= artifacts
+
+
+def test_rerun_skips_and_changing_k_reruns_only_kmeans(built, photos):
+    from flows.build_dictionary import build_dictionary
+
+    out, config, _ = built
+    stamps = {name: (out / name).stat().st_mtime_ns for name in ("images.parquet", "faces.parquet",
+                                                                  "selection.parquet", "dictionary.safetensors")}
+    build_dictionary(str(photos), str(out), config)
+    assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
+    from dataclasses import replace
+
+    build_dictionary(str(photos), str(out), replace(config, k=3))
+    after = {name: (out / name).stat().st_mtime_ns for name in stamps}
+    assert after["images.parquet"] == stamps["images.parquet"]
+    assert after["selection.parquet"] == stamps["selection.parquet"]
+    assert after["dictionary.safetensors"] != stamps["dictionary.safetensors"]
+    assert ComponentDictionary.load(out / "dictionary.safetensors").k == 3

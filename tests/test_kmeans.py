@@ -1,0 +1,103 @@
+"""FAISS k-means over streamed Parquet features, and the dictionary built from it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dfdcore.config import PARTS, GeneratorConfig
+from dfdcore.dictionary import ComponentDictionary
+from dfdcore.features import write_feature_partition
+from dfdcore.kmeans import build_dictionary, kmeans_partition, kmeans_plus_plus, sample_size
+
+CFG = GeneratorConfig(face_size=128, ngf=8)
+SCALE, PART = 32, "nose"  # (32, 3, 3) entries for CFG: d = 288
+
+
+def clustered(n_per: int, shape: tuple[int, int, int], seed: int, k: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """k well-separated centres (spread 10, noise 0.05) → (centres (k, d), rows (k·n_per, C, h, w) shuffled)."""
+    rng = np.random.default_rng(seed)
+    dim = int(np.prod(shape))
+    centres = rng.normal(0, 10, size=(k, dim)).astype(np.float32)
+    rows = np.repeat(centres, n_per, axis=0) + rng.normal(0, 0.05, size=(k * n_per, dim)).astype(np.float32)
+    return centres, rng.permutation(rows).reshape(-1, *shape)
+
+
+def write_rows(root: str, scale: int, part: str, rows: np.ndarray, shards: int = 2, checksum: str = "c0") -> None:
+    for i, chunk in enumerate(np.array_split(rows, shards)):
+        meta = [{"image_id": f"{i}-{j}", "face_index": 0, "flip": False} for j in range(len(chunk))]
+        write_feature_partition(root, scale, part, meta, chunk, f"shard-{i}", extractor_checksum=checksum,
+                                random_weights=True)
+
+
+@pytest.fixture(scope="module")
+def partition(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("features"))
+    centres, rows = clustered(60, CFG.dict_shape(SCALE, PART, 1)[1:], seed=0)
+    write_rows(root, SCALE, PART, rows, shards=3)
+    return root, centres, len(rows)
+
+
+def test_recovers_well_separated_centres(partition):
+    root, centres, n = partition
+    result = kmeans_partition(root, SCALE, PART, k=4, niter=10, seed=1, batch_rows=50)
+    assert result.centroids.shape == CFG.dict_shape(SCALE, PART, 4) and result.centroids.dtype == np.float32
+    found = result.centroids.reshape(4, -1)
+    dist = ((centres[:, None] - found[None]) ** 2).sum(-1)
+    match = dist.argmin(axis=1)
+    assert sorted(match.tolist()) == [0, 1, 2, 3]  # a permutation
+    assert np.abs(found[match] - centres).max() < 0.05  # noise 0.05 averaged over 60 rows, float16 storage
+    assert result.cluster_sizes.sum() == result.n_rows == n and sorted(result.cluster_sizes.tolist()) == [60] * 4
+    assert result.empty_clusters == result.empty == 0 and result.n_train == n
+    obj = np.asarray(result.objective)
+    assert 1 <= len(obj) <= 10 and np.all(np.diff(obj) <= 1e-6 * obj[0])
+    assert result.inertia < 0.05 ** 2 * found.shape[1] * 1.5
+
+
+def test_deterministic_per_seed_and_sample_is_bounded(partition):
+    root, _, n = partition
+    a = kmeans_partition(root, SCALE, PART, k=4, niter=5, seed=3, max_points_per_centroid=20, batch_rows=32)
+    b = kmeans_partition(root, SCALE, PART, k=4, niter=5, seed=3, max_points_per_centroid=20, batch_rows=32)
+    assert a.n_train == 80 < n
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    np.testing.assert_array_equal(a.cluster_sizes, b.cluster_sizes)
+    assert a.objective == b.objective
+    assert sample_size(10_000, 512, 387_200, 256, max_train_bytes=2**30) == 693  # 1 GiB / (4·d)
+
+
+def test_fewer_rows_than_k_is_a_clear_error(partition):
+    root, _, n = partition
+    with pytest.raises(ValueError, match="at least k rows"):
+        kmeans_partition(root, SCALE, PART, k=n + 1)
+    with pytest.raises(FileNotFoundError):
+        kmeans_partition(root, SCALE, "mouth", k=2)
+
+
+def test_kmeans_plus_plus_seeds_distinct_clusters():
+    centres, rows = clustered(30, (8, 1, 1), seed=5)
+    seeds = kmeans_plus_plus(rows.reshape(len(rows), -1), 4, seed=0)
+    nearest = ((seeds[:, None] - centres[None]) ** 2).sum(-1).argmin(axis=1)
+    assert sorted(nearest.tolist()) == [0, 1, 2, 3]
+
+
+def test_build_dictionary_over_all_partitions(tmp_path):
+    root = str(tmp_path)
+    for i, scale in enumerate(CFG.scales):
+        for j, part in enumerate(PARTS):
+            _, rows = clustered(3, CFG.dict_shape(scale, part, 1)[1:], seed=10 + 4 * i + j)
+            write_rows(root, scale, part, rows, shards=1)
+    calls = []
+    dictionary, results = build_dictionary(root, CFG, k=4, niter=3, seed=0,
+                                           progress=lambda done, total, key, res: calls.append((done, total, key)))
+    assert isinstance(dictionary, ComponentDictionary) and dictionary.k == 4
+    for scale in CFG.scales:
+        for part in PARTS:
+            assert dictionary.shape(scale, part) == CFG.dict_shape(scale, part, 4)
+            torch.testing.assert_close(dictionary.tensor(scale, part),
+                                       torch.from_numpy(results[(scale, part)].centroids))
+    assert [c[0] for c in calls] == list(range(1, 17)) and calls[-1][1] == 16
+    provenance = dictionary.metadata["provenance"]
+    assert provenance["k"] == 4 and provenance["random_extractor"] is True
+    dictionary.save(tmp_path / "dictionary.safetensors")
+    loaded = ComponentDictionary.load(tmp_path / "dictionary.safetensors")
+    assert loaded.shape(32, "mouth") == CFG.dict_shape(32, "mouth", 4)

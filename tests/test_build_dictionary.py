@@ -103,3 +103,21 @@ def test_rerun_skips_and_changing_k_reruns_only_kmeans(built, photos):
     assert after["selection.parquet"] == stamps["selection.parquet"]
     assert after["dictionary.safetensors"] != stamps["dictionary.safetensors"]
     assert ComponentDictionary.load(out / "dictionary.safetensors").k == 3
+
+
+def test_kmeans_beats_random_centres_from_the_data(built):
+    import numpy as np
+
+    from dfdcore.features import iter_feature_batches
+    from dfdcore.kmeans import kmeans_partition
+
+    out, _, _ = built
+    root = str(out / "features")
+    rows = np.concatenate(list(iter_feature_batches(root, 64, "mouth"))).astype(np.float32)
+    result = kmeans_partition(root, 64, "mouth", k=4, niter=10, seed=0)
+    random_inertias = []
+    for seed in range(5):
+        centres = rows[np.random.default_rng(seed).choice(len(rows), 4, replace=False)]
+        distances = ((rows[:, None, :] - centres[None]) ** 2).sum(-1).min(1)
+        random_inertias.append(distances.mean())
+    assert result.inertia < min(random_inertias)

@@ -196,3 +196,18 @@ def test_selection_histogram_png(tmp_path):
     out = pose.selection_histogram(d, sel, ["yaw", "pitch", "mouth_open"], tmp_path / "hist.png")
     assert out.stat().st_size > 1000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_balanced_subset_beats_a_random_subset_on_max_min_bin_ratio():
+    """Max/min count over the yaw bins the data occupies: balanced selection vs a random subset of the same size."""
+    d = skewed_set(seed=3)
+    n = 120
+    selected, bin_id, _ = pose.select_balanced(d, n, bins=(5, 1, 1), seed=0)
+    random_pick = np.random.default_rng(0).choice(len(d), n, replace=False)
+    occupied = np.unique(bin_id)
+
+    def ratio(index):
+        counts = np.array([(bin_id[index] == b).sum() for b in occupied])
+        return counts.max() / max(counts.min(), 1)
+
+    assert ratio(selected) < ratio(random_pick) / 2

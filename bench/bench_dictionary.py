@@ -1,0 +1,186 @@
+"""Dictionary pipeline benchmarks.
+
+1. faces/s of the landmark step (dlib detection + 5/68 landmarks + pose/expression) and of the feature step
+   (alignment + VGG19 taps + component crops → Parquet, official 512 size, random VGG) with 1 and 2 Ray workers,
+   on the real photos of shared/data/faces (identities + portraits);
+2. FAISS k-means against scikit-learn's KMeans on the same features (time, inertia = mean squared distance);
+3. ``--memory``: k-means with K=512 over 2,000 synthetic rows at the official dimensions for all 16 (scale, part)
+   partitions, peak RSS of that process (target < 12 GB).
+
+    python bench/bench_dictionary.py --out bench/results/dictionary-cpu.json
+    python bench/bench_dictionary.py --memory --out bench/results/dictionary-memory.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).parent
+sys.path.insert(0, str(BENCH))
+from bench_generator import machine  # noqa: E402
+
+SHARED = Path(os.environ.get("DFD_SHARED", BENCH.parent.parent / "shared"))
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+
+
+def pipeline_bench(args) -> dict:
+    import numpy as np
+    import ray
+
+    from dfdcore.collection import ok_rows, scan_image
+    from dfdcore.io.storage import list_images
+    from tasks.dictionary import FeatureWorker, landmarks_batch
+
+    faces_dir = SHARED / "data" / "faces"
+    sources = list_images([str(faces_dir / "identities"), str(faces_dir / "portraits")])[: args.images]
+    images = ok_rows(scan_image(s) for s in sources)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    results: dict = {"images": len(images), "landmarks": {}, "features": {}}
+    faces = []
+    for workers in (1, 2):
+        parts = [images[i::workers] for i in range(workers)]
+        started = time.perf_counter()
+        rows = [r for part in ray.get([landmarks_batch.remote(p) for p in parts]) for r in part]
+        seconds = time.perf_counter() - started
+        faces = ok_rows(rows)
+        results["landmarks"][workers] = {"faces": len(faces), "seconds": seconds, "faces_per_second": len(faces) / seconds}
+        print(f"landmarks  {workers} worker(s): {len(faces)} faces in {seconds:.1f} s = {len(faces) / seconds:.2f} faces/s",
+              flush=True)
+    selected = faces[: args.features]
+    with tempfile.TemporaryDirectory(dir=BENCH / ".cache") as out:
+        for workers in (1, 2):
+            actors = [FeatureWorker.remote(None, 0, 512, 64, max(1, 2 // workers)) for _ in range(workers)]
+            ray.get([a.extractor.remote() for a in actors])  # models loaded before timing
+            chunks = [selected[i:i + 8] for i in range(0, len(selected), 8)]
+            started = time.perf_counter()
+            ray.get([actors[i % workers].extract.remote(c, f"{out}/w{workers}", f"shard-{i:04d}", False)
+                     for i, c in enumerate(chunks)])
+            seconds = time.perf_counter() - started
+            results["features"][workers] = {"faces": len(selected), "seconds": seconds,
+                                            "faces_per_second": len(selected) / seconds}
+            print(f"features   {workers} worker(s): {len(selected)} faces in {seconds:.1f} s = "
+                  f"{len(selected) / seconds:.2f} faces/s", flush=True)
+            for actor in actors:
+                ray.kill(actor)
+    ray.shutdown()
+    results["kmeans"] = kmeans_comparison(args.kmeans_rows, args.k)
+    return results
+
+
+def synthetic_partition(root: str, scale: int, part: str, n: int, clusters: int, seed: int = 0) -> None:
+    """n rows at the official (C, h, w) of (scale, part): a mixture of ``clusters`` non-negative blobs."""
+    import torch
+
+    from dfdcore.config import OFFICIAL
+    from dfdcore.features import write_feature_partition
+
+    _, c, h, w = OFFICIAL.dict_shape(scale, part, 1)
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.rand(clusters, c, h, w, generator=gen) * 2
+    labels = torch.randint(0, clusters, (n,), generator=gen)
+    rows = (centres[labels] + 0.5 * torch.randn(n, c, h, w, generator=gen)).clamp_(min=0)
+    meta = [{"image_id": f"synthetic-{i}", "face_index": 0, "flip": False} for i in range(n)]
+    write_feature_partition(root, scale, part, meta, rows, "shard-00000", extractor_checksum="synthetic",
+                            random_weights=True)
+
+
+def kmeans_comparison(n: int, k: int) -> dict:
+    """FAISS (dfdcore.kmeans) vs scikit-learn KMeans (n_init=1, k-means++, 20 iterations) on the same rows."""
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    from dfdcore.features import iter_feature_batches
+    from dfdcore.kmeans import kmeans_partition
+
+    comparison = {}
+    for scale, part in ((32, "left_eye"), (64, "mouth")):
+        root = tempfile.mkdtemp(dir=BENCH / ".cache")
+        synthetic_partition(root, scale, part, n, clusters=k)
+        rows = np.concatenate(list(iter_feature_batches(root, scale, part))).astype(np.float32)
+        started = time.perf_counter()
+        faiss_result = kmeans_partition(root, scale, part, k=k, niter=20, seed=0)
+        faiss_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        sk = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(rows)
+        sk_seconds = time.perf_counter() - started
+        sk_inertia = float(sk.inertia_ / len(rows))
+        comparison[f"{scale}/{part}"] = {"rows": len(rows), "dim": rows.shape[1], "k": k,
+                                         "faiss_seconds": faiss_seconds, "faiss_inertia": faiss_result.inertia,
+                                         "sklearn_seconds": sk_seconds, "sklearn_inertia": sk_inertia}
+        print(f"k-means    {scale}/{part} ({len(rows)} rows, d={rows.shape[1]}, K={k}): FAISS {faiss_seconds:.2f} s "
+              f"inertia {faiss_result.inertia:.4g} | scikit-learn {sk_seconds:.2f} s inertia {sk_inertia:.4g}",
+              flush=True)
+    return comparison
+
+
+def memory_bench(args) -> dict:
+    import numpy as np
+    import torch
+
+    from dfdcore.config import OFFICIAL, PARTS
+    from dfdcore.features import write_feature_partition
+    from dfdcore.kmeans import build_dictionary
+
+    with tempfile.TemporaryDirectory(dir=BENCH / ".cache") as root:
+        started = time.perf_counter()
+        for scale in OFFICIAL.scales:
+            for part in PARTS:
+                _, c, h, w = OFFICIAL.dict_shape(scale, part, 1)
+                gen = torch.Generator().manual_seed(scale * 10 + PARTS.index(part))
+                for shard in range(0, args.rows, 250):
+                    n = min(250, args.rows - shard)
+                    rows = torch.randn(n, c, h, w, generator=gen).abs_()
+                    meta = [{"image_id": f"synthetic-{shard + i}", "face_index": 0, "flip": False} for i in range(n)]
+                    write_feature_partition(root, scale, part, meta, rows, f"shard-{shard:05d}",
+                                            extractor_checksum="synthetic", random_weights=True)
+        write_seconds = time.perf_counter() - started
+        rss_after_write = peak_rss_gib()
+        started = time.perf_counter()
+        _, results = build_dictionary(root, OFFICIAL, k=args.k_memory, niter=args.niter, seed=0,
+                                      max_train_bytes=int(4 * 2**30))
+        seconds = time.perf_counter() - started
+    return {"rows": args.rows, "k": args.k_memory, "niter": args.niter, "write_seconds": write_seconds,
+            "kmeans_seconds": seconds, "peak_rss_gib": peak_rss_gib(), "peak_rss_gib_after_write": rss_after_write,
+            "partitions": {f"{s}/{p}": r.summary() for (s, p), r in results.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--features", type=int, default=32, help="faces through the feature step")
+    parser.add_argument("--k", type=int, default=64, help="K for the FAISS / scikit-learn comparison")
+    parser.add_argument("--kmeans-rows", type=int, default=2000, help="synthetic rows for that comparison")
+    parser.add_argument("--kmeans-only", action="store_true")
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--k-memory", type=int, default=512)
+    parser.add_argument("--niter", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    (BENCH / ".cache").mkdir(exist_ok=True)
+    if args.memory:
+        result = memory_bench(args)
+    elif args.kmeans_only:
+        result = {"kmeans": kmeans_comparison(args.kmeans_rows, args.k)}
+    else:
+        result = pipeline_bench(args)
+    result["machine"] = machine()
+    if args.memory:
+        print(json.dumps({k: v for k, v in result.items() if k != "partitions"}, indent=2, default=str))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .components import part_boxes
-from .config import GeneratorConfig
+from .config import PARTS, GeneratorConfig
 from .face.align import align_face
 from .face.pipeline import to_tensor
 from .features import component_features, flip_faces, write_feature_partition
@@ -42,7 +42,9 @@ def extract_shard(vgg, checksum: str, random: bool, config: GeneratorConfig, fac
         for key, value in component_features(vgg, images, boxes, config).items():
             features.setdefault(key, []).append(value)
         rows += info
-    for (scale, part), values in features.items():
-        write_feature_partition(root, scale, part, rows, torch.cat(values), shard, extractor_checksum=checksum,
-                                random_weights=random)
+    # Written finest scale first, coarsest mouth last: its presence marks a complete shard (resume check).
+    for scale in config.scales:
+        for part in PARTS:
+            write_feature_partition(root, scale, part, rows, torch.cat(features[(scale, part)]), shard,
+                                    extractor_checksum=checksum, random_weights=random)
     return len(rows)

@@ -56,6 +56,22 @@ def _json(value) -> str:
     return json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
+def _gather(refs: list, description: str, sizes: list[int]) -> list:
+    """ray.get with a progress bar counting the items of each finished batch; results in submission order."""
+    import ray
+    from tqdm import tqdm
+
+    order = {ref: i for i, ref in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending = list(refs)
+    with tqdm(total=sum(sizes), desc=description, unit="item") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results[order[done[0]]] = ray.get(done[0])
+            bar.update(sizes[order[done[0]]])
+    return results
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -71,7 +87,9 @@ def scan(source: str, out: str, cfg: DictionaryConfig) -> str:
     uri = join_uri(out, "images.parquet")
     if not _done(out, "scan", key):
         ensure_ray()
-        rows = [r for part in ray.get([scan_batch.remote(c) for c in _chunks(sources, cfg.batch)]) for r in part]
+        chunks = _chunks(sources, cfg.batch)
+        rows = [r for part in _gather([scan_batch.remote(c) for c in chunks], "scan", [len(c) for c in chunks])
+                for r in part]
         write_table(uri, rows, IMAGES_SCHEMA)
         _mark(out, "scan", key)
     return key
@@ -87,7 +105,9 @@ def landmarks(out: str, scan_key: str, cfg: DictionaryConfig) -> str:
     if not _done(out, "landmarks", key):
         ensure_ray()
         images = ok_rows(read_table(join_uri(out, "images.parquet")))
-        parts = ray.get([landmarks_batch.remote(c, cfg.upsample) for c in _chunks(images, cfg.batch)])
+        chunks = _chunks(images, cfg.batch)
+        parts = _gather([landmarks_batch.remote(c, cfg.upsample) for c in chunks], "landmarks",
+                        [len(c) for c in chunks])
         write_table(join_uri(out, "faces.parquet"), [r for part in parts for r in part], FACES_SCHEMA)
         _mark(out, "landmarks", key)
     return key
@@ -139,13 +159,14 @@ def features(out: str, selection_key: str, cfg: DictionaryConfig) -> tuple[str, 
     workers = max(1, cfg.workers)
     actors = [FeatureWorker.remote(cfg.vgg_weights, cfg.seed if cfg.random_weights else None, cfg.face_size,
                                    cfg.ngf, threads_per_worker(workers)) for _ in range(workers)]
-    jobs = []
+    jobs, sizes = [], []
     for i, chunk in enumerate(_chunks(selected, cfg.batch)):
         shard = f"{key}-{i:05d}"
-        if exists(join_uri(root, f"scale={cfg.face_size // 32}/part=mouth/{shard}.parquet")):
-            continue  # written by an earlier, interrupted run (the coarsest mouth partition is written last)
+        if exists(join_uri(root, f"scale={cfg.face_size // 16}/part=mouth/{shard}.parquet")):
+            continue  # written by an earlier, interrupted run (extract_shard writes the coarsest mouth last)
         jobs.append(actors[i % workers].extract.remote(chunk, root, shard, cfg.flip))
-    ray.get(jobs)
+        sizes.append(len(chunk))
+    _gather(jobs, "features", sizes)
     checksum, random = ray.get(actors[0].extractor.remote())
     for actor in actors:
         ray.kill(actor)

@@ -51,8 +51,8 @@ def test_dictionary_has_reference_shapes_and_loads(built, tmp_path):
             assert dictionary.shape(scale, part) == CONFIG.dict_shape(scale, part, 4)
             assert torch.isfinite(dictionary.tensor(scale, part)).all()
     weights = dfdcore.save_checkpoint(dfdcore.random_generator(k=4, face_size=128, ngf=8), tmp_path / "g.pth")
-    model = dfdcore.load_generator(weights, out / "dictionary.safetensors")
-    assert model.bank.k == 4
+    for exported in (out / "dictionary.safetensors", out / "DictionaryCenter128"):
+        assert dfdcore.load_generator(weights, exported).bank.k == 4
     assert summary.images == 10 and summary.failed_images == 1
     assert summary.faces == 4 + 4 + 3 and summary.selected == 8
 
@@ -121,3 +121,20 @@ def test_kmeans_beats_random_centres_from_the_data(built):
         distances = ((rows[:, None, :] - centres[None]) ** 2).sum(-1).min(1)
         random_inertias.append(distances.mean())
     assert result.inertia < min(random_inertias)
+
+
+def test_interrupted_feature_step_resumes_at_the_missing_shard(built, photos):
+    """Delete one shard's coarsest-mouth file and the feature marker: only that shard is extracted again."""
+    from flows.build_dictionary import build_dictionary
+
+    out, config, _ = built
+    partition = out / "features" / "scale=8" / "part=mouth"
+    shards = sorted(partition.glob("*.parquet"))
+    assert len(shards) == 2  # 8 selected faces, 4 per shard
+    kept = out / "features" / "scale=64" / "part=nose" / shards[0].name
+    stamp = kept.stat().st_mtime_ns
+    shards[1].unlink()
+    (out / ".steps" / "features.json").unlink()
+    build_dictionary(str(photos), str(out), config)
+    assert kept.stat().st_mtime_ns == stamp  # the complete shard was not redone
+    assert len(list(partition.glob("*.parquet"))) == 2

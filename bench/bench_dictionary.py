@@ -33,7 +33,6 @@ def peak_rss_gib() -> float:
 
 
 def pipeline_bench(args) -> dict:
-    import numpy as np
     import ray
 
     from dfdcore.collection import ok_rows, scan_image
@@ -124,7 +123,6 @@ def kmeans_comparison(n: int, k: int) -> dict:
 
 
 def memory_bench(args) -> dict:
-    import numpy as np
     import torch
 
     from dfdcore.config import OFFICIAL, PARTS

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 
@@ -196,6 +196,3 @@ def decode_or_error(data: bytes, name: str, max_pixels: int) -> DecodedImage | I
         return decode_image(data, name=name, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         return exc
-
-
-ProgressCallback = Callable[[int], None]

@@ -78,7 +78,6 @@ def _chunks(items: list, size: int) -> list[list]:
 
 @task(cache_policy=NONE, retries=1)
 def scan(source: str, out: str, cfg: DictionaryConfig) -> str:
-    import ray
 
     from tasks.dictionary import ensure_ray, scan_batch
 
@@ -97,7 +96,6 @@ def scan(source: str, out: str, cfg: DictionaryConfig) -> str:
 
 @task(cache_policy=NONE, retries=1)
 def landmarks(out: str, scan_key: str, cfg: DictionaryConfig) -> str:
-    import ray
 
     from tasks.dictionary import ensure_ray, landmarks_batch
 

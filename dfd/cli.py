@@ -24,30 +24,23 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def _resolve_device(device: str) -> str:
-    import torch
+def _check_spec(spec) -> None:
+    """Refuse model options that cannot work, with a message saying what to give instead."""
+    if spec.name == "dfdnet":
+        if spec.random_weights and spec.weights:
+            raise click.UsageError("--random-weights and --weights exclude each other")
+        if not spec.random_weights and not (spec.weights and spec.dictionary):
+            raise click.UsageError("no model given.\n" + WEIGHTS_HELP + "\n  * or --model identity (dfd restore) to "
+                                   "check the geometry: faces pasted back unchanged.")
 
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
 
-
-def _build_generator(weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype, fidelity):
+def _build_model(spec):
+    """Build the model of a ModelSpec, turning bad weights or dictionaries into a message, not a traceback."""
     import dfdcore
 
-    device = _resolve_device(device)
-    if random_weights and weights:
-        raise click.UsageError("--random-weights and --weights exclude each other")
-    if random_weights:
-        return dfdcore.random_generator(dictionary, k=k, seed=seed, face_size=face_size, ngf=ngf, device=device,
-                                        dict_dtype=_torch_dtype(dict_dtype), fidelity=fidelity)
-    if not weights or not dictionary:
-        raise click.UsageError("no model given.\n" + WEIGHTS_HELP)
+    _check_spec(spec)
     try:
-        return dfdcore.load_generator(weights, dictionary, device=device, dict_dtype=_torch_dtype(dict_dtype),
-                                      fidelity=fidelity)
+        return spec.build()
     except (dfdcore.CheckpointError, dfdcore.DictionaryError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -105,16 +98,17 @@ def sample(output, upscale, batch_size, force, weights, dictionary, random_weigh
 
     from dfdcore.bulk import restore_sources
     from dfdcore.io.storage import Source
-    from dfdcore.restore import Restorer, RestoreOptions
+    from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
 
     _use_all_cores()
     import dfdcore
 
     photos = sorted(p for p in (Path(dfdcore.__file__).parent / "assets").iterdir() if p.suffix in (".png", ".jpg"))
+    spec = ModelSpec("dfdnet", weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype,
+                     fidelity)
     click.echo(f"Loading the model ({'RANDOM weights' if random_weights else weights}) ...")
-    model = _build_generator(weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype,
-                             fidelity)
-    restorer = Restorer(model, RestoreOptions(upscale=upscale), batch_size=batch_size, device=_resolve_device(device))
+    model = _build_model(spec)
+    restorer = Restorer(model, RestoreOptions(upscale=upscale), batch_size=batch_size, device=resolve_device(device))
     with tqdm(total=len(photos), desc="restore", unit="image") as bar:
         summary = restore_sources([Source(str(p), p.name) for p in photos], output, restorer, force=force,
                                   save_faces=True, cmp=True, on_image=lambda: bar.update(1))
@@ -191,7 +185,7 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
 
     from dfdcore.bulk import restore_sources
     from dfdcore.io.storage import list_images
-    from dfdcore.restore import IdentityModel, Restorer, RestoreOptions
+    from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
 
     _use_all_cores()
     try:
@@ -205,22 +199,18 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     options = RestoreOptions(upscale=upscale, only_largest=only_largest, only_center=only_center,
                              min_face=min_face, upsample=upsample, min_score=min_score, detector=detector, ext=ext,
                              suffix=suffix)
-    if model_name == "dfdnet" and not random_weights and not (weights and dictionary):
-        raise click.UsageError("no model given.\n" + WEIGHTS_HELP + "\n  * or --model identity to check the "
-                               "geometry (faces pasted back unchanged).")
+    spec = ModelSpec(model_name, weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype,
+                     fidelity)
     run_options = dict(force=force, save_faces=save_faces, cmp=cmp, max_pixels=max_pixels)
     with tqdm(total=len(sources), desc="restore", unit="image") as bar:
         if workers > 0:
-            from tasks.restore import ModelSpec, restore_parallel
+            from tasks.restore import restore_parallel
 
-            spec = ModelSpec(model_name, weights, dictionary, random_weights, k, seed, face_size, ngf,
-                             _resolve_device(device), dict_dtype, fidelity)
+            _check_spec(spec)  # before starting workers
             summary = restore_parallel(sources, output, spec, options, workers=workers, batch_size=batch_size,
                                        on_image=lambda: bar.update(1), **run_options)
         else:
-            model = IdentityModel(face_size) if model_name == "identity" else _build_generator(
-                weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype, fidelity)
-            restorer = Restorer(model, options, batch_size=batch_size, device=_resolve_device(device))
+            restorer = Restorer(_build_model(spec), options, batch_size=batch_size, device=resolve_device(device))
             summary = restore_sources(sources, output, restorer, on_image=lambda: bar.update(1), **run_options)
     _report(summary, "RANDOM WEIGHTS (not a restoration)" if random_weights and model_name == "dfdnet"
             else model_name, output)

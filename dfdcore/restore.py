@@ -35,6 +35,45 @@ class IdentityModel(nn.Module):
         return faces
 
 
+def resolve_device(device: str) -> str:
+    """"auto" → cuda when available, then mps, then cpu; anything else as given."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the face model — in this process or inside a worker (paths travel, weights do not)."""
+
+    name: str = "dfdnet"           # dfdnet | identity
+    weights: str | None = None
+    dictionary: str | None = None
+    random_weights: bool = False
+    k: int = 512
+    seed: int = 0
+    face_size: int = 512
+    ngf: int = 64
+    device: str = "auto"
+    dict_dtype: str = "float32"
+    fidelity: float = 1.0
+
+    def build(self) -> nn.Module:
+        """The model on its device. Raises CheckpointError / DictionaryError for bad weights or dictionaries."""
+        from .api import load_generator, random_generator
+
+        if self.name == "identity":
+            return IdentityModel(self.face_size)
+        device, dtype = resolve_device(self.device), getattr(torch, self.dict_dtype)
+        if self.random_weights:
+            return random_generator(self.dictionary, k=self.k, seed=self.seed, face_size=self.face_size,
+                                    ngf=self.ngf, device=device, dict_dtype=dtype, fidelity=self.fidelity)
+        return load_generator(self.weights, self.dictionary, device=device, dict_dtype=dtype,
+                              fidelity=self.fidelity)
+
+
 def model_face_size(model: nn.Module) -> int:
     return model.config.face_size if hasattr(model, "config") else model.face_size
 

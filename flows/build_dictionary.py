@@ -79,7 +79,8 @@ def _chunks(items: list, size: int) -> list[list]:
 @task(cache_policy=NONE, retries=1)
 def scan(source: str, out: str, cfg: DictionaryConfig) -> str:
 
-    from tasks.dictionary import ensure_ray, scan_batch
+    from tasks.dictionary import scan_batch
+    from tasks.runtime import ensure_ray
 
     sources = list_images([source])
     key = _key("scan", [s.uri for s in sources])
@@ -97,7 +98,8 @@ def scan(source: str, out: str, cfg: DictionaryConfig) -> str:
 @task(cache_policy=NONE, retries=1)
 def landmarks(out: str, scan_key: str, cfg: DictionaryConfig) -> str:
 
-    from tasks.dictionary import ensure_ray, landmarks_batch
+    from tasks.dictionary import landmarks_batch
+    from tasks.runtime import ensure_ray
 
     key = _key("landmarks", scan_key, cfg.upsample)
     if not _done(out, "landmarks", key):
@@ -143,7 +145,8 @@ def select(out: str, faces_key: str, cfg: DictionaryConfig) -> str:
 def features(out: str, selection_key: str, cfg: DictionaryConfig) -> tuple[str, str, bool]:
     import ray
 
-    from tasks.dictionary import FeatureWorker, ensure_ray, threads_per_worker
+    from tasks.dictionary import FeatureWorker
+    from tasks.runtime import ensure_ray, threads_per_worker
 
     key = _key("features", selection_key, cfg.flip, cfg.face_size, cfg.ngf, cfg.vgg_weights, cfg.random_weights,
                cfg.seed)

@@ -5,7 +5,6 @@ only sees what it writes into the tables. Actors keep their models loaded across
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import ray
@@ -49,13 +48,3 @@ class FeatureWorker:
 
     def extractor(self) -> tuple[str, bool]:
         return self.checksum, self.random
-
-
-def ensure_ray() -> None:
-    from tasks.restore import ensure_ray as start
-
-    start()
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))

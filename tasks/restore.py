@@ -6,49 +6,16 @@ so an interrupted run resumes at chunk granularity. ``RAY_ADDRESS`` selects a cl
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import ray
 
 from dfdcore.bulk import MANIFEST_NAME, BulkSummary
 from dfdcore.io.storage import Source, join_uri
 from dfdcore.manifest import merge_rows, read_manifest, write_manifest
-from dfdcore.restore import Restorer, RestoreOptions
+from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build the face model inside a worker (paths travel, weights do not)."""
-
-    name: str = "dfdnet"           # dfdnet | identity
-    weights: str | None = None
-    dictionary: str | None = None
-    random_weights: bool = False
-    k: int = 512
-    seed: int = 0
-    face_size: int = 512
-    ngf: int = 64
-    device: str = "cpu"
-    dict_dtype: str = "float32"
-    fidelity: float = 1.0
-
-    def build(self):
-        import torch
-
-        import dfdcore
-        from dfdcore.restore import IdentityModel
-
-        if self.name == "identity":
-            return IdentityModel(self.face_size)
-        dtype = getattr(torch, self.dict_dtype)
-        if self.random_weights:
-            return dfdcore.random_generator(self.dictionary, k=self.k, seed=self.seed, face_size=self.face_size,
-                                            ngf=self.ngf, device=self.device, dict_dtype=dtype,
-                                            fidelity=self.fidelity)
-        return dfdcore.load_generator(self.weights, self.dictionary, device=self.device, dict_dtype=dtype,
-                                      fidelity=self.fidelity)
+from .runtime import ensure_ray, threads_per_worker
 
 
 @ray.remote
@@ -57,7 +24,7 @@ class RestoreWorker:
         import torch
 
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers
-        self.restorer = Restorer(spec.build(), options, batch_size=batch_size, device=spec.device)
+        self.restorer = Restorer(spec.build(), options, batch_size=batch_size, device=resolve_device(spec.device))
 
     def restore(self, sources: list[Source], out: str, **kwargs) -> BulkSummary:
         from dfdcore.bulk import restore_sources
@@ -65,23 +32,12 @@ class RestoreWorker:
         return restore_sources(sources, out, self.restorer, write_manifest_file=False, **kwargs)
 
 
-def ensure_ray() -> None:
-    """Connect to ``RAY_ADDRESS`` or start Ray locally, keeping its files under the dfd home (./.dfd)."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 would otherwise write a token to $HOME
-    address = os.environ.get("RAY_ADDRESS")
-    temp_dir = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray"))
-    extra = {} if address or len(temp_dir) > 60 else {"_temp_dir": temp_dir}  # unix socket paths are short
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, **extra)
-
-
 def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, options: RestoreOptions, *,
                      workers: int, batch_size: int = 4, chunk: int = 8, on_image: Callable[[], None] | None = None,
                      **kwargs) -> BulkSummary:
     """Restore ``sources`` with ``workers`` Ray actors; same outputs and manifest as the single-process path."""
     ensure_ray()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads_per_worker(workers)
     actors = [RestoreWorker.remote(spec, options, batch_size, threads) for _ in range(workers)]
     manifest_uri = join_uri(out, MANIFEST_NAME)
     rows = read_manifest(manifest_uri)

@@ -1,0 +1,22 @@
+"""Ray set-up shared by the task modules."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def ensure_ray() -> None:
+    """Connect to ``RAY_ADDRESS`` or start Ray locally, keeping its files under the dfd home (./.dfd)."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 would otherwise write a token to $HOME
+    address = os.environ.get("RAY_ADDRESS")
+    temp_dir = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray"))
+    extra = {} if address or len(temp_dir) > 60 else {"_temp_dir": temp_dir}  # unix socket paths are short
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, **extra)
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads for each of ``workers`` processes sharing this machine's cores (Ray sets 1 otherwise)."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))

@@ -8,9 +8,16 @@ from torch import nn
 from .spectral_norm import SNConv2d
 
 
-def lrelu() -> nn.LeakyReLU:
-    # In place: every one of them follows a conv whose output nothing else reads (saves a full activation).
-    return nn.LeakyReLU(0.2, inplace=True)
+class InferenceInplaceLeakyReLU(nn.Module):
+    """LeakyReLU(0.2), in place when gradients are off: at inference every one of them follows a conv whose output
+    nothing else reads (saves a full activation); in training autograd needs the unmodified outputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, 0.2, inplace=not torch.is_grad_enabled())
+
+
+def lrelu() -> nn.Module:
+    return InferenceInplaceLeakyReLU()
 
 
 def attention_block(channels: int) -> nn.Sequential:

@@ -55,7 +55,12 @@ class SNConv2d(nn.Module):
         """σ = uᵀ W v from the stored u, v (after one power iteration when ``power_iteration`` is on)."""
         if self.power_iteration:
             self.converge(1)
-        return torch.dot(self.weight_u, self.weight_orig.flatten(1) @ self.weight_v)
+        u, v = self.weight_u, self.weight_v
+        if torch.is_grad_enabled():
+            # Autograd keeps u, v for the backward; a later call in the same forward (the confidence blocks run
+            # once per face) updates the buffers in place, so the graph gets its own copies.
+            u, v = u.clone(), v.clone()
+        return torch.dot(u, self.weight_orig.flatten(1) @ v)
 
     def normalized_weight(self) -> torch.Tensor:
         return self.weight_orig / self.sigma()

@@ -1,0 +1,197 @@
+"""Aligned faces for training and evaluation: one Parquet table of face crops with their 68 landmarks.
+
+``faceset.parquet`` holds one row per face: ``image_id``, ``face_index``, ``uri`` (the photo), ``split`` (train |
+test, decided per photo so that no photo feeds both), ``face`` (PNG bytes of the S×S aligned crop) and ``lm68``
+(68 × (x, y) on the crop). It is made from a folder/URL of photos (detection on the fly) or from the dictionary
+flow's ``faces.parquet`` (its landmarks, no second detection). ``FaceSet`` streams it back a row group at a time.
+
+A training sample is a pure function of (seed, position): the position picks the face through a per-epoch
+permutation, decides the flip and seeds the degradation — so any worker can make any sample, and a resumed run
+sees exactly the samples an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .components import part_boxes
+from .degrade import DegradationConfig, degrade
+from .face import align_faces
+from .face.align import align_face
+from .features import flip_faces
+from .io.images import decode_image
+from .io.storage import Source, filesystem_for, read_bytes, write_bytes_atomic
+from .manifest import sha256_bytes
+
+FACESET_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("face_index", pa.int32()),
+    ("uri", pa.string()),
+    ("split", pa.string()),
+    ("face", pa.binary()),                  # PNG of the aligned S×S crop
+    ("lm68", pa.list_(pa.float32())),       # 68 × (x, y) on the crop
+])
+ROW_GROUP_ROWS = 64
+
+
+def photo_to_face_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 2) photo pixels → aligned-face pixels through the (2, 3) photo → face matrix."""
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return data.tobytes()
+
+
+def _unpng(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def aligned_from_landmarks(rgb: np.ndarray, lm5: np.ndarray, lm68: np.ndarray, face_size: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """A face of a photo whose landmarks are known (photo pixels) → (S, S, 3) crop, (68, 2) landmarks on it."""
+    crop, matrix = align_face(rgb, np.asarray(lm5, np.float64).reshape(5, 2), face_size)
+    return crop, photo_to_face_points(matrix, np.asarray(lm68, np.float64).reshape(68, 2))
+
+
+def faces_from_table(face_rows: Iterable[dict], face_size: int) -> Iterable[dict]:
+    """Rows of the dictionary flow's ``faces.parquet`` (status ok) → faceset rows without ``split``."""
+    by_uri: dict[str, list[dict]] = {}
+    for row in face_rows:
+        if row["status"] == "ok":
+            by_uri.setdefault(row["uri"], []).append(row)
+    for uri, rows in sorted(by_uri.items()):
+        rgb = decode_image(read_bytes(uri), name=uri).rgb8
+        for row in rows:
+            crop, lm68 = aligned_from_landmarks(rgb, row["lm5"], row["lm68"], face_size)
+            yield {"image_id": row["image_id"], "face_index": int(row["face_index"]), "uri": uri,
+                   "face": _png(crop), "lm68": lm68.reshape(-1).tolist()}
+
+
+def faces_from_photos(sources: Sequence[Source], face_size: int, upsample: int = 1, min_score: float = 0.2
+                      ) -> tuple[list[dict], list[dict]]:
+    """Detect and align every face of the photos → (faceset rows without ``split``, skipped {uri, reason})."""
+    rows, skipped = [], []
+    for source in sources:
+        try:
+            data = read_bytes(source.uri)
+            faces = align_faces(decode_image(data, name=source.uri).rgb8, face_size=face_size, upsample=upsample,
+                                min_score=min_score)
+        except Exception as exc:  # noqa: BLE001 - one bad photo is a skipped row, never the end of the build
+            skipped.append({"uri": source.uri, "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        if not faces:
+            skipped.append({"uri": source.uri, "reason": "no face found"})
+        for i, face in enumerate(faces):
+            rows.append({"image_id": sha256_bytes(data), "face_index": i, "uri": source.uri,
+                         "face": _png(face.image), "lm68": face.landmarks68.reshape(-1).tolist()})
+    return rows, skipped
+
+
+def assign_split(image_ids: Iterable[str], test_fraction: float, seed: int = 0) -> dict[str, str]:
+    """Photo → "train" | "test": the photos first in a seeded hash order are held out.
+
+    ⌈fraction · photos⌉ photos are held out (at least one when the fraction is positive and there are two or more
+    photos), so a small collection still has a test set; the choice does not depend on the order of the input."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    ids = sorted(set(image_ids), key=lambda i: sha256_bytes(f"{seed}:{i}".encode()))
+    held = int(np.ceil(test_fraction * len(ids))) if len(ids) > 1 else 0
+    return {image_id: "test" if n < held else "train" for n, image_id in enumerate(ids)}
+
+
+def write_faceset(uri: str, rows: list[dict], face_size: int, test_fraction: float, seed: int = 0) -> dict:
+    """Faceset rows → ``uri`` (atomically), split assigned per photo → counts per split."""
+    split = assign_split((r["image_id"] for r in rows), test_fraction, seed)
+    rows = sorted(({**r, "split": split[r["image_id"]]} for r in rows), key=lambda r: (r["uri"], r["face_index"]))
+    schema = FACESET_SCHEMA.with_metadata({"face_size": str(face_size)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink, row_group_size=ROW_GROUP_ROWS)
+    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
+    return {name: sum(r["split"] == name for r in rows) for name in ("train", "test")}
+
+
+class FaceSet:
+    """The faces of one split of a faceset table, read lazily a row group at a time.
+
+    ``face(i)`` → ((S, S, 3) uint8 RGB, (68, 2) float64 landmarks on the face)."""
+
+    def __init__(self, uri: str, split: str | None = "train") -> None:
+        fs, path = filesystem_for(uri)
+        self.uri = uri
+        self._file = pq.ParquetFile(io.BytesIO(fs.cat_file(path))) if fs.size(path) < 2**28 else \
+            pq.ParquetFile(fs.open(path, "rb"))
+        meta = self._file.schema_arrow.metadata or {}
+        if b"face_size" not in meta:
+            raise ValueError(f"{uri}: not a dfd faceset (no face_size in the schema metadata)")
+        self.face_size = int(meta[b"face_size"])
+        index = self._file.read(columns=["image_id", "face_index", "split", "lm68"]).to_pylist()
+        group_starts = np.cumsum([0] + [self._file.metadata.row_group(g).num_rows
+                                        for g in range(self._file.num_row_groups)])
+        self._rows = [i for i, r in enumerate(index) if split is None or r["split"] == split]
+        self._index = index
+        self._group_starts = group_starts
+        self._cached: tuple[int, list[bytes]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def key(self, i: int) -> tuple[str, int]:
+        row = self._index[self._rows[i]]
+        return row["image_id"], row["face_index"]
+
+    def face(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        row = self._rows[i]
+        group = int(np.searchsorted(self._group_starts, row, side="right") - 1)
+        if self._cached is None or self._cached[0] != group:
+            self._cached = (group, self._file.read_row_group(group, columns=["face"]).column("face").to_pylist())
+        image = _unpng(self._cached[1][row - self._group_starts[group]])
+        return image, np.asarray(self._index[row]["lm68"], np.float64).reshape(68, 2)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A training batch: ``lq``, ``hq`` (B, 3, S, S) in [-1, 1], ``boxes`` (B, 4, 4) int64 part boxes of the HQ."""
+
+    lq: torch.Tensor
+    hq: torch.Tensor
+    boxes: torch.Tensor
+
+
+def sample_order(position: int, size: int, seed: int) -> int:
+    """Face index at a global sample position: a seeded permutation per epoch, so every face is seen once per epoch."""
+    epoch, offset = divmod(position, size)
+    return int(np.random.default_rng([seed, epoch]).permutation(size)[offset])
+
+
+def training_sample(faces: FaceSet, position: int, seed: int, degradation: DegradationConfig,
+                    flip_probability: float = 0.5) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(lq, target) (S, S, 3) uint8 and boxes (4, 4) for the sample at ``position``; flips keep boxes consistent."""
+    image, lm68 = faces.face(sample_order(position, len(faces), seed))
+    landmarks = torch.from_numpy(lm68)[None]
+    if np.random.default_rng([seed, position, 1]).random() < flip_probability:
+        flipped, landmarks = flip_faces(torch.from_numpy(image).permute(2, 0, 1)[None], landmarks, faces.face_size)
+        image = flipped[0].permute(1, 2, 0).numpy()
+    pair = degrade(np.ascontiguousarray(image), degradation, seed=seed, index=position)
+    return pair.lq, pair.target, part_boxes(landmarks, face_size=faces.face_size)[0]
+
+
+def to_unit_range(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """(S, S, 3) uint8 images → (B, 3, S, S) float32 in [-1, 1]."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def training_batch(faces: FaceSet, positions: Sequence[int], seed: int, degradation: DegradationConfig) -> Batch:
+    samples = [training_sample(faces, p, seed, degradation) for p in positions]
+    return Batch(lq=to_unit_range([s[0] for s in samples]), hq=to_unit_range([s[1] for s in samples]),
+                 boxes=torch.stack([s[2] for s in samples]))

@@ -1,0 +1,123 @@
+"""Ray Train around ``dfdcore.training``: a TorchTrainer whose workers each run a ``Trainer`` under DDP
+(gloo on CPU, NCCL on GPU), resume from the latest checkpoint under ``out/checkpoints`` and, on rank 0, log
+metrics, sample grids and checkpoints to the MLflow run the driver opened."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
+
+from .runtime import ensure_ray, threads_per_worker
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where rank 0 logs: an MLflow tracking URI and the run the driver opened (None: no logging)."""
+
+    uri: str | None = None
+    run_id: str | None = None
+
+
+class _RunLog:
+    """Rank 0's view of the MLflow run: metrics in batches, files as artifacts."""
+
+    def __init__(self, tracking: Tracking) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking.uri) if tracking.run_id else None
+        self.run_id = tracking.run_id
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def artifact(self, local_path: str, folder: str) -> None:
+        if self.client is not None:
+            self.client.log_artifact(self.run_id, local_path, folder)
+
+
+def _log_file(log: _RunLog, uri: str, folder: str) -> None:
+    from dfdcore.io.storage import is_local
+
+    if is_local(uri):
+        log.artifact(uri, folder)
+
+
+def train_loop(config: dict) -> None:
+    """The per-worker loop (``train_loop_per_worker``)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from dfdcore.io.images import write_image
+
+    cfg = TrainConfig.from_dict(config["train"])
+    torch.set_num_threads(config["threads"])  # Ray sets 1 thread per worker otherwise
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    def wrap(module):
+        if world == 1:
+            return module
+        # Buffers are not broadcast per step: SN vectors evolve identically from identical weights, and the
+        # dictionary bank (up to 3 GiB) never changes. Unused parameters: a component outside the face is skipped.
+        return ray.train.torch.prepare_model(module, move_to_device=False, parallel_strategy_kwargs={
+            "find_unused_parameters": True, "broadcast_buffers": False})
+
+    trainer = Trainer(cfg, device, rank=rank, wrap=wrap)
+    resumed = latest_checkpoint(cfg.out)
+    if resumed:
+        trainer.load(resumed)
+    log = _RunLog(Tracking(**config["tracking"])) if rank == 0 else None
+    if log and resumed:
+        log.metrics({"resumed_from_step": trainer.step}, trainer.step)
+    while trainer.step < cfg.steps:
+        metrics = trainer.train_step(world)
+        step, last = trainer.step, trainer.step == cfg.steps
+        if log and (step % cfg.log_every == 0 or last or step == 1):
+            log.metrics(metrics, step)
+        if log and (step % cfg.sample_every == 0 or last):
+            with tempfile.TemporaryDirectory() as tmp:
+                grid = Path(tmp) / f"step_{step:08d}.png"
+                write_image(grid, trainer.sample_grid())
+                log.artifact(str(grid), "samples")
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
+            _log_file(log, trainer.save(), "checkpoints")
+        if step % cfg.log_every == 0 or last:
+            ray.train.report(metrics | {"step": step})
+    if rank == 0 and config.get("export_dir"):
+        trainer.export_generator(os.path.join(config["export_dir"], "generator.safetensors"))
+
+
+def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), export_dir: str | None = None,
+        max_failures: int = 0) -> None:
+    """Run the training with ``cfg.workers`` Ray Train workers (GPUs when ``cfg.use_gpu``) until ``cfg.steps``.
+
+    A rerun with the same ``cfg.out`` resumes from its latest checkpoint; ``max_failures`` restarts workers that
+    die (preemption) from that checkpoint within one call."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    ensure_ray()
+    storage = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray-train"))
+    threads = 1 if cfg.use_gpu else threads_per_worker(cfg.workers)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"train": cfg.to_dict(), "threads": threads, "export_dir": export_dir,
+                           "tracking": {"uri": tracking.uri, "run_id": tracking.run_id}},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=None if cfg.use_gpu else {"CPU": 1}),
+        run_config=RunConfig(name=f"train-{abs(hash(cfg.out)) % 10**8:08d}", storage_path=storage, failure_config=FailureConfig(max_failures)),
+    )
+    trainer.fit()

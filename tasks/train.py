@@ -91,6 +91,7 @@ def train_loop(config: dict) -> None:
                 grid = Path(tmp) / f"step_{step:08d}.png"
                 write_image(grid, trainer.sample_grid())
                 log.artifact(str(grid), "samples")
+            log.metrics(trainer.validation_loss(), step)
         if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
             _log_file(log, trainer.save(), "checkpoints")
         if step % cfg.log_every == 0 or last:

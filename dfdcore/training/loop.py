@@ -190,21 +190,37 @@ class Trainer:
         return save_checkpoint(self.generator, path, metadata=provenance)
 
     # ------------------------------------------------------------------------------------------- samples
-    @torch.no_grad()
-    def sample_grid(self) -> np.ndarray:
-        """Rows of LQ | restored | HQ for fixed held-out faces (training faces when none are held out)."""
+    def fixed_pairs(self, count: int) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+        """``count`` fixed (lq, hq, boxes) pairs of held-out faces (training faces when none are held out)."""
         held_out = FaceSet(self.cfg.faceset, "test")
         faces = held_out if len(held_out) else self.faces
-        count = min(self.cfg.samples, len(faces))
         seed = self.cfg.seed + SAMPLE_SEED_OFFSET
-        pairs = [training_sample(faces, i, seed, self.degradation, flip_probability=0.0) for i in range(count)]
-        lq = to_unit_range([p[0] for p in pairs]).to(self.device)
+        return [training_sample(faces, i, seed, self.degradation, flip_probability=0.0)
+                for i in range(min(count, len(faces)))]
+
+    @torch.no_grad()
+    def restore_eval(self, lq: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """The generator in inference mode (SN vectors left as they are, so sampling never changes training)."""
         self.generator.eval().set_spectral_norm_power_iteration(False)
         try:
-            restored = self.generator(lq, torch.stack([p[2] for p in pairs]))
+            return self.generator(lq.to(self.device), boxes).float().clamp(-1, 1)
         finally:
             self.generator.train().set_spectral_norm_power_iteration(True)
-        images = ((restored.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    @torch.no_grad()
+    def validation_loss(self, count: int = 4) -> dict[str, float]:
+        """Pixel and perceptual loss of the fixed pairs: comparable from step to step, unlike the batch losses."""
+        pairs = self.fixed_pairs(count)
+        hq = to_unit_range([p[1] for p in pairs]).to(self.device)
+        restored = self.restore_eval(to_unit_range([p[0] for p in pairs]), torch.stack([p[2] for p in pairs]))
+        content, _ = self.perceptual(restored, hq)
+        return {"val_pixel": pixel_loss(restored, hq).item(), "val_perceptual": content.item()}
+
+    def sample_grid(self) -> np.ndarray:
+        """Rows of LQ | restored | HQ for the fixed pairs."""
+        pairs = self.fixed_pairs(self.cfg.samples)
+        restored = self.restore_eval(to_unit_range([p[0] for p in pairs]), torch.stack([p[2] for p in pairs]))
+        images = ((restored + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         rows = [side_by_side([p[0], images[i], p[1]], ["LQ", f"restored (step {self.step})", "HQ"])
                 for i, p in enumerate(pairs)]
         return np.concatenate(rows, axis=0)

@@ -31,6 +31,7 @@ class DFDNet(nn.Module):
         self.provenance: dict[str, object] = {}
         # Full-resolution stages are evaluated in this many row bands when gradients are off (1 = whole maps).
         self.row_bands = 4
+        self.power_iterate = False
         w = config.ngf
         for part in PARTS:
             for scale, channels in zip(config.scales, config.tap_channels):
@@ -64,10 +65,11 @@ class DFDNet(nn.Module):
         self._fidelity = float(value)
 
     def set_spectral_norm_power_iteration(self, enabled: bool) -> DFDNet:
-        """True reproduces the official test script (one power iteration per forward, u and v updated)."""
-        for module in self.modules():
-            if isinstance(module, SNConv2d):
-                module.power_iteration = enabled
+        """True: one power iteration of every SN layer at the start of each forward, u and v updated — what the
+        official test script does (it never leaves train mode) and what training does. Once per forward, not per
+        call, so the result does not depend on how faces are split into batches (the confidence blocks run once
+        per face) or into row bands."""
+        self.power_iterate = enabled
         return self
 
     def attention_blocks(self, scale: int) -> dict[str, nn.Module]:
@@ -104,6 +106,10 @@ class DFDNet(nn.Module):
     def restore(self, faces: torch.Tensor, part_boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As ``forward``, also returning the chosen dictionary entries (B, 4 scales, 4 parts), −1 where none."""
         self.check_inputs(faces, part_boxes)
+        if self.power_iterate:
+            for module in self.modules():
+                if isinstance(module, SNConv2d):
+                    module.converge(1)
         taps = self.VggExtract(faces, bands=self._bands())
         chosen = torch.full((faces.shape[0], len(taps), len(PARTS)), -1, dtype=torch.int64)
         if self.bank is None or self.fidelity == 0.0:

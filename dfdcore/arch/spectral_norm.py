@@ -16,16 +16,14 @@ class SNConv2d(nn.Module):
     State: ``bias`` (out,), ``weight_orig`` (out, in, kh, kw), buffers ``weight_u`` (out,), ``weight_v`` (in·kh·kw,)
     — the keys of ``torch.nn.utils.spectral_norm`` (one power iteration, eps 1e-12).
 
-    ``power_iteration`` decides what a forward does: False (default) uses the stored u, v as they are
-    (deterministic, order-independent); True runs one power iteration first and writes u, v back, which is what
-    the official test script does because it never leaves train mode.
+    A forward uses the stored u, v as they are (deterministic, order-independent). The owner of the network decides
+    when they are refined: ``converge(1)`` is one power iteration (see ``DFDNet.set_spectral_norm_power_iteration``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
                  dilation: int = 1, eps: float = 1e-12) -> None:
         super().__init__()
         self.padding, self.dilation, self.eps = padding, dilation, eps
-        self.power_iteration = False
         fan_in = in_channels * kernel_size * kernel_size
         # PyTorch's Conv2d default initialisation, so a random network behaves like the official one at init.
         self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)))
@@ -52,15 +50,8 @@ class SNConv2d(nn.Module):
         self.weight_v.copy_(v)
 
     def sigma(self) -> torch.Tensor:
-        """σ = uᵀ W v from the stored u, v (after one power iteration when ``power_iteration`` is on)."""
-        if self.power_iteration:
-            self.converge(1)
-        u, v = self.weight_u, self.weight_v
-        if torch.is_grad_enabled():
-            # Autograd keeps u, v for the backward; a later call in the same forward (the confidence blocks run
-            # once per face) updates the buffers in place, so the graph gets its own copies.
-            u, v = u.clone(), v.clone()
-        return torch.dot(u, self.weight_orig.flatten(1) @ v)
+        """σ = uᵀ W v from the stored u, v."""
+        return torch.dot(self.weight_u, self.weight_orig.flatten(1) @ self.weight_v)
 
     def normalized_weight(self) -> torch.Tensor:
         return self.weight_orig / self.sigma()

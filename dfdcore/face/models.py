@@ -33,3 +33,9 @@ def shape_predictor(points: int) -> dlib.shape_predictor:
 def cnn_detector() -> dlib.cnn_face_detection_model_v1:
     """dlib's MMOD CNN face detector: finds more profile and small faces, ~100x slower than HOG on a CPU."""
     return dlib.cnn_face_detection_model_v1(_locations().cnn_face_detector_model_location())
+
+
+@functools.cache
+def face_recognizer() -> dlib.face_recognition_model_v1:
+    """dlib's face-recognition ResNet: 128-d descriptors, same person when closer than 0.6 (dlib's convention)."""
+    return dlib.face_recognition_model_v1(_locations().face_recognition_model_location())

@@ -341,3 +341,13 @@ def dictionary_random(target, k, seed, face_size, ngf) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _add_lifecycle_commands() -> None:
+    from . import lifecycle
+
+    for command in (lifecycle.train, lifecycle.evaluate, lifecycle.compare, lifecycle.demo):
+        main.add_command(command)
+
+
+_add_lifecycle_commands()

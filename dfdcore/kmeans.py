@@ -164,8 +164,10 @@ def kmeans_partition(root_uri: str, scale: int, part: str, k: int, niter: int = 
     gpu = default_gpu() if gpu is None else gpu
     m = sample_size(n, k, dim, max_points_per_centroid, max_train_bytes)
     sample = sample_rows(root_uri, scale, part, n, m, seed, batch_rows)
+    # min_points_per_centroid only decides when FAISS prints a "too few points" warning (once per partition,
+    # to stderr); the run records the row counts instead.
     km = faiss.Kmeans(dim, k, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid,
-                      gpu=gpu, verbose=False)
+                      min_points_per_centroid=1, gpu=gpu, verbose=False)
     km.train(sample, init_centroids=kmeans_plus_plus(sample, k, seed) if init == "kmeans++" else None)
     objective = [float(v) for v in km.obj]
     del sample  # step 3 must not hold the sample as well

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.pyfunc import PythonModel
 
 DEFAULT_MODEL_NAME = "dfd-generator"
 PIP_REQUIREMENTS = ["dfd", "torch==2.14.1", "safetensors"]
 
 
-class DFDNetModel(mlflow.pyfunc.PythonModel):
+class DFDNetModel(PythonModel):
     """Restores aligned faces: ``predict({"faces": (B, S, S, 3) uint8, "landmarks68": (B, 68, 2)})`` → (B, S, S, 3)
     uint8. For whole photos, fetch the files with ``registered_files`` and use ``dfd restore --weights …``."""
 

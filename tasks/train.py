@@ -100,6 +100,19 @@ def train_loop(config: dict) -> None:
         trainer.export_generator(os.path.join(config["export_dir"], "generator.safetensors"))
 
 
+def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Workers do not run in the caller's folder: make local paths absolute (URLs stay as they are)."""
+    from dataclasses import replace
+
+    from dfdcore.io.storage import is_local
+
+    def absolute(uri: str | None) -> str | None:
+        return os.path.abspath(uri) if uri and is_local(uri) and "://" not in uri else uri
+
+    return replace(cfg, faceset=absolute(cfg.faceset), dictionary=absolute(cfg.dictionary), out=absolute(cfg.out),
+                   init_weights=absolute(cfg.init_weights), vgg_weights=absolute(cfg.vgg_weights))
+
+
 def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), export_dir: str | None = None,
         max_failures: int = 0) -> None:
     """Run the training with ``cfg.workers`` Ray Train workers (GPUs when ``cfg.use_gpu``) until ``cfg.steps``.
@@ -110,11 +123,13 @@ def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), export_dir: str | Non
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray()
+    cfg = _with_absolute_paths(cfg)
     storage = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray-train"))
     threads = 1 if cfg.use_gpu else threads_per_worker(cfg.workers)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"train": cfg.to_dict(), "threads": threads, "export_dir": export_dir,
+        train_loop_config={"train": cfg.to_dict(), "threads": threads,
+                           "export_dir": os.path.abspath(export_dir) if export_dir else None,
                            "tracking": {"uri": tracking.uri, "run_id": tracking.run_id}},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,

@@ -51,3 +51,18 @@ def prefect_server(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield home
+
+
+@pytest.fixture(scope="session")
+def training_data(tmp_path_factory):
+    """A 128-px faceset of the 9 portrait photos (2 held out) and a random K=8 dictionary for the small network."""
+    root = tmp_path_factory.mktemp("training-data")
+    from dfdcore.faceset import faces_from_photos, write_faceset
+    from dfdcore.io.storage import list_images
+
+    rows, skipped = faces_from_photos(list_images([str(SHARED / "data/faces/portraits")]), SMALL.face_size)
+    assert not skipped and len(rows) == 9
+    counts = write_faceset(str(root / "faceset.parquet"), rows, SMALL.face_size, test_fraction=0.2)
+    assert counts == {"train": 7, "test": 2}
+    dfdcore.ComponentDictionary.random(SMALL, k=8, seed=0).save(root / "dictionary.safetensors")
+    return root

@@ -35,15 +35,15 @@ def test_sample_with_missing_weights_is_an_error(tmp_path):
 def test_sample_random_weights_restores_and_labels_bundled_photos(tmp_path):
     result = run("sample", "--random-weights", *SMALL, "-o", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "cmp").glob("*.png")) == ["astronaut.png", "grace_hopper.png",
-                                                                        "obama.png"]
-    assert "3 restored" in result.output and "RANDOM WEIGHTS" in result.output
+    assert sorted(p.name for p in (tmp_path / "cmp").glob("*.png")) == [
+        "astronaut.png", "biden.png", "grace_hopper.png", "obama.png", "obama2.png", "obama3.png"]
+    assert "6 restored" in result.output and "RANDOM WEIGHTS" in result.output
     with Image.open(tmp_path / "restored_imgs" / "astronaut.png") as image:
         assert image.size == (1024, 1024)  # the 512-px photograph, upscaled 2x
         assert "RANDOM WEIGHTS" in image.text["dfd:label"]
     with Image.open(tmp_path / "restored_faces" / "obama_00.png") as face:
         assert face.size == (128, 128)
-    assert "3 already done" in run("sample", "--random-weights", *SMALL, "-o", str(tmp_path)).output
+    assert "6 already done" in run("sample", "--random-weights", *SMALL, "-o", str(tmp_path)).output
 
 
 def test_dictionary_commands_round_trip(tmp_path):

@@ -11,14 +11,14 @@ from mlflow import MlflowClient
 from dfdcore.io.storage import read_bytes
 from dfdcore.training import Trainer, checkpoint_uri
 from tests.conftest import SHARED
-from tests.test_training import small_train_config, training_data  # noqa: F401 - the shared fixture
+from tests.test_training import small_train_config
 
 
 def _checkpoint(uri: str) -> dict:
     return torch.load(io.BytesIO(read_bytes(uri)), weights_only=True)
 
 
-def test_two_worker_ddp_matches_one_process_on_the_same_global_batch(training_data, tmp_path):  # noqa: F811
+def test_two_worker_ddp_matches_one_process_on_the_same_global_batch(training_data, tmp_path):
     from tasks.train import Tracking, fit
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -49,7 +49,7 @@ def test_two_worker_ddp_matches_one_process_on_the_same_global_batch(training_da
         assert float((moved_ddp - moved).norm() / moved.norm()) < 1e-2, part
 
 
-def test_train_flow_records_the_run_and_registers_the_model(prefect_server, training_data, tmp_path):  # noqa: F811
+def test_train_flow_records_the_run_and_registers_the_model(prefect_server, training_data, tmp_path):
     from dfdcore.api import load_generator
     from flows.registry import registered_files
     from flows.train import train

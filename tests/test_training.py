@@ -7,24 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dfdcore import ComponentDictionary
-from dfdcore.faceset import FaceSet, assign_split, faces_from_photos, training_sample, write_faceset
+from dfdcore.faceset import FaceSet, assign_split, training_sample
 from dfdcore.degrade import DegradationConfig
-from dfdcore.io.storage import list_images
 from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
-from tests.conftest import SHARED, SMALL
-
-
-@pytest.fixture(scope="session")
-def training_data(tmp_path_factory):
-    """A 128-px faceset of the 9 portrait photos (2 held out) and a random K=8 dictionary for the small network."""
-    root = tmp_path_factory.mktemp("training-data")
-    rows, skipped = faces_from_photos(list_images([str(SHARED / "data/faces/portraits")]), SMALL.face_size)
-    assert not skipped and len(rows) == 9
-    counts = write_faceset(str(root / "faceset.parquet"), rows, SMALL.face_size, test_fraction=0.2)
-    assert counts == {"train": 7, "test": 2}
-    ComponentDictionary.random(SMALL, k=8, seed=0).save(root / "dictionary.safetensors")
-    return root
+from tests.conftest import SMALL
 
 
 def small_train_config(root, out, **overrides) -> TrainConfig:

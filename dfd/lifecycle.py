@@ -1,0 +1,214 @@
+"""``dfd train``, ``dfd evaluate``, ``dfd compare`` and ``dfd demo``: the model's life cycle on the command line."""
+from __future__ import annotations
+
+import math
+
+import click
+
+METRIC_LABELS = (("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("psnr_y", "PSNR-Y↑"), ("ssim_y", "SSIM-Y↑"),
+                 ("lpips", "LPIPS↓"), ("identity_distance", "ID dist↓"), ("landmark_distance", "LM dist↓"))
+
+
+def _prefect() -> None:
+    from flows.tracking import configure_prefect
+
+    configure_prefect()
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def metrics_table(rows: list[tuple[str, dict]]) -> str:
+    """A plain-text table: one row per (label, metrics)."""
+    width = max(len(label) for label, _ in rows) + 2
+    lines = ["".ljust(width) + "".join(f"{title:>10}" for _, title in METRIC_LABELS)]
+    for label, values in rows:
+        lines.append(label.ljust(width) + "".join(f"{_cell(values.get(key)):>10}" for key, _ in METRIC_LABELS))
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("source")
+@click.option("-o", "--output", required=True, help="Training folder: faceset, checkpoints/, generator.safetensors.")
+@click.option("--dictionary", required=True, type=click.Path(), help="Component dictionary (dfd .safetensors, "
+              "official folder or BasicSR .pth) of the same face size and width.")
+@click.option("--vgg-weights", type=click.Path(dir_okay=False), help="ImageNet VGG19 (torchvision's "
+              "vgg19-dcbb9e9d.pth) for the generator's encoder and the perceptual loss.")
+@click.option("--init-weights", type=click.Path(dir_okay=False), help="Fine-tune this generator checkpoint "
+              "(official, BasicSR or dfd) instead of starting from random layers.")
+@click.option("--random-vgg", is_flag=True, help="Seeded random VGG19 (tests and demos; the run is tagged).")
+@click.option("--steps", default=1000, show_default=True)
+@click.option("--batch-size", default=2, show_default=True, help="Global batch, split over the workers.")
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--degradation", type=click.Choice(["reference", "gfpgan"]), default="reference", show_default=True)
+@click.option("--adversarial-weight", default=0.1, show_default=True)
+@click.option("--perceptual-weight", default=1.0, show_default=True)
+@click.option("--pixel-weight", default=1.0, show_default=True)
+@click.option("--style-weight", default=0.0, show_default=True)
+@click.option("--face-size", default=512, show_default=True)
+@click.option("--ngf", default=64, show_default=True)
+@click.option("--d-dim", default=64, show_default=True, help="Discriminator width.")
+@click.option("--workers", default=1, show_default=True, help="Ray Train workers (DDP; RAY_ADDRESS for a cluster).")
+@click.option("--gpu", is_flag=True, help="One GPU per worker (NCCL, mixed precision).")
+@click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--sample-every", default=100, show_default=True)
+@click.option("--test-fraction", default=0.1, show_default=True, help="Photos held out for evaluation.")
+@click.option("--max-failures", default=0, show_default=True, help="Worker restarts (from the latest checkpoint).")
+@click.option("--register-as", default="dfd-generator", show_default=True, help="MLflow registered model name.")
+@click.option("--seed", default=0, show_default=True)
+def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, steps, batch_size, lr, degradation,
+          adversarial_weight, perceptual_weight, pixel_weight, style_weight, face_size, ngf, d_dim, workers, gpu,
+          checkpoint_every, sample_every, test_fraction, max_failures, register_as, seed) -> None:
+    """Train (or fine-tune) the generator on the faces of SOURCE.
+
+    SOURCE: photos (folder, glob or fsspec URL; faces detected and aligned), a `dfd build-dictionary` output
+    folder (its landmarks are reused) or a faceset .parquet. Pairs are made on the fly by the degradation model;
+    Ray Train runs the DDP workers; MLflow records parameters, losses, sample grids (LQ | restored | HQ) and
+    checkpoints, and registers the final generator with its dictionary. Rerunning with the same OUTPUT resumes from
+    the latest checkpoint (raise --steps to train longer).
+    """
+    from dfdcore.io.storage import join_uri
+    from dfdcore.training import TrainConfig
+
+    _prefect()
+    from flows.train import train as train_flow
+
+    try:
+        config = TrainConfig(
+            faceset=source if source.endswith(".parquet") else join_uri(output, "faceset.parquet"),
+            dictionary=dictionary, out=output, face_size=face_size, ngf=ngf, init_weights=init_weights,
+            vgg_weights=vgg_weights, random_vgg=random_vgg, degradation=degradation, steps=steps,
+            batch_size=batch_size, lr=lr, pixel_weight=pixel_weight, perceptual_weight=perceptual_weight,
+            style_weight=style_weight, adversarial_weight=adversarial_weight, d_dim=d_dim,
+            checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed, workers=workers, use_gpu=gpu)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    summary = train_flow(config, source=source, test_fraction=test_fraction, register_as=register_as,
+                         max_failures=max_failures)
+    final = summary.final or {}
+    click.echo("")
+    click.echo(f"  faces      {summary.train_faces} for training, {summary.test_faces} held out")
+    click.echo(f"  steps      {summary.steps}" + (f" (resumed from {summary.resumed_from})" if summary.resumed_from
+                                                    else "") + f", {summary.images_per_second:.2f} images/s")
+    click.echo(f"  losses     G {_cell(final.get('loss_g'))}  D {_cell(final.get('loss_d'))}  "
+               f"held-out pixel {_cell(final.get('val_pixel'))}")
+    click.echo(f"  generator  {summary.generator}")
+    click.echo(f"  registered {summary.model_name} version {summary.model_version}")
+    click.echo(f"  mlflow     run {summary.run_id}")
+    if random_vgg:
+        click.echo("  note       random VGG: a pipeline check, not a useful model")
+
+
+@click.command()
+@click.option("--testset", required=True, help="Test set folder (pairs.parquet is made there once).")
+@click.option("--faceset", help="Faceset .parquet whose held-out faces make the test set (first time only).")
+@click.option("--registered", help="A registered model: NAME/VERSION (e.g. dfd-generator/3).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Generator checkpoint.")
+@click.option("--dictionary", type=click.Path(), help="Its component dictionary.")
+@click.option("--model", "model_name", type=click.Choice(["dfdnet", "identity"]), default="dfdnet",
+              show_default=True, help="identity: the bicubic LQ itself (checks the evaluation).")
+@click.option("--random-weights", is_flag=True, help="A seeded random network (labelled).")
+@click.option("--face-size", default=512, show_default=True, help="Face size of a random network.")
+@click.option("--ngf", default=64, show_default=True, help="Width of a random network.")
+@click.option("--count", type=int, help="Pairs in a new test set (default: every held-out face).")
+@click.option("--degradation", type=click.Choice(["reference", "gfpgan"]), default="reference", show_default=True)
+@click.option("--seed", default=1234, show_default=True, help="Seed of a new test set's degradations.")
+@click.option("--label", help="Name of the run in MLflow and in `dfd compare`.")
+@click.option("--device", default="auto", show_default=True)
+def evaluate(testset, faceset, registered, weights, dictionary, model_name, random_weights, face_size, ngf, count,
+             degradation, seed, label, device) -> None:
+    """Evaluate a model on the paired test set: PSNR, SSIM (RGB and Y), LPIPS (when its backbone weights are on this
+    machine), identity and landmark distance — per image in Parquet, means in MLflow beside the bicubic baseline."""
+    from dfdcore.restore import ModelSpec
+
+    from .cli import _check_spec
+
+    spec = ModelSpec(model_name, weights, dictionary, random_weights, k=16, face_size=face_size, ngf=ngf,
+                     device=device)
+    if not registered:
+        _check_spec(spec)
+    _prefect()
+    from flows.evaluate import evaluate as evaluate_flow
+
+    summary = evaluate_flow(spec, testset, faceset=faceset, registered=registered, count=count, seed=seed,
+                            degradation=degradation, label=label)
+    click.echo("")
+    click.echo(metrics_table([("bicubic", summary.bicubic), (summary.model["label"], summary.metrics)]))
+    click.echo("")
+    click.echo(f"  pairs      {summary.pairs} ({testset})")
+    if summary.lpips_note:
+        click.echo(f"  LPIPS      unavailable: {summary.lpips_note}")
+    click.echo(f"  mlflow     run {summary.run_id}")
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True)
+def compare(runs) -> None:
+    """Print the evaluation metrics of MLflow RUNS (run ids of `dfd evaluate`) side by side, bicubic first."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flows.evaluate import EXPERIMENT
+    from flows.tracking import mlflow_experiment
+
+    mlflow_experiment(EXPERIMENT)  # points MLflow at the dfd home unless MLFLOW_TRACKING_URI is set
+    client = MlflowClient(mlflow.get_tracking_uri())
+    rows, testsets = [], set()
+    for run_id in runs:
+        try:
+            run = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            raise click.ClickException(f"no MLflow run {run_id} at {mlflow.get_tracking_uri()}") from exc
+        metrics = run.data.metrics
+        if "psnr" not in metrics:
+            raise click.ClickException(f"run {run_id} holds no evaluation metrics (is it a `dfd evaluate` run?)")
+        if not rows:
+            rows.append(("bicubic", {k.removeprefix("bicubic_"): v for k, v in metrics.items()
+                                     if k.startswith("bicubic_")}))
+        rows.append((f"{run.info.run_name or run_id[:8]} ({run_id[:8]})", metrics))
+        testsets.add(run.data.tags.get("testset_sha256") or run.data.params.get("testset"))
+    click.echo(metrics_table(rows))
+    if len(testsets) > 1:
+        click.echo("\n  warning: these runs used different test sets; their numbers are not comparable")
+
+
+@click.command()
+@click.option("-o", "--output", default="dfd-results/demo", show_default=True)
+@click.option("--steps", default=300, show_default=True, help="Training steps of the demo model.")
+@click.option("--vgg-weights", type=click.Path(dir_okay=False, exists=True),
+              help="ImageNet VGG19 (torchvision's vgg19-dcbb9e9d.pth); without it the VGG is random and labelled.")
+def demo(output, steps, vgg_weights) -> None:
+    """The whole life cycle on the bundled photos, in minutes on a CPU: build a dictionary → train a small model →
+    evaluate it against bicubic on held-out faces → restore the sample photos with it."""
+    from .cli import _use_all_cores
+
+    _use_all_cores()
+    _prefect()
+    from flows.demo import DemoConfig
+    from flows.demo import demo as demo_flow
+
+    summary = demo_flow(output, DemoConfig(steps=steps, vgg_weights=vgg_weights))
+    click.echo("")
+    click.echo(metrics_table([("bicubic", summary.bicubic), ("demo model", summary.metrics)]))
+    click.echo("")
+    click.echo(f"  faces      {summary.train_faces} for training, {summary.test_faces} held out for the test set")
+    click.echo(f"  model      registered as {summary.model} (MLflow runs: dictionary {summary.dictionary_run[:8]}, "
+               f"train {summary.train_run[:8]}, evaluate {summary.evaluate_run[:8]})")
+    click.echo(f"  restored   {summary.restored} photos in {summary.outputs}/ (cmp/ shows input | output)")
+    click.echo("  time       " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary.seconds.items()))
+    click.echo("  verdict    " + verdict(summary.metrics, summary.bicubic, summary.random_vgg))
+
+
+def verdict(metrics: dict, bicubic: dict, random_vgg: bool) -> str:
+    """One honest sentence on how the demo model compares with bicubic upsampling."""
+    gain = metrics.get("psnr", float("nan")) - bicubic.get("psnr", float("nan"))
+    ssim_gain = metrics.get("ssim", float("nan")) - bicubic.get("ssim", float("nan"))
+    better = gain > 0 and ssim_gain > 0
+    text = (f"the demo model is {'better' if better else 'not better'} than bicubic upsampling on the held-out faces "
+            f"(PSNR {gain:+.2f} dB, SSIM {ssim_gain:+.3f}).")
+    text += " It saw a handful of faces for a few minutes"
+    text += " with a random VGG (no ImageNet weights here)" if random_vgg else ""
+    return text + ": a demonstration of the pipeline, not a face restorer — train on a real collection for that."

@@ -1,0 +1,112 @@
+"""A paired test set made once, and per-image metrics of any face model on it.
+
+``pairs.parquet``: one row per held-out face — ``pair`` index, ``image_id``, ``face_index``, ``lq`` and ``hq`` (PNG of
+the S×S degraded input and its ground truth), ``lm68`` (68 × (x, y) on the face) and the degradation ``params`` —
+with the schema metadata naming the seed, preset and source faceset. Made once and never rewritten, so every model
+evaluated on it sees the same pairs. The bicubic baseline is the LQ itself: the degradation already ends with a
+bicubic upsampling back to S.
+"""
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .components import part_boxes
+from .degrade import DegradationConfig, degrade
+from .faceset import FaceSet, _png, _unpng, to_unit_range
+from .io.storage import read_bytes, write_bytes_atomic
+from .metrics import LPIPS, IdentityEncoder, MetricUnavailable, face_metrics
+
+PAIRS_SCHEMA = pa.schema([
+    ("pair", pa.int32()),
+    ("image_id", pa.string()),
+    ("face_index", pa.int32()),
+    ("lq", pa.binary()),
+    ("hq", pa.binary()),
+    ("lm68", pa.list_(pa.float32())),
+    ("params", pa.string()),
+])
+METRIC_COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y", "lpips", "identity_distance", "landmark_distance")
+# Higher is better for these; lower for the rest (used by summaries to say which way is good).
+HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "psnr_y", "ssim_y"})
+
+
+def make_pairs(faceset: str, uri: str, *, count: int | None = None, seed: int = 1234,
+               degradation: str = "reference") -> int:
+    """Degrade the held-out faces of ``faceset`` once (seeded per pair) into ``uri`` → number of pairs."""
+    faces = FaceSet(faceset, "test")
+    if len(faces) == 0:
+        raise ValueError(f"{faceset}: no held-out (test) faces to make a test set from")
+    config = DegradationConfig.preset(degradation)
+    rows = []
+    for i in range(min(count or len(faces), len(faces))):
+        image, lm68 = faces.face(i)
+        pair = degrade(image, config, seed=seed, index=i)
+        image_id, face_index = faces.key(i)
+        rows.append({"pair": i, "image_id": image_id, "face_index": face_index, "lq": _png(pair.lq),
+                     "hq": _png(pair.target), "lm68": lm68.reshape(-1).tolist(), "params": json.dumps(pair.params)})
+    schema = PAIRS_SCHEMA.with_metadata({"face_size": str(faces.face_size), "seed": str(seed),
+                                         "degradation": degradation, "faceset": faceset})
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
+    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
+    return len(rows)
+
+
+def read_pairs(uri: str) -> tuple[list[dict], dict[str, str]]:
+    """The pairs (PNG columns decoded to (S, S, 3) uint8, ``lm68`` to (68, 2)) and the set's metadata."""
+    table = pq.read_table(io.BytesIO(read_bytes(uri)))
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    rows = table.to_pylist()
+    for row in rows:
+        row["lq"], row["hq"] = _unpng(row["lq"]), _unpng(row["hq"])
+        row["lm68"] = np.asarray(row["lm68"], np.float64).reshape(68, 2)
+    return rows, meta
+
+
+def restore_pairs(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pairs: list[dict],
+                  batch_size: int = 8, device: torch.device | str = "cpu") -> Iterator[np.ndarray]:
+    """Each pair's LQ through ``model(faces (B, 3, S, S) in [-1, 1], boxes (B, 4, 4))`` → (S, S, 3) uint8."""
+    size = pairs[0]["lq"].shape[0]
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        boxes = part_boxes(torch.from_numpy(np.stack([p["lm68"] for p in chunk])), face_size=size)
+        with torch.no_grad():
+            out = model(to_unit_range([p["lq"] for p in chunk]).to(device), boxes)
+        yield from ((out.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def lpips_or_reason(device: torch.device | str = "cpu") -> tuple[LPIPS | None, str]:
+    """An LPIPS metric when its backbone weights are on this machine, else None and why (never an estimate)."""
+    available, reason = LPIPS.available()
+    if not available:
+        return None, reason
+    try:
+        return LPIPS(device=device), ""
+    except MetricUnavailable as error:
+        return None, str(error)
+
+
+def metric_rows(outputs: Iterator[np.ndarray] | list[np.ndarray], pairs: list[dict],
+                lpips: LPIPS | None = None) -> list[dict]:
+    """One row per pair: ``pair`` and every metric of ``METRIC_COLUMNS`` (None when not computable)."""
+    encoder = IdentityEncoder()
+    return [{"pair": p["pair"], **face_metrics(out, p["hq"], target_landmarks68=p["lm68"], encoder=encoder,
+                                                lpips=lpips)} for out, p in zip(outputs, pairs)]
+
+
+def aggregate(rows: list[dict]) -> dict[str, float]:
+    """Mean of each metric over the rows where it was computed (absent when it never was; PSNR of identical
+    images is +inf and is averaged as such)."""
+    means = {}
+    for name in METRIC_COLUMNS:
+        values = [r[name] for r in rows if r.get(name) is not None]
+        if values:
+            means[name] = float(np.mean(values))
+    return means

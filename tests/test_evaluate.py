@@ -1,0 +1,67 @@
+"""The evaluate flow on a paired test set (Prefect's local server, MLflow on SQLite) and `dfd compare`."""
+from __future__ import annotations
+
+import io
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from dfdcore.evaluation import METRIC_COLUMNS, make_pairs, read_pairs
+from dfdcore.metrics import psnr, ssim
+from dfdcore.restore import ModelSpec
+
+
+def test_pairs_are_reproducible_from_held_out_faces(training_data, tmp_path):
+    faceset = str(training_data / "faceset.parquet")
+    assert make_pairs(faceset, str(tmp_path / "a.parquet"), seed=3) == 2
+    make_pairs(faceset, str(tmp_path / "b.parquet"), seed=3)
+    make_pairs(faceset, str(tmp_path / "c.parquet"), seed=4)
+    a, meta = read_pairs(str(tmp_path / "a.parquet"))
+    b, _ = read_pairs(str(tmp_path / "b.parquet"))
+    c, _ = read_pairs(str(tmp_path / "c.parquet"))
+    assert meta["face_size"] == "128" and meta["seed"] == "3"
+    assert all((x["lq"] == y["lq"]).all() and (x["hq"] == y["hq"]).all() for x, y in zip(a, b))
+    assert any((x["lq"] != y["lq"]).any() for x, y in zip(a, c))
+    assert all(psnr(p["lq"], p["hq"]) < 40 for p in a)  # the LQ really is degraded
+
+
+def test_evaluate_identity_equals_bicubic_and_a_random_model_is_worse(prefect_server, training_data, tmp_path):
+    from dfd.cli import main
+    from flows.evaluate import evaluate
+
+    testset = str(tmp_path / "testset")
+    identity = evaluate(ModelSpec(name="identity"), testset, faceset=str(training_data / "faceset.parquet"))
+    pairs_bytes = (tmp_path / "testset" / "pairs.parquet").read_bytes()
+    random = evaluate(ModelSpec(random_weights=True, face_size=128, ngf=8, k=8), testset, seed=99, label="random")
+    assert (tmp_path / "testset" / "pairs.parquet").read_bytes() == pairs_bytes  # made once, never remade
+
+    # The identity model returns the bicubic LQ: every metric equals the baseline's (and the baseline is real).
+    assert identity.pairs == 2
+    for name in ("psnr", "ssim", "psnr_y", "ssim_y", "identity_distance", "landmark_distance"):
+        assert identity.metrics[name] == pytest.approx(identity.bicubic[name], abs=1e-9), name
+    pairs, _ = read_pairs(str(tmp_path / "testset" / "pairs.parquet"))
+    expected = sum(psnr(p["lq"], p["hq"]) for p in pairs) / len(pairs)
+    assert identity.bicubic["psnr"] == pytest.approx(expected, abs=1e-9)
+    assert identity.bicubic["ssim"] == pytest.approx(sum(ssim(p["lq"], p["hq"]) for p in pairs) / 2, abs=1e-9)
+    # An untrained random network is far from the targets.
+    assert random.metrics["psnr"] < identity.bicubic["psnr"] - 3
+
+    # LPIPS backbone weights are not on this machine: reported as unavailable, never estimated.
+    client = MlflowClient()
+    run = client.get_run(random.run_id)
+    assert "lpips" not in run.data.metrics and run.data.tags["lpips"].startswith("unavailable")
+    assert run.data.metrics["bicubic_psnr"] == pytest.approx(identity.bicubic["psnr"])
+    rows = pq.read_table(io.BytesIO((tmp_path / "testset" / "metrics" / f"{random.run_id}.parquet").read_bytes()))
+    assert rows.num_rows == 2 and set(METRIC_COLUMNS) <= set(rows.column_names)
+    assert {f.path for f in client.list_artifacts(random.run_id)} >= {"samples.png", "metrics"}
+
+    result = CliRunner().invoke(main, ["compare", identity.run_id, random.run_id])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].startswith("bicubic") and "random" in lines[3]
+    assert f"{identity.bicubic['psnr']:.2f}" in lines[1] and f"{random.metrics['psnr']:.2f}" in lines[3]
+    assert "n/a" in lines[3]  # LPIPS
+    missing = CliRunner().invoke(main, ["compare", "0" * 32])
+    assert missing.exit_code != 0 and "no MLflow run" in missing.output

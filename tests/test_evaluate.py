@@ -65,3 +65,22 @@ def test_evaluate_identity_equals_bicubic_and_a_random_model_is_worse(prefect_se
     assert "n/a" in lines[3]  # LPIPS
     missing = CliRunner().invoke(main, ["compare", "0" * 32])
     assert missing.exit_code != 0 and "no MLflow run" in missing.output
+
+
+def test_demo_runs_the_whole_life_cycle(prefect_server, tmp_path):
+    """`dfd demo` with a few training steps: dictionary → train → evaluate → restore, and an honest verdict."""
+    from dfd.cli import main
+
+    result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "demo"
+    assert (out / "dictionary" / "dictionary.safetensors").is_file()
+    assert (out / "train" / "generator.safetensors").is_file()
+    assert (out / "train" / "checkpoints" / "step_00000003.pt").is_file()
+    assert len(list((out / "restored" / "restored_imgs").iterdir())) == 6
+    lines = result.output.splitlines()
+    table = [line for line in lines if line.startswith(("bicubic", "demo model"))]
+    assert len(table) == 2
+    assert "4 for training, 2 held out" in result.output
+    verdict = next(line for line in lines if "verdict" in line)
+    assert "than bicubic upsampling" in verdict and "random VGG" in verdict

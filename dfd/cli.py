@@ -344,9 +344,10 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def _add_lifecycle_commands() -> None:
-    from . import lifecycle
+    from . import lifecycle, stack
 
-    for command in (lifecycle.train, lifecycle.evaluate, lifecycle.compare, lifecycle.demo):
+    for command in (lifecycle.train, lifecycle.evaluate, lifecycle.compare, lifecycle.demo, stack.stack,
+                    stack.deploy):
         main.add_command(command)
 
 

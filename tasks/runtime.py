@@ -6,6 +6,9 @@ import os
 import ray
 
 
+FORWARDED_ENV_PREFIXES = ("AWS_", "MLFLOW_", "DFD_", "PREFECT_API_URL")
+
+
 def ensure_ray() -> None:
     """Connect to ``RAY_ADDRESS`` or start Ray locally, keeping its files under the dfd home (./.dfd)."""
     if ray.is_initialized():
@@ -14,6 +17,11 @@ def ensure_ray() -> None:
     address = os.environ.get("RAY_ADDRESS")
     temp_dir = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray"))
     extra = {} if address or len(temp_dir) > 60 else {"_temp_dir": temp_dir}  # unix socket paths are short
+    if address:
+        # Workers of a running cluster were started with the cluster's environment, not ours: pass on what
+        # decides where data and runs live (S3 endpoint and credentials, tracking server, dfd home).
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+        extra["runtime_env"] = {"env_vars": env}
     ray.init(address=address, include_dashboard=False, log_to_driver=False, **extra)
 
 

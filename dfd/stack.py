@@ -1,0 +1,296 @@
+"""``dfd stack up|down|status``: a real Prefect server, MLflow server and Ray head on loopback, as background
+processes whose pid files and logs live under the dfd home (``.dfd/stack/``)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+SERVICES = ("prefect", "mlflow", "ray")
+
+
+@dataclass(frozen=True)
+class Ports:
+    prefect: int = 4200
+    mlflow: int = 5000
+    ray: int = 6379
+    dashboard: int = 8265
+
+    def environment(self) -> dict[str, str]:
+        """What clients export to use this stack."""
+        return {"PREFECT_API_URL": f"http://127.0.0.1:{self.prefect}/api",
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.mlflow}",
+                "RAY_ADDRESS": f"127.0.0.1:{self.ray}"}
+
+    def urls(self) -> dict[str, str]:
+        return {"prefect": f"http://127.0.0.1:{self.prefect}", "mlflow": f"http://127.0.0.1:{self.mlflow}",
+                "ray": f"http://127.0.0.1:{self.dashboard} (dashboard; jobs: ray job submit --address there)"}
+
+
+def stack_dir() -> Path:
+    from flows.tracking import dfd_home
+
+    folder = dfd_home() / "stack"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def ray_temp_dir(folder: Path) -> str:
+    """Ray's session folder: under the stack folder when its socket paths stay short enough, else a short one."""
+    candidate = folder / "ray"
+    if len(str(candidate)) <= 40:
+        return str(candidate)
+    return tempfile.mkdtemp(prefix="dfd-ray-")
+
+
+def commands(folder: Path, ports: Ports, ray_tmp: str) -> dict[str, list[str]]:
+    return {
+        "prefect": [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)],
+        "mlflow": [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
+                   "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                   "--artifacts-destination", str(folder / "mlartifacts"), "--workers", "1"],
+        "ray": [_bin("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                "--port", str(ports.ray), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.dashboard),
+                "--temp-dir", ray_tmp, "--disable-usage-stats"],
+    }
+
+
+def service_environment(folder: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        env.pop(name, None)  # the servers themselves are not clients of another stack
+    env.update({"PREFECT_HOME": str(folder / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "RAY_AUTH_MODE": "disabled",
+                "RAY_USAGE_STATS_ENABLED": "0"})
+    return env
+
+
+def _healthy(service: str, ports: Ports) -> bool:
+    try:
+        if service == "prefect":
+            return urllib.request.urlopen(f"http://127.0.0.1:{ports.prefect}/api/health", timeout=2).status == 200
+        if service == "mlflow":
+            return urllib.request.urlopen(f"http://127.0.0.1:{ports.mlflow}/health", timeout=2).status == 200
+        with socket.create_connection(("127.0.0.1", ports.dashboard), timeout=2):
+            pass
+        with socket.create_connection(("127.0.0.1", ports.ray), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def read_state(folder: Path) -> dict:
+    path = folder / "stack.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def up(ports: Ports, timeout: float = 120.0) -> dict:
+    """Start the services not already running, wait until each answers → the state (pids, ports, env)."""
+    folder = stack_dir()
+    state = read_state(folder)
+    if state and all(_alive(state["pids"][s]) for s in SERVICES):
+        return state
+    if state:
+        down()
+    ray_tmp = ray_temp_dir(folder)
+    env = service_environment(folder)
+    pids = {}
+    for service, command in commands(folder, ports, ray_tmp).items():
+        log = open(folder / f"{service}.log", "ab")  # noqa: SIM115 - handed to the child
+        pids[service] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
+                                         start_new_session=True).pid
+    state = {"pids": pids, "ports": ports.__dict__, "ray_temp_dir": ray_tmp, "env": ports.environment()}
+    (folder / "stack.json").write_text(json.dumps(state, indent=1))
+    (folder / "stack.env").write_text("".join(f"export {k}={v}\n" for k, v in ports.environment().items()))
+    deadline = time.monotonic() + timeout
+    waiting = set(SERVICES)
+    while waiting and time.monotonic() < deadline:
+        for service in list(waiting):
+            if not _alive(pids[service]):
+                raise click.ClickException(f"{service} exited during start-up; see {folder / f'{service}.log'}")
+            if _healthy(service, ports):
+                waiting.discard(service)
+        time.sleep(1)
+    if waiting:
+        raise click.ClickException(f"not ready after {timeout:.0f} s: {', '.join(sorted(waiting))}; logs in {folder}")
+    return state
+
+
+def _stack_processes(state: dict) -> list[int]:
+    """Every process of this stack: the service process groups, plus Ray processes that left the group but still
+    name this stack's Ray folder on their command line."""
+    import psutil
+
+    groups = set(state.get("pids", {}).values())
+    marker = state.get("ray_temp_dir") or "\0"
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(proc.pid) in groups or marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc.pid)
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def down(timeout: float = 30.0) -> list[int]:
+    """Stop every process of the stack (TERM, then KILL) → the pids that were stopped."""
+    folder = stack_dir()
+    state = read_state(folder)
+    if not state:
+        return []
+    for pid in state["pids"].values():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + timeout
+    stopped = _stack_processes(state)
+    while time.monotonic() < deadline and any(_alive(p) for p in _stack_processes(state)):
+        time.sleep(0.5)
+    for pid in _stack_processes(state):
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    (folder / "stack.json").unlink(missing_ok=True)
+    return stopped
+
+
+def status() -> list[tuple[str, str, str]]:
+    """(service, running | stopped, url) for each service."""
+    state = read_state(stack_dir())
+    if not state:
+        return [(s, "stopped", "") for s in SERVICES]
+    ports = Ports(**state["ports"])
+    rows = []
+    for service in SERVICES:
+        alive = _alive(state["pids"][service])
+        healthy = alive and _healthy(service, ports)
+        rows.append((service, "running" if healthy else ("starting or unhealthy" if alive else "stopped"),
+                     ports.urls()[service]))
+    return rows
+
+
+@click.group()
+def stack() -> None:
+    """A local stack on loopback: Prefect server, MLflow server (model registry) and a Ray head, in the background.
+
+    Logs and pid files are kept under the dfd home (DFD_HOME, default ./.dfd) in stack/. `dfd stack up` prints the
+    environment to export (also written to .dfd/stack/stack.env) so that dfd's flows use the stack instead of the
+    embedded defaults."""
+
+
+@stack.command("up")
+@click.option("--prefect-port", default=4200, show_default=True)
+@click.option("--mlflow-port", default=5000, show_default=True)
+@click.option("--ray-port", default=6379, show_default=True)
+@click.option("--dashboard-port", default=8265, show_default=True, help="Ray dashboard and job submission.")
+def stack_up(prefect_port, mlflow_port, ray_port, dashboard_port) -> None:
+    """Start the stack (services already running are left as they are) and wait until each one answers."""
+    state = up(Ports(prefect_port, mlflow_port, ray_port, dashboard_port))
+    ports = Ports(**state["ports"])
+    for service, url in ports.urls().items():
+        click.echo(f"  {service:<8} {url}")
+    click.echo("\n  To use it from this shell:")
+    for key, value in state["env"].items():
+        click.echo(f"export {key}={value}")
+    click.echo(f"\n  (or: source {stack_dir() / 'stack.env'}); stop with `dfd stack down`")
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop every process of the stack."""
+    stopped = down()
+    click.echo(f"  stopped {len(stopped)} process(es)" if stopped else "  no stack was running")
+
+
+@stack.command("status")
+def stack_status() -> None:
+    """Whether each service is running and answering."""
+    for service, state, url in status():
+        click.echo(f"  {service:<8} {state:<22} {url}")
+
+
+def project_dir() -> Path:
+    """The dfd checkout holding flows/ and infra/ (deployments run from it)."""
+    import flows
+
+    return Path(flows.__file__).resolve().parent.parent
+
+
+async def _ensure_work_pool(name: str) -> bool:
+    """Create the process work pool ``name`` unless it exists → whether it was created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            await client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            return True
+
+
+@click.command()
+@click.option("--pool", default="dfd-process", show_default=True, help="Process work pool the deployments use.")
+@click.option("--prefect-file", type=click.Path(dir_okay=False), help="Deployments file "
+              "[default: infra/prefect/prefect.yaml of the dfd checkout].")
+def deploy(pool, prefect_file) -> None:
+    """Register dfd's Prefect deployments (restore_bucket nightly, build_dictionary, train, evaluate) and their
+    process work pool on the server in PREFECT_API_URL (`dfd stack up` prints it). Then run a worker:
+    `prefect worker start --pool dfd-process`, and start runs with `prefect deployment run restore_bucket/nightly`."""
+    import asyncio
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise click.UsageError("PREFECT_API_URL is not set: deployments need a Prefect server that outlives this "
+                               "command. Start one with `dfd stack up` and export what it prints.")
+    project = project_dir()
+    prefect_file = prefect_file or str(project / "infra" / "prefect" / "prefect.yaml")
+    created = asyncio.run(_ensure_work_pool(pool))
+    click.echo(f"  work pool  {pool} ({'created' if created else 'exists'})")
+    env = dict(os.environ, DFD_PROJECT_DIR=str(project))
+    result = subprocess.run([_bin("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", prefect_file],
+                            cwd=project, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise click.ClickException(f"prefect deploy failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    names = sorted(set(line.split("'")[1] for line in result.stdout.splitlines()
+                       if "Deployment '" in line and "successfully created" in line))
+    for name in names:
+        click.echo(f"  deployment {name}")
+    click.echo(f"\n  worker:    prefect worker start --pool {pool}\n"
+               "  run:       prefect deployment run restore_bucket/nightly -p source=... -p output=...")

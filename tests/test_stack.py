@@ -1,0 +1,157 @@
+"""Operations, end to end with real services: `dfd stack up` (Prefect server, MLflow server, Ray head), `dfd deploy`, a
+process worker, `prefect deployment run restore_bucket/nightly` on a bucket of a real S3 API (moto's server), an
+incremental second run, a worker killed mid-run and the rerun, and `dfd stack down` leaving no process behind."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dfdcore.io.storage import filesystem_for, read_bytes, write_bytes_atomic
+from dfdcore.manifest import read_manifest
+from tests.conftest import SHARED
+
+from .s3server import create_bucket, s3_server  # noqa: F401  (fixture)
+
+BIN = Path(sys.executable).parent
+IDENTITIES = sorted((SHARED / "data/faces/identities").glob("*/*.jpg"))
+PORTRAITS = sorted(p for p in (SHARED / "data/faces/portraits").iterdir() if p.suffix == ".jpg")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def _upload(files: list[Path], prefix: str) -> None:
+    for path in files:
+        write_bytes_atomic(f"{prefix}/{path.parent.name}/{path.name}", path.read_bytes())
+
+
+def _objects(prefix: str) -> list[str]:
+    fs, path = filesystem_for(prefix)
+    fs.invalidate_cache()
+    return sorted(fs.find(path))
+
+
+def _start_worker(env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "dfd-process"], env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the worker and every process under it (the flow run it started): a machine that dies."""
+    parent = psutil.Process(process.pid)
+    for proc in [*parent.children(recursive=True), parent]:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=30)
+
+
+def _deployment_run(env: dict, source: str, output: str, *extra: str, watch: bool = True) -> str:
+    args = [BIN / "prefect", "deployment", "run", "restore_bucket/nightly", "-p", f"source={json.dumps(source)}",
+            "-p", f"output={json.dumps(output)}", "-p", "model=\"identity\"", "-p", "workers=1",
+            "-p", "failed_prefix=null", "-p", "upscale=1", *extra]
+    if watch:
+        args += ["--watch", "--watch-timeout", "500"]
+    return _run(*args, env=env).stdout
+
+
+def _runs(mlflow_uri: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("dfd-restore-bucket")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.mark.timeout(1800)
+def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # noqa: F811
+    home = tmp_path / "home"
+    ports = {"--prefect-port": _free_port(), "--mlflow-port": _free_port(), "--ray-port": _free_port(),
+             "--dashboard-port": _free_port()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_ADDRESS"))}
+    env |= {"DFD_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home / "cli")}
+    up = _run(BIN / "dfd", "stack", "up", *[str(x) for kv in ports.items() for x in kv], env=env, timeout=300)
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines()
+                   if line.startswith("export "))
+    assert set(exports) == {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"}
+    stack_env = env | exports
+    state = json.loads((home / "stack" / "stack.json").read_text())
+    worker = None
+    try:
+        assert "running" in _run(BIN / "dfd", "stack", "status", env=env).stdout
+        deployed = _run(BIN / "dfd", "deploy", env=stack_env).stdout
+        assert "restore_bucket/nightly" in deployed
+        worker = _start_worker(stack_env, tmp_path / "worker.log")
+
+        # First run: 4 photos. Second run: 2 more were added; only those are restored.
+        bucket = create_bucket(s3_server, "photos")
+        _upload(IDENTITIES[:4], f"{bucket}/incoming")
+        _deployment_run(stack_env, f"{bucket}/incoming", f"{bucket}/restored")
+        _upload(IDENTITIES[4:6], f"{bucket}/incoming")
+        _deployment_run(stack_env, f"{bucket}/incoming", f"{bucket}/restored")
+        runs = _runs(exports["MLFLOW_TRACKING_URI"])
+        assert [(r.data.metrics["restored"], r.data.metrics["skipped"]) for r in runs] == [(4, 0), (2, 4)]
+        restored = [o for o in _objects(f"{bucket}/restored") if "/restored_imgs/" in o]
+        assert len(restored) == 6
+        manifest = read_manifest(f"{bucket}/restored/manifest.parquet")
+        assert len(manifest) == 6 and all(row["status"] == "ok" for row in manifest.values())
+
+        # A worker killed mid-run (with the flow run it started), then a rerun: every output once, manifest whole.
+        _upload(PORTRAITS, f"{bucket}/portraits")
+        _deployment_run(stack_env, f"{bucket}/portraits", f"{bucket}/portraits-out", "-p", "chunk=1",
+                        "-p", "upscale=2", watch=False)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if f"{bucket}/portraits-out/manifest.parquet".removeprefix("s3://") in _objects(f"{bucket}/portraits-out"):
+                break
+            time.sleep(0.5)
+        done_before_kill = len(read_manifest(f"{bucket}/portraits-out/manifest.parquet"))
+        _kill_tree(worker)
+        assert 1 <= done_before_kill < len(PORTRAITS), "the run should have been killed mid-way"
+        worker = _start_worker(stack_env, tmp_path / "worker2.log")
+        _deployment_run(stack_env, f"{bucket}/portraits", f"{bucket}/portraits-out", "-p", "chunk=1",
+                        "-p", "upscale=2")
+        objects = _objects(f"{bucket}/portraits-out")
+        outputs = [o for o in objects if "/restored_imgs/" in o]
+        assert sorted(Path(o).name for o in outputs) == sorted(p.name for p in PORTRAITS)
+        assert len(objects) == len(PORTRAITS) + 1  # the outputs and the manifest: no duplicates, no partial files
+        manifest = read_manifest(f"{bucket}/portraits-out/manifest.parquet")
+        assert len(manifest) == len(PORTRAITS) and all(r["status"] == "ok" for r in manifest.values())
+        for row in manifest.values():
+            assert all(read_bytes(o) for o in row["outputs"])
+        last = _runs(exports["MLFLOW_TRACKING_URI"])[-1].data.metrics
+        assert last["restored"] + last["skipped"] == len(PORTRAITS) and last["skipped"] >= done_before_kill
+    finally:
+        if worker is not None and worker.poll() is None:
+            _kill_tree(worker)
+        stopped = _run(BIN / "dfd", "stack", "down", env=env).stdout
+    assert "stopped" in stopped
+    leftovers = [p.pid for p in psutil.process_iter() if _belongs(p, state)]
+    assert not leftovers, leftovers
+    assert "stopped" in _run(BIN / "dfd", "stack", "status", env=env).stdout
+
+
+def _belongs(proc: psutil.Process, state: dict) -> bool:
+    try:
+        return os.getpgid(proc.pid) in state["pids"].values() or state["ray_temp_dir"] in " ".join(proc.cmdline())
+    except (psutil.Error, OSError):
+        return False

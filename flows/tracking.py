@@ -25,10 +25,14 @@ def mlflow_experiment(name: str) -> str:
     import mlflow
 
     home = dfd_home()
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    own = f"sqlite:///{home / 'mlflow.db'}"
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, so "ours" is recognised by its value, not its absence.
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or own
+    embedded = uri == own
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (home / "mlartifacts" / name).as_uri()
+    # An embedded SQLite store would put artifacts in ./mlruns of whatever the current folder is.
+    artifacts = (home / "mlartifacts" / name).as_uri() if embedded else None
     return mlflow.create_experiment(name, artifact_location=artifacts)

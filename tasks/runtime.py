@@ -17,9 +17,10 @@ def ensure_ray() -> None:
     address = os.environ.get("RAY_ADDRESS")
     temp_dir = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray"))
     extra = {} if address or len(temp_dir) > 60 else {"_temp_dir": temp_dir}  # unix socket paths are short
-    if address:
+    if address and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         # Workers of a running cluster were started with the cluster's environment, not ours: pass on what
-        # decides where data and runs live (S3 endpoint and credentials, tracking server, dfd home).
+        # decides where data and runs live (S3 endpoint and credentials, tracking server, dfd home). A driver
+        # submitted with `ray job submit` already hands its runtime_env to its workers (and Ray refuses a second).
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
         extra["runtime_env"] = {"env_vars": env}
     ray.init(address=address, include_dashboard=False, log_to_driver=False, **extra)

@@ -145,13 +145,17 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
             _kill_tree(worker)
         stopped = _run(BIN / "dfd", "stack", "down", env=env).stdout
     assert "stopped" in stopped
-    leftovers = [p.pid for p in psutil.process_iter() if _belongs(p, state)]
-    assert not leftovers, leftovers
+    deadline = time.monotonic() + 15  # SIGKILLed processes take a moment to leave the process table
+    while (leftovers := [p.pid for p in psutil.process_iter() if _belongs(p, state)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not leftovers, [(p, " ".join(psutil.Process(p).cmdline())[:120]) for p in leftovers]
     assert "stopped" in _run(BIN / "dfd", "stack", "status", env=env).stdout
 
 
 def _belongs(proc: psutil.Process, state: dict) -> bool:
     try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False  # already dead, waiting for its parent to collect the exit status
         return os.getpgid(proc.pid) in state["pids"].values() or state["ray_temp_dir"] in " ".join(proc.cmdline())
     except (psutil.Error, OSError):
         return False

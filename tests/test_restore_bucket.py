@@ -1,0 +1,43 @@
+"""The restore_bucket flow embedded (Prefect's local server, local Ray, MLflow on SQLite): failures become rows with
+reasons and copies under failed_prefix; a rerun restores only what changed."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from mlflow import MlflowClient
+
+from dfdcore.manifest import read_manifest
+from tests.conftest import SHARED
+
+
+@pytest.fixture()
+def bucket(tmp_path):
+    source = tmp_path / "incoming"
+    source.mkdir()
+    for photo in sorted((SHARED / "data/faces/identities").glob("*/*.jpg"))[:2]:
+        shutil.copy(photo, source / photo.name)
+    (source / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return source
+
+
+def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server, bucket, tmp_path):
+    from flows.restore_bucket import restore_bucket
+
+    out, failed = tmp_path / "out", tmp_path / "failed"
+    first = restore_bucket(str(bucket), str(out), model="identity", workers=1, upscale=1, failed_prefix=str(failed))
+    assert (first.listed, first.restored, first.failed, first.skipped) == (3, 2, 1, 0)
+    assert first.failures[0][0].endswith("broken.jpg") and first.failures[0][1]
+    assert (failed / "broken.jpg").read_bytes() == (bucket / "broken.jpg").read_bytes()  # the input, untouched
+    assert (failed / "broken.jpg.reason.txt").read_text().strip() == first.failures[0][1]
+    manifest = read_manifest(str(out / "manifest.parquet"))
+    assert sorted(row["status"] for row in manifest.values()) == ["failed", "ok", "ok"]
+
+    # A changed photo is redone, unchanged ones are skipped, the failure is retried (and fails again).
+    photo = sorted(p for p in bucket.iterdir() if p.name != "broken.jpg")[0]
+    shutil.copy(sorted((SHARED / "data/faces/identities").glob("*/*.jpg"))[5], photo)
+    second = restore_bucket(str(bucket), str(out), model="identity", workers=1, upscale=1)
+    assert (second.restored, second.skipped, second.failed) == (1, 1, 1)
+    run = MlflowClient().get_run(second.run_id)
+    assert run.data.metrics["restored"] == 1 and run.data.metrics["skipped"] == 1
+    assert run.data.params["model_name"] == "identity" and "model_id" in run.data.tags

@@ -107,6 +107,7 @@ def evaluate(spec: ModelSpec, testset: str, faceset: str | None = None, register
              label: str | None = None) -> EvalSummary:
     """Evaluate the model of ``spec`` (or the registered ``name/version``) on ``testset``'s pairs."""
     import mlflow
+    import numpy as np
 
     from dfdcore.api import checksum
     from dfdcore.evaluation import read_pairs
@@ -135,8 +136,6 @@ def evaluate(spec: ModelSpec, testset: str, faceset: str | None = None, register
             grid = Path(tmp) / "samples.png"
             rows = [side_by_side([p["lq"], out, p["hq"]], ["LQ (bicubic)", label, "HQ"])
                     for p, out in zip(pairs, firsts)]
-            import numpy as np
-
             write_image(grid, np.concatenate(rows, axis=0))
             mlflow.log_artifact(str(grid))
             if exists(rows_uri) and not rows_uri.startswith(("s3:", "gs:")):

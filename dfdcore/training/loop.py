@@ -84,6 +84,7 @@ class Trainer:
                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> None:
         self.cfg, self.device, self.rank = cfg, torch.device(device), rank
         self.faces = FaceSet(cfg.faceset, "train")
+        self.held_out = FaceSet(cfg.faceset, "test")
         if len(self.faces) == 0:
             raise ValueError(f"{cfg.faceset}: no training faces")
         if self.faces.face_size != cfg.face_size:
@@ -192,8 +193,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- samples
     def fixed_pairs(self, count: int) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
         """``count`` fixed (lq, hq, boxes) pairs of held-out faces (training faces when none are held out)."""
-        held_out = FaceSet(self.cfg.faceset, "test")
-        faces = held_out if len(held_out) else self.faces
+        faces = self.held_out if len(self.held_out) else self.faces
         seed = self.cfg.seed + SAMPLE_SEED_OFFSET
         return [training_sample(faces, i, seed, self.degradation, flip_probability=0.0)
                 for i in range(min(count, len(faces)))]

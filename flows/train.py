@@ -43,10 +43,10 @@ def prepare_faceset(source: str, faceset: str, face_size: int, test_fraction: fl
 
 
 @task(cache_policy=NONE)
-def run_training(cfg: TrainConfig, tracking_uri: str, run_id: str, export_dir: str, max_failures: int) -> None:
+def run_training(cfg: TrainConfig, tracking_uri: str, run_id: str, max_failures: int) -> None:
     from tasks.train import Tracking, fit
 
-    fit(cfg, Tracking(tracking_uri, run_id), export_dir=export_dir, max_failures=max_failures)
+    fit(cfg, Tracking(tracking_uri, run_id), max_failures=max_failures)
 
 
 @dataclass
@@ -63,6 +63,19 @@ class TrainSummary:
     dictionary: str = ""
     model_name: str = ""
     model_version: str = ""
+
+
+def _local_copy(uri: str) -> str:
+    """``uri`` itself when local, else a copy under the dfd home (MLflow logs artifacts from local files)."""
+    from dfdcore.io.storage import is_local
+    from flows.tracking import dfd_home
+
+    if is_local(uri):
+        return uri
+    local = dfd_home() / "downloads" / uri.split("://", 1)[1]
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(read_bytes(uri))
+    return str(local)
 
 
 def _run_id_file(out: str) -> str:
@@ -108,12 +121,12 @@ def train(config: TrainConfig, source: str | None = None, test_fraction: float =
             mlflow.log_params(asdict(config) | {"source": source, "test_fraction": test_fraction,
                                                 "train_faces": counts["train"], "test_faces": counts["test"]})
             mlflow.set_tags({"random_vgg": str(config.random_vgg), "dictionary": config.dictionary})
-        run_training(config, mlflow.get_tracking_uri(), run.info.run_id, config.out, max_failures)
+        run_training(config, mlflow.get_tracking_uri(), run.info.run_id, max_failures)
         generator = join_uri(config.out, "generator.safetensors")
         seconds = time.perf_counter() - started
         images = (config.steps - resumed_step) * config.batch_size
         mlflow.log_metrics({"train_seconds": seconds, "images_per_second": images / seconds})
-        version = register_generator(generator, config.dictionary, register_as)
+        version = register_generator(_local_copy(generator), _local_copy(config.dictionary), register_as)
         final = {k: v for k, v in mlflow.get_run(run.info.run_id).data.metrics.items()}
     return TrainSummary(run_id=run.info.run_id, steps=config.steps, resumed_from=resumed_step,
                         train_faces=counts["train"], test_faces=counts["test"], seconds=seconds,

@@ -12,6 +12,8 @@ from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
 
 from .runtime import ensure_ray, threads_per_worker
 
+GENERATOR_NAME = "generator.safetensors"
+
 
 @dataclass(frozen=True)
 class Tracking:
@@ -96,8 +98,12 @@ def train_loop(config: dict) -> None:
             _log_file(log, trainer.save(), "checkpoints")
         if step % cfg.log_every == 0 or last:
             ray.train.report(metrics | {"step": step})
-    if rank == 0 and config.get("export_dir"):
-        trainer.export_generator(os.path.join(config["export_dir"], "generator.safetensors"))
+    if rank == 0:  # the final generator beside the checkpoints, through a local file (OUT may be an object store)
+        from dfdcore.io.storage import join_uri, write_bytes_atomic
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = trainer.export_generator(Path(tmp) / GENERATOR_NAME)
+            write_bytes_atomic(join_uri(cfg.out, GENERATOR_NAME), local.read_bytes())
 
 
 def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -113,9 +119,9 @@ def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
                    init_weights=absolute(cfg.init_weights), vgg_weights=absolute(cfg.vgg_weights))
 
 
-def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), export_dir: str | None = None,
-        max_failures: int = 0) -> None:
-    """Run the training with ``cfg.workers`` Ray Train workers (GPUs when ``cfg.use_gpu``) until ``cfg.steps``.
+def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = 0) -> None:
+    """Run the training with ``cfg.workers`` Ray Train workers (GPUs when ``cfg.use_gpu``) until ``cfg.steps``,
+    then write the final generator to ``cfg.out/generator.safetensors``.
 
     A rerun with the same ``cfg.out`` resumes from its latest checkpoint; ``max_failures`` restarts workers that
     die (preemption) from that checkpoint within one call."""
@@ -129,7 +135,6 @@ def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), export_dir: str | Non
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"train": cfg.to_dict(), "threads": threads,
-                           "export_dir": os.path.abspath(export_dir) if export_dir else None,
                            "tracking": {"uri": tracking.uri, "run_id": tracking.run_id}},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,

@@ -25,6 +25,7 @@ class Ports:
     mlflow: int = 5000
     ray: int = 6379
     dashboard: int = 8265
+    ray_client: int = 10001
 
     def environment(self) -> dict[str, str]:
         """What clients export to use this stack."""
@@ -65,7 +66,7 @@ def commands(folder: Path, ports: Ports, ray_tmp: str) -> dict[str, list[str]]:
                    "--artifacts-destination", str(folder / "mlartifacts"), "--workers", "1"],
         "ray": [_bin("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                 "--port", str(ports.ray), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.dashboard),
-                "--temp-dir", ray_tmp, "--disable-usage-stats"],
+                "--ray-client-server-port", str(ports.ray_client), "--temp-dir", ray_tmp, "--disable-usage-stats"],
     }
 
 
@@ -125,25 +126,38 @@ def up(ports: Ports, timeout: float = 120.0) -> dict:
         down()
     ray_tmp = ray_temp_dir(folder)
     env = service_environment(folder)
-    pids = {}
-    for service, command in commands(folder, ports, ray_tmp).items():
+    service_commands = commands(folder, ports, ray_tmp)
+
+    def start(service: str) -> int:
         log = open(folder / f"{service}.log", "ab")  # noqa: SIM115 - handed to the child
-        pids[service] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
-                                         start_new_session=True).pid
+        return subprocess.Popen(service_commands[service], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
+                                start_new_session=True).pid
+
+    pids = {service: start(service) for service in SERVICES}
     state = {"pids": pids, "ports": ports.__dict__, "ray_temp_dir": ray_tmp, "env": ports.environment()}
-    (folder / "stack.json").write_text(json.dumps(state, indent=1))
     (folder / "stack.env").write_text("".join(f"export {k}={v}\n" for k, v in ports.environment().items()))
     deadline = time.monotonic() + timeout
-    waiting = set(SERVICES)
+    waiting, restarts = set(SERVICES), {s: 0 for s in SERVICES}
     while waiting and time.monotonic() < deadline:
+        (folder / "stack.json").write_text(json.dumps(state, indent=1))
         for service in list(waiting):
             if not _alive(pids[service]):
-                raise click.ClickException(f"{service} exited during start-up; see {folder / f'{service}.log'}")
-            if _healthy(service, ports):
+                # On a loaded machine a component can time out while starting (Ray's client server waits for its
+                # node); one more try usually succeeds.
+                if restarts[service] >= 2:
+                    raise click.ClickException(f"{service} exited during start-up; see {folder / f'{service}.log'}")
+                restarts[service] += 1
+                pids[service] = start(service)
+            elif _healthy(service, ports):
                 waiting.discard(service)
         time.sleep(1)
     if waiting:
         raise click.ClickException(f"not ready after {timeout:.0f} s: {', '.join(sorted(waiting))}; logs in {folder}")
+    time.sleep(3)  # a last look: a component that dies right after answering (see above) is reported now
+    dead = [s for s in SERVICES if not _alive(pids[s])]
+    if dead:
+        raise click.ClickException(f"{', '.join(dead)} stopped right after starting; see the logs in {folder}")
+    (folder / "stack.json").write_text(json.dumps(state, indent=1))
     return state
 
 
@@ -218,9 +232,10 @@ def stack() -> None:
 @click.option("--mlflow-port", default=5000, show_default=True)
 @click.option("--ray-port", default=6379, show_default=True)
 @click.option("--dashboard-port", default=8265, show_default=True, help="Ray dashboard and job submission.")
-def stack_up(prefect_port, mlflow_port, ray_port, dashboard_port) -> None:
+@click.option("--ray-client-port", default=10001, show_default=True, help="Ray Client server (ray://).")
+def stack_up(prefect_port, mlflow_port, ray_port, dashboard_port, ray_client_port) -> None:
     """Start the stack (services already running are left as they are) and wait until each one answers."""
-    state = up(Ports(prefect_port, mlflow_port, ray_port, dashboard_port))
+    state = up(Ports(prefect_port, mlflow_port, ray_port, dashboard_port, ray_client_port))
     ports = Ports(**state["ports"])
     for service, url in ports.urls().items():
         click.echo(f"  {service:<8} {url}")

@@ -6,12 +6,13 @@ so an interrupted run resumes at chunk granularity. ``RAY_ADDRESS`` selects a cl
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import ray
 
 from dfdcore.bulk import MANIFEST_NAME, BulkSummary
-from dfdcore.io.storage import Source, join_uri
+from dfdcore.io.storage import Source, is_local, join_uri
 from dfdcore.manifest import merge_rows, read_manifest, write_manifest
 from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
 
@@ -36,6 +37,8 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
                      workers: int, batch_size: int = 4, chunk: int = 8, on_image: Callable[[], None] | None = None,
                      **kwargs) -> BulkSummary:
     """Restore ``sources`` with ``workers`` Ray actors; same outputs and manifest as the single-process path."""
+    if is_local(out) and "://" not in out:
+        out = os.path.abspath(out)  # actors on a cluster do not run in this folder
     ensure_ray()
     threads = threads_per_worker(workers)
     actors = [RestoreWorker.remote(spec, options, batch_size, threads) for _ in range(workers)]

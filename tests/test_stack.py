@@ -86,7 +86,7 @@ def _runs(mlflow_uri: str) -> list:
 def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # noqa: F811
     home = tmp_path / "home"
     ports = {"--prefect-port": _free_port(), "--mlflow-port": _free_port(), "--ray-port": _free_port(),
-             "--dashboard-port": _free_port()}
+             "--dashboard-port": _free_port(), "--ray-client-port": _free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_ADDRESS"))}
     env |= {"DFD_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home / "cli")}
     up = _run(BIN / "dfd", "stack", "up", *[str(x) for kv in ports.items() for x in kv], env=env, timeout=300)

@@ -327,7 +327,8 @@ def main() -> None:
     parser.add_argument("--small-steps", type=int, default=30, help="steps per small row (the first is not timed)")
     parser.add_argument("--official-steps", type=int, default=2, help="steps per official-size row")
     parser.add_argument("--workers", default="1,2", help="Ray Train worker counts")
-    parser.add_argument("--no-sparse", action="store_true", help="skip the log_every=N rows of the small config")
+    parser.add_argument("--modes", default="reference,ray,sparse",
+                        help="rows to run: reference (no Ray), ray (log_every=1), sparse (log_every=N, small only)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the reference (no Ray) row")
     parser.add_argument("--small-repeats", type=int, default=1, help="run every small row this many times (interleaved)")
     parser.add_argument("--official-repeats", type=int, default=1)
@@ -363,18 +364,23 @@ def main() -> None:
     workers = [int(w) for w in args.workers.split(",")]
     for name in names:
         prepare(args.cache, name)
-    if args.breakdown:
-        for name in names:
-            report["rows"].append(breakdown(args, name))
+    if args.breakdown:  # stored under "breakdown" of the results file, beside the rows of the throughput run
+        rows = [breakdown(args, name) for name in names]
         if args.out:
+            earlier = json.loads(args.out.read_text()) if args.out.exists() else {"machine": report["machine"]}
+            done = {r["config"] for r in rows}
+            earlier["breakdown"] = [r for r in earlier.get("breakdown", []) if r["config"] not in done] + [
+                r | {"date": report["date"], "command": report["command"]} for r in rows]
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2))
+            args.out.write_text(json.dumps(earlier, indent=2))
         return
     for name in names:
         steps = args.small_steps if name == "small" else args.official_steps
         for batch in CONFIGS[name][4]:
-            rows = [("reference", 1, False)] + [("ray", w, False) for w in workers]
-            if name == "small" and not args.no_sparse:
+            modes = args.modes.split(",")
+            rows = [("reference", 1, False)] if "reference" in modes else []
+            rows += [("ray", w, False) for w in workers] if "ray" in modes else []
+            if name == "small" and "sparse" in modes:
                 rows += [("ray", w, True) for w in workers]
             for repeat in range(args.small_repeats if name == "small" else args.official_repeats):
                 for mode, w, sparse in rows:
@@ -384,9 +390,10 @@ def main() -> None:
                 args.out.with_suffix(".partial.json").write_text(json.dumps(report, indent=2))
     report["loadavg_end"] = os.getloadavg()
     report["total_seconds"] = time.perf_counter() - started
-    if args.out and args.only != "all" and args.out.exists():  # keep the other configuration's rows of an earlier run
+    if args.out and args.out.exists():  # keep the rows of an earlier run that this run did not measure again
         earlier = json.loads(args.out.read_text())
-        kept = [r for r in earlier.get("rows", []) if r["config"] != args.only]
+        ran = {(r["config"], r["mode"], r["workers"], r["global_batch"]) for r in report["rows"]}
+        kept = [r for r in earlier.get("rows", []) if (r["config"], r["mode"], r["workers"], r["global_batch"]) not in ran]
         runs = earlier.get("runs", [{k: earlier.get(k) for k in ("date", "command", "loadavg_start", "loadavg_end",
                                                                   "total_seconds")}])
         report["rows"] = kept + report["rows"]

@@ -129,6 +129,20 @@ def _label(model) -> str:
     return str(provenance.get("checkpoint") or provenance.get("model", type(model).__name__))
 
 
+def worse_than_bicubic_warning(weights: str | None, validation: dict | None = None) -> str:
+    """A sentence when the model's own validation (stored in its file, or given) was worse than bicubic, else ""."""
+    from dfdcore.api import trained_validation
+    from dfdcore.evaluation import worse_than_bicubic
+
+    validation = validation if validation is not None else trained_validation(weights)
+    worse = worse_than_bicubic(validation)
+    if not worse:
+        return ""
+    step = f" at step {validation['step']}" if "step" in validation else ""
+    return (f"this model's own validation{step} was worse than bicubic upsampling ({'; '.join(worse)}): its "
+            f"outputs are likely worse than a plain resize")
+
+
 def _report(summary, label: str, output: str) -> None:
     click.echo("")
     click.echo(f"  model      {label}")
@@ -202,6 +216,9 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype,
                      fidelity)
     run_options = dict(force=force, save_faces=save_faces, cmp=cmp, max_pixels=max_pixels)
+    warning = worse_than_bicubic_warning(weights)
+    if warning:
+        click.echo(f"  warning    {warning}", err=True)
     with tqdm(total=len(sources), desc="restore", unit="image") as bar:
         if workers > 0:
             from tasks.restore import restore_parallel
@@ -214,6 +231,8 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
             summary = restore_sources(sources, output, restorer, on_image=lambda: bar.update(1), **run_options)
     _report(summary, "RANDOM WEIGHTS (not a restoration)" if random_weights and model_name == "dfdnet"
             else model_name, output)
+    if warning:
+        click.echo(f"  warning    {warning}")
     if summary.failed and not allow_failures:
         sys.exit(1)
 

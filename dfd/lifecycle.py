@@ -43,11 +43,33 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 @click.option("--steps", default=1000, show_default=True)
 @click.option("--batch-size", default=2, show_default=True, help="Global batch, split over the workers.")
 @click.option("--lr", default=2e-4, show_default=True)
-@click.option("--degradation", type=click.Choice(["reference", "gfpgan"]), default="reference", show_default=True)
+@click.option("--degradation", type=click.Choice(["reference", "gfpgan", "moderate"]), default="reference",
+              show_default=True, help="Degradation model: reference §5.1, GFPGAN v1, or the reference limited to x2-4.")
 @click.option("--adversarial-weight", default=0.1, show_default=True)
 @click.option("--perceptual-weight", default=1.0, show_default=True)
 @click.option("--pixel-weight", default=1.0, show_default=True)
+@click.option("--pixel-criterion", type=click.Choice(["mse", "l1"]), default="mse", show_default=True)
 @click.option("--style-weight", default=0.0, show_default=True)
+@click.option("--residual", is_flag=True, help="New generator predicts a correction added to its input (starts as "
+              "the identity, i.e. at bicubic); recorded in the exported .safetensors.")
+@click.option("--train-vgg", is_flag=True, help="Train the generator's VGG encoder too (for a random VGG; the "
+              "perceptual loss keeps a frozen copy).")
+@click.option("--augment", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Warp and recolour training faces (0-1; for small face sets).")
+@click.option("--adversarial-start", default=0, show_default=True,
+              help="Pixel/perceptual warm-up: the adversarial term and the discriminator start at this step.")
+@click.option("--ema-decay", default=0.0, show_default=True,
+              help="Keep an exponential moving average of the generator (e.g. 0.999) for validation and export.")
+@click.option("--grad-clip", default=0.0, show_default=True, help="Cap the generator's gradient norm (0 = off).")
+@click.option("--lr-schedule", type=click.Choice(["linear", "cosine"]), default="linear", show_default=True,
+              help="Decay after the constant phase.")
+@click.option("--constant-fraction", default=0.01, show_default=True, help="Share of the steps at the full lr.")
+@click.option("--val-every", default=500, show_default=True,
+              help="Validate (PSNR, SSIM, identity distance vs bicubic on held-out faces) every N steps.")
+@click.option("--val-pairs", default=16, show_default=True, help="Degraded held-out faces per validation.")
+@click.option("--best-metric", type=click.Choice(["psnr", "ssim", "psnr_y", "ssim_y", "identity_distance",
+                                                   "landmark_distance"]), default="psnr", show_default=True,
+              help="The validated generator kept, exported and registered is the best by this metric.")
 @click.option("--face-size", default=512, show_default=True)
 @click.option("--ngf", default=64, show_default=True)
 @click.option("--d-dim", default=64, show_default=True, help="Discriminator width.")
@@ -60,8 +82,10 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 @click.option("--register-as", default="dfd-generator", show_default=True, help="MLflow registered model name.")
 @click.option("--seed", default=0, show_default=True)
 def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, steps, batch_size, lr, degradation,
-          adversarial_weight, perceptual_weight, pixel_weight, style_weight, face_size, ngf, d_dim, workers, gpu,
-          checkpoint_every, sample_every, test_fraction, max_failures, register_as, seed) -> None:
+          adversarial_weight, perceptual_weight, pixel_weight, pixel_criterion, style_weight, residual, train_vgg,
+          augment, adversarial_start, ema_decay, grad_clip, lr_schedule, constant_fraction, val_every, val_pairs,
+          best_metric, face_size, ngf, d_dim, workers, gpu, checkpoint_every, sample_every, test_fraction,
+          max_failures, register_as, seed) -> None:
     """Train (or fine-tune) the generator on the faces of SOURCE.
 
     SOURCE: photos (folder, glob or fsspec URL; faces detected and aligned), a `dfd build-dictionary` output
@@ -81,8 +105,11 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
             faceset=source if source.endswith(".parquet") else join_uri(output, "faceset.parquet"),
             dictionary=dictionary, out=output, face_size=face_size, ngf=ngf, init_weights=init_weights,
             vgg_weights=vgg_weights, random_vgg=random_vgg, degradation=degradation, steps=steps,
-            batch_size=batch_size, lr=lr, pixel_weight=pixel_weight, perceptual_weight=perceptual_weight,
-            style_weight=style_weight, adversarial_weight=adversarial_weight, d_dim=d_dim,
+            batch_size=batch_size, lr=lr, pixel_weight=pixel_weight, pixel_criterion=pixel_criterion,
+            perceptual_weight=perceptual_weight, style_weight=style_weight, adversarial_weight=adversarial_weight,
+            residual=residual, train_vgg=train_vgg, augment=augment, adversarial_start=adversarial_start,
+            ema_decay=ema_decay, grad_clip=grad_clip, lr_schedule=lr_schedule, constant_fraction=constant_fraction,
+            val_every=val_every, val_pairs=val_pairs, best_metric=best_metric, d_dim=d_dim,
             checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed, workers=workers, use_gpu=gpu)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -95,11 +122,22 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
                                                     else "") + f", {summary.images_per_second:.2f} images/s")
     click.echo(f"  losses     G {_cell(final.get('loss_g'))}  D {_cell(final.get('loss_d'))}  "
                f"held-out pixel {_cell(final.get('val_pixel'))}")
+    validation = summary.validation or {}
+    if validation:
+        click.echo(f"  validation best {best_metric} at step {validation.get('step')}: "
+                   + ", ".join(f"{name} {_cell(validation.get('val_' + key))} (bicubic "
+                               f"{_cell(validation.get('bicubic_' + key))})" for key, name in
+                               (("psnr", "PSNR"), ("ssim", "SSIM"), ("identity_distance", "ID dist"))))
     click.echo(f"  generator  {summary.generator}")
     click.echo(f"  registered {summary.model_name} version {summary.model_version}")
     click.echo(f"  mlflow     run {summary.run_id}")
+    from .cli import worse_than_bicubic_warning
+
+    warning = worse_than_bicubic_warning(None, validation)
+    if warning:
+        click.echo(f"  warning    {warning}")
     if random_vgg:
-        click.echo("  note       random VGG: a pipeline check, not a useful model")
+        click.echo("  note       random VGG: the encoder and perceptual loss see random features")
 
 
 @click.command()
@@ -114,7 +152,8 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
 @click.option("--face-size", default=512, show_default=True, help="Face size of a random network.")
 @click.option("--ngf", default=64, show_default=True, help="Width of a random network.")
 @click.option("--count", type=int, help="Pairs in a new test set (default: every held-out face).")
-@click.option("--degradation", type=click.Choice(["reference", "gfpgan"]), default="reference", show_default=True)
+@click.option("--degradation", type=click.Choice(["reference", "gfpgan", "moderate"]), default="reference",
+              show_default=True, help="Degradation model: reference §5.1, GFPGAN v1, or the reference limited to x2-4.")
 @click.option("--seed", default=1234, show_default=True, help="Seed of a new test set's degradations.")
 @click.option("--label", help="Name of the run in MLflow and in `dfd compare`.")
 @click.option("--device", default="auto", show_default=True)
@@ -142,6 +181,27 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
     if summary.lpips_note:
         click.echo(f"  LPIPS      unavailable: {summary.lpips_note}")
     click.echo(f"  mlflow     run {summary.run_id}")
+    from .cli import worse_than_bicubic_warning
+
+    warning = worse_than_bicubic_warning(weights, _registered_validation(registered) if registered else None)
+    if warning:
+        click.echo(f"  warning    {warning}")
+
+
+def _registered_validation(registered: str) -> dict:
+    """The validation figures a registered version was tagged with (``val_*``, ``bicubic_*``, ``step``)."""
+    from mlflow import MlflowClient
+
+    name, version = registered.removeprefix("models:/").rsplit("/", 1)
+    tags = MlflowClient().get_model_version(name, version).tags
+    figures = {}
+    for key, value in tags.items():
+        if key.startswith(("val_", "bicubic_")) or key == "step":
+            try:
+                figures[key] = float(value) if key != "step" else int(float(value))
+            except ValueError:
+                continue
+    return figures
 
 
 @click.command()
@@ -177,12 +237,14 @@ def compare(runs) -> None:
 
 @click.command()
 @click.option("-o", "--output", default="dfd-results/demo", show_default=True)
-@click.option("--steps", default=300, show_default=True, help="Training steps of the demo model.")
+@click.option("--steps", type=int, help="Training steps of the demo model (default: the demo recipe's).")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False, exists=True),
               help="ImageNet VGG19 (torchvision's vgg19-dcbb9e9d.pth); without it the VGG is random and labelled.")
 def demo(output, steps, vgg_weights) -> None:
     """The whole life cycle on the bundled photos, in minutes on a CPU: build a dictionary → train a small model →
-    evaluate it against bicubic on held-out faces → restore the sample photos with it."""
+    evaluate it against bicubic on held-out faces → restore degraded copies of the held-out photos with it."""
+    from dataclasses import replace
+
     from .cli import _use_all_cores
 
     _use_all_cores()
@@ -190,14 +252,25 @@ def demo(output, steps, vgg_weights) -> None:
     from flows.demo import DemoConfig
     from flows.demo import demo as demo_flow
 
-    summary = demo_flow(output, DemoConfig(steps=steps, vgg_weights=vgg_weights))
+    config = replace(DemoConfig(vgg_weights=vgg_weights), **({"steps": steps} if steps else {}))
+    summary = demo_flow(output, config)
     click.echo("")
+    click.echo(f"Held-out faces ({summary.test_faces} faces x {summary.pairs // max(1, summary.test_faces)} "
+               f"degradations = {summary.pairs} pairs, never seen in training):")
     click.echo(metrics_table([("bicubic", summary.bicubic), ("demo model", summary.metrics)]))
     click.echo("")
     click.echo(f"  faces      {summary.train_faces} for training, {summary.test_faces} held out for the test set")
+    validation = summary.validation
+    if validation:
+        click.echo(f"  validation best at step {validation.get('step')}: PSNR {_cell(validation.get('val_psnr'))} "
+                   f"(bicubic {_cell(validation.get('bicubic_psnr'))}) on other degradations of the held-out faces")
     click.echo(f"  model      registered as {summary.model} (MLflow runs: dictionary {summary.dictionary_run[:8]}, "
                f"train {summary.train_run[:8]}, evaluate {summary.evaluate_run[:8]})")
-    click.echo(f"  restored   {summary.restored} photos in {summary.outputs}/ (cmp/ shows input | output)")
+    for row in summary.photos:
+        click.echo(f"  photo      {row['name']}: face PSNR {row['psnr_bicubic']:.2f} dB bicubic -> "
+                   f"{row['psnr_restored']:.2f} dB restored")
+    click.echo(f"  restored   {summary.restored} degraded held-out photos in {summary.outputs}/ "
+               f"(cmp/ shows input | restored | original)")
     click.echo("  time       " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary.seconds.items()))
     click.echo("  verdict    " + verdict(summary.metrics, summary.bicubic, summary.random_vgg))
 
@@ -206,9 +279,11 @@ def verdict(metrics: dict, bicubic: dict, random_vgg: bool) -> str:
     """One honest sentence on how the demo model compares with bicubic upsampling."""
     gain = metrics.get("psnr", float("nan")) - bicubic.get("psnr", float("nan"))
     ssim_gain = metrics.get("ssim", float("nan")) - bicubic.get("ssim", float("nan"))
-    better = gain > 0 and ssim_gain > 0
+    id_gain = bicubic.get("identity_distance", float("nan")) - metrics.get("identity_distance", float("nan"))
+    better = gain > 0 and ssim_gain > 0 and id_gain > 0
     text = (f"the demo model is {'better' if better else 'not better'} than bicubic upsampling on the held-out faces "
-            f"(PSNR {gain:+.2f} dB, SSIM {ssim_gain:+.3f}).")
-    text += " It saw a handful of faces for a few minutes"
+            f"(PSNR {gain:+.2f} dB, SSIM {ssim_gain:+.3f}, identity distance {-id_gain:+.3f}).")
+    text += " It learnt from a handful of faces for a few minutes"
     text += " with a random VGG (no ImageNet weights here)" if random_vgg else ""
-    return text + ": a demonstration of the pipeline, not a face restorer — train on a real collection for that."
+    return text + ": it cleans up degradation it was trained on; it is not a general face restorer — train on a " \
+                  "real collection for that."

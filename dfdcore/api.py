@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
 
 import torch
 
-from .arch.checkpoint import (CheckpointError, check_state_dict, fill_derived_keys, infer_ngf, read_state_dict,
-                              to_official_keys)
+from .arch.checkpoint import (CheckpointError, check_state_dict, fill_derived_keys, infer_ngf, read_metadata,
+                              read_state_dict, to_official_keys)
 from .arch.blocks import fixed_blur_buffers
 from .arch.generator import DFDNet
 from .config import GeneratorConfig
@@ -41,12 +42,12 @@ def load_weights(checkpoint: str | os.PathLike, face_size: int = 512, *, device:
     Raises:
         CheckpointError: missing/unreadable file or missing, unexpected or mis-shaped keys (all listed).
     """
-    state, _ = read_state_dict(checkpoint)
+    state, metadata = read_state_dict(checkpoint)
     state = to_official_keys(state)
     config = GeneratorConfig(face_size=face_size, ngf=infer_ngf(state, str(checkpoint)))
     # Strict loading below overwrites every tensor of this freshly initialised model. (Building it on the "meta"
     # device would skip the initialisation but pulls in torch._dynamo: ~150 MiB resident for the process's life.)
-    model = DFDNet(config, fidelity=fidelity)
+    model = DFDNet(config, fidelity=fidelity, residual=metadata.get("residual") == "true")
     expected = _expected_state(model)
     state = fill_derived_keys(state, expected)
     check_state_dict(state, expected, str(checkpoint))
@@ -56,7 +57,27 @@ def load_weights(checkpoint: str | os.PathLike, face_size: int = 512, *, device:
     model.to(device).eval().requires_grad_(False)
     model.provenance = {"random_weights": False, "checkpoint": str(Path(checkpoint).resolve()),
                         "checkpoint_sha256": checksum(checkpoint)}
+    if model.residual:
+        model.provenance["residual"] = True
+    trained = _json_or_none(metadata.get("provenance"))
+    if isinstance(trained, dict) and trained.get("trained_by") == "dfd":
+        # What the model's own training measured: lets restore/evaluate warn about a model worse than bicubic.
+        model.provenance |= {key: trained[key] for key in ("random_vgg", "step", "validation") if key in trained}
     return model
+
+
+def trained_validation(checkpoint: str | os.PathLike | None) -> dict | None:
+    """The validation figures (``val_*`` beside ``bicubic_*``) that dfd's training stored in a generator file, or
+    None (official, BasicSR or unvalidated weights)."""
+    trained = _json_or_none(read_metadata(checkpoint).get("provenance")) if checkpoint else None
+    return trained.get("validation") if isinstance(trained, dict) else None
+
+
+def _json_or_none(text: str | None):
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def load_generator(checkpoint: str | os.PathLike, dictionary: ComponentDictionary | str | os.PathLike, *,

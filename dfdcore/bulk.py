@@ -19,7 +19,8 @@ from .face.pipeline import to_photo_points
 from .io.images import encode_image
 from .io.storage import Source, join_uri, read_bytes, write_bytes_atomic
 from .manifest import is_current, merge_rows, read_manifest, sha256_bytes, write_manifest
-from .restore import (ImageResult, Restorer, decode_or_error, encode_result, model_identity, output_name)
+from .restore import (ImageResult, Restorer, decode_or_error, encode_result, model_identity, model_label,
+                      output_name)
 from .viz import side_by_side
 
 MANIFEST_NAME = "manifest.parquet"
@@ -136,7 +137,7 @@ def _stable_json(value: dict) -> str:
 
 def _write_outputs(out: str, source: Source, image, result: ImageResult, restorer: Restorer, identity: dict,
                    save_faces: bool, cmp: bool) -> list[str]:
-    label = "RANDOM WEIGHTS - not a restoration" if identity.get("random_weights") else identity.get("model", "")
+    label = model_label(identity)
     text = {"dfd:model": _stable_json(identity), "dfd:label": str(label), "dfd:source": source.uri}
     name = output_name(source.relpath, image, restorer.options)
     outputs = [join_uri(out, f"restored_imgs/{name}")]

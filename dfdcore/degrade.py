@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-PRESETS: tuple[str, ...] = ("reference", "gfpgan")
+PRESETS: tuple[str, ...] = ("reference", "gfpgan", "moderate")
 MIN_SIZE = 16  # below this a 10× downsample leaves under 2 px
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L") and torchvision's rgb_to_grayscale
@@ -86,9 +86,12 @@ class DegradationConfig:
 
     @classmethod
     def preset(cls, name: str = "reference") -> DegradationConfig:
-        """The named preset: "reference" (the official loader) or "gfpgan" (GFPGAN v1 training options)."""
+        """The named preset: "reference" (the official loader), "gfpgan" (GFPGAN v1 training options) or
+        "moderate" (the reference's steps with downsampling limited to ×2–4: faces a small network can restore)."""
         if name == "reference":
             return cls()
+        if name == "moderate":
+            return cls(name="moderate", scale_range=(2.0, 4.0))
         if name == "gfpgan":
             return cls(name="gfpgan", jitter_p=0.0, shift_p=0.3, shift=20.0, gray_p=0.01, blur_p=1.0, gaussian_p=1.0,
                        gaussian_sizes=(41,), sigma_range=(0.1, 10.0), sigma_step=None, anisotropic_p=0.5,
@@ -318,3 +321,17 @@ def degrade(image: np.ndarray, config: DegradationConfig | None = None, *, seed:
         lq, target = to_gray(lq), to_gray(target)
         params["gray"] = True
     return Degraded(lq=lq, target=target, params=params)
+
+
+def degrade_photo(rgb: np.ndarray, factor: int, *, blur_sigma: float = 1.0, noise_sigma: float = 4.0,
+                  jpeg_quality: int = 60, seed: int = 0) -> np.ndarray:
+    """A whole (H, W, 3) uint8 photograph → its low-quality copy (⌊H/factor⌋, ⌊W/factor⌋, 3): Gaussian blur,
+    bicubic downsampling, Gaussian noise (0–255 scale) and a JPEG round trip — the reference model's steps at fixed
+    strengths, for showing restoration on photographs whose original is known."""
+    img = _check_rgb(rgb, "degrade_photo")
+    if factor < 1 or min(img.shape[:2]) // factor < MIN_SIZE:
+        raise ValueError(f"degrade_photo: factor must be >= 1 and leave at least {MIN_SIZE} px, got {factor} for "
+                         f"shape {img.shape}")
+    size = 2 * math.ceil(3 * blur_sigma) + 1
+    low = downsample(gaussian_blur(img, size, blur_sigma) if blur_sigma > 0 else img, factor)
+    return jpeg(add_noise(low, noise_sigma, np.random.default_rng(seed)), jpeg_quality)

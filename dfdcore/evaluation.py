@@ -37,20 +37,31 @@ METRIC_COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y", "lpips", "identity_distanc
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "psnr_y", "ssim_y"})
 
 
+def degraded_pairs(faces: FaceSet, count: int, seed: int, config: DegradationConfig) -> list[dict]:
+    """``count`` (lq, hq) pairs of ``faces``, pair i from face i mod N with its own seeded degradation: with more
+    pairs than faces each face comes back under other degradations (a steadier mean on a small test set).
+
+    Rows: ``pair``, ``image_id``, ``face_index``, ``lq``/``hq`` (S, S, 3) uint8, ``lm68`` (68, 2), ``params``."""
+    rows = []
+    for i in range(count):
+        image, lm68 = faces.face(i % len(faces))
+        pair = degrade(image, config, seed=seed, index=i)
+        image_id, face_index = faces.key(i % len(faces))
+        rows.append({"pair": i, "image_id": image_id, "face_index": face_index, "lq": pair.lq, "hq": pair.target,
+                     "lm68": lm68, "params": json.dumps(pair.params)})
+    return rows
+
+
 def make_pairs(faceset: str, uri: str, *, count: int | None = None, seed: int = 1234,
                degradation: str = "reference") -> int:
-    """Degrade the held-out faces of ``faceset`` once (seeded per pair) into ``uri`` → number of pairs."""
+    """Degrade the held-out faces of ``faceset`` once (seeded per pair) into ``uri`` → number of pairs.
+
+    ``count``: pairs to make (default one per held-out face; more reuse the faces under other degradations)."""
     faces = FaceSet(faceset, "test")
     if len(faces) == 0:
         raise ValueError(f"{faceset}: no held-out (test) faces to make a test set from")
-    config = DegradationConfig.preset(degradation)
-    rows = []
-    for i in range(min(count or len(faces), len(faces))):
-        image, lm68 = faces.face(i)
-        pair = degrade(image, config, seed=seed, index=i)
-        image_id, face_index = faces.key(i)
-        rows.append({"pair": i, "image_id": image_id, "face_index": face_index, "lq": _png(pair.lq),
-                     "hq": _png(pair.target), "lm68": lm68.reshape(-1).tolist(), "params": json.dumps(pair.params)})
+    pairs = degraded_pairs(faces, count or len(faces), seed, DegradationConfig.preset(degradation))
+    rows = [p | {"lq": _png(p["lq"]), "hq": _png(p["hq"]), "lm68": p["lm68"].reshape(-1).tolist()} for p in pairs]
     schema = PAIRS_SCHEMA.with_metadata({"face_size": str(faces.face_size), "seed": str(seed),
                                          "degradation": degradation, "faceset": faceset})
     sink = pa.BufferOutputStream()
@@ -94,9 +105,9 @@ def lpips_or_reason(device: torch.device | str = "cpu") -> tuple[LPIPS | None, s
 
 
 def metric_rows(outputs: Iterator[np.ndarray] | list[np.ndarray], pairs: list[dict],
-                lpips: LPIPS | None = None) -> list[dict]:
+                lpips: LPIPS | None = None, encoder: IdentityEncoder | None = None) -> list[dict]:
     """One row per pair: ``pair`` and every metric of ``METRIC_COLUMNS`` (None when not computable)."""
-    encoder = IdentityEncoder()
+    encoder = encoder or IdentityEncoder()
     return [{"pair": p["pair"], **face_metrics(out, p["hq"], target_landmarks68=p["lm68"], encoder=encoder,
                                                 lpips=lpips)} for out, p in zip(outputs, pairs)]
 
@@ -110,3 +121,19 @@ def aggregate(rows: list[dict]) -> dict[str, float]:
         if values:
             means[name] = float(np.mean(values))
     return means
+
+
+def worse_than_bicubic(validation: dict | None, metrics: tuple[str, ...] = ("psnr", "ssim", "identity_distance")
+                       ) -> list[str]:
+    """The metrics on which a model's own validation (``val_*`` beside ``bicubic_*``) is worse than bicubic's, each
+    as "PSNR 14.20 < bicubic 20.30"; empty when it is not worse or nothing was validated."""
+    worse = []
+    for name in metrics:
+        model, bicubic = (validation or {}).get(f"val_{name}"), (validation or {}).get(f"bicubic_{name}")
+        if model is None or bicubic is None:
+            continue
+        higher = name in HIGHER_IS_BETTER
+        if (model < bicubic) if higher else (model > bicubic):
+            label = name.replace("_", " ") if name != "psnr" and name != "ssim" else name.upper()
+            worse.append(f"{label} {model:.3f} {'<' if higher else '>'} bicubic {bicubic:.3f}")
+    return worse

@@ -174,10 +174,31 @@ def sample_order(position: int, size: int, seed: int) -> int:
     return int(np.random.default_rng([seed, epoch]).permutation(size)[offset])
 
 
+def augment_face(image: np.ndarray, lm68: np.ndarray, strength: float, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A new view of an aligned (S, S, 3) uint8 face and its (68, 2) landmarks, for small face sets: a random
+    similarity warp (rotation ±15°, scale ×0.8–1.25, shift ±8 % of S, all × ``strength``; mirrored borders) and a
+    random order of the colour channels (p 0.5 · strength). The landmarks follow the warp, so do the part boxes."""
+    size = image.shape[0]
+    angle = rng.uniform(-15, 15) * strength
+    scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)) * strength))
+    shift = rng.uniform(-0.08, 0.08, 2) * size * strength
+    matrix = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), angle, scale)
+    matrix[:, 2] += shift
+    warped = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    if rng.random() < 0.5 * strength:
+        warped = warped[..., rng.permutation(3)]
+    return np.ascontiguousarray(warped), lm68 @ matrix[:, :2].T + matrix[:, 2]
+
+
 def training_sample(faces: FaceSet, position: int, seed: int, degradation: DegradationConfig,
-                    flip_probability: float = 0.5) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """(lq, target) (S, S, 3) uint8 and boxes (4, 4) for the sample at ``position``; flips keep boxes consistent."""
+                    flip_probability: float = 0.5, augment: float = 0.0
+                    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(lq, target) (S, S, 3) uint8 and boxes (4, 4) for the sample at ``position``; flips keep boxes consistent,
+    ``augment`` > 0 warps and recolours the face first (``augment_face``)."""
     image, lm68 = faces.face(sample_order(position, len(faces), seed))
+    if augment > 0:
+        image, lm68 = augment_face(image, lm68, augment, np.random.default_rng([seed, position, 2]))
     landmarks = torch.from_numpy(lm68)[None]
     if np.random.default_rng([seed, position, 1]).random() < flip_probability:
         flipped, landmarks = flip_faces(torch.from_numpy(image).permute(2, 0, 1)[None], landmarks, faces.face_size)
@@ -191,7 +212,8 @@ def to_unit_range(images: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def training_batch(faces: FaceSet, positions: Sequence[int], seed: int, degradation: DegradationConfig) -> Batch:
-    samples = [training_sample(faces, p, seed, degradation) for p in positions]
+def training_batch(faces: FaceSet, positions: Sequence[int], seed: int, degradation: DegradationConfig,
+                   flip_probability: float = 0.5, augment: float = 0.0) -> Batch:
+    samples = [training_sample(faces, p, seed, degradation, flip_probability, augment) for p in positions]
     return Batch(lq=to_unit_range([s[0] for s in samples]), hq=to_unit_range([s[1] for s in samples]),
                  boxes=torch.stack([s[2] for s in samples]))

@@ -56,6 +56,12 @@ def pixel_loss(restored: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(restored, target)
 
 
+def l1_loss(restored: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error between two images (B, 3, S, S) of the same shape. Returns a scalar."""
+    _check_pair(restored, target)
+    return F.l1_loss(restored, target)
+
+
 def tv_loss(images: Tensor, weight: float = 1.0) -> Tensor:
     """Total variation of (B, C, H, W) images, H, W ≥ 2: weight · 2 · (h_tv/count_h + w_tv/count_w) / B.
 

@@ -87,6 +87,18 @@ def model_identity(model: nn.Module) -> dict:
     return json.loads(json.dumps(provenance, default=str, sort_keys=True))
 
 
+def model_label(identity: dict) -> str:
+    """What a picture made by this model should be captioned: never plain "DFDNet" for a random or demo network."""
+    if identity.get("random_weights"):
+        return "RANDOM WEIGHTS - not a restoration"
+    if identity.get("model") == "identity":
+        return "identity (faces pasted back unchanged)"
+    if identity.get("trained_by") == "dfd" or "step" in identity:
+        what = "dfd-trained DFDNet" + (f", step {identity['step']}" if "step" in identity else "")
+        return what + (" (random VGG: a demo model)" if identity.get("random_vgg") else "")
+    return "DFDNet"
+
+
 @dataclass(frozen=True)
 class RestoreOptions:
     """Everything that changes the output for a given input (hashed into ``config_hash``)."""

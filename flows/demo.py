@@ -10,21 +10,37 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NONE
 
 from dfdcore.io.storage import join_uri
 
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """The demo's small network and its training recipe (chosen by measurement: bench/RESULTS.md, "Training
+    recipe"): residual learning from a zero-initialised head, pixel/perceptual warm-up before the adversarial term,
+    an EMA copy, cosine learning-rate decay, and the best validated generator kept."""
+
     face_size: int = 128
     ngf: int = 8
     d_dim: int = 8
     k: int = 8
-    steps: int = 300
+    steps: int = 1500
     batch_size: int = 2
     workers: int = 1
+    lr: float = 5e-4
+    pixel_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    adversarial_weight: float = 0.0
+    warmup_fraction: float = 1.0          # share of the steps without the adversarial term
+    ema_decay: float = 0.0
+    val_every: int = 250
+    val_pairs: int = 16
     test_fraction: float = 0.3
+    test_pairs_per_face: int = 8          # held-out faces are few: each is scored under several degradations
+    photo_factor: int = 2                 # degraded photo copies are 1/photo_factor of the original
+    max_failures: int = 2                 # Ray Train restarts from the latest checkpoint (a busy machine)
     vgg_weights: str | None = None
     seed: int = 0
 
@@ -37,10 +53,14 @@ class DemoSummary:
     model: str = ""
     train_faces: int = 0
     test_faces: int = 0
+    pairs: int = 0
     metrics: dict = field(default_factory=dict)
     bicubic: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
     restored: int = 0
+    photos: list = field(default_factory=list)
     outputs: str = ""
+    label: str = ""
     random_vgg: bool = True
     seconds: dict = field(default_factory=dict)
 
@@ -51,11 +71,88 @@ def sample_photos() -> str:
     return str(Path(dfdcore.__file__).parent / "assets")
 
 
+def held_out_photos(faceset: str) -> list[str]:
+    """URIs of the photos whose faces the faceset holds out (never seen in training)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from dfdcore.io.storage import read_bytes
+
+    table = pq.read_table(io.BytesIO(read_bytes(faceset)), columns=["uri", "split"]).to_pylist()
+    return sorted({row["uri"] for row in table if row["split"] == "test"})
+
+
+@task(cache_policy=NONE)
+def degraded_copies(photos: list[str], out: str, face_size: int, factor: int, seed: int) -> list[dict]:
+    """Each photo scaled so that its largest face fills the model's ``face_size`` crop (the original shown), and
+    a degraded copy at 1/``factor`` of that (the input) → {name, original, lq, face_box} per photo with a face."""
+    import cv2
+    import numpy as np
+
+    from dfdcore.degrade import degrade_photo
+    from dfdcore.face import align_faces
+    from dfdcore.io.images import decode_image, write_image
+    from dfdcore.io.storage import read_bytes
+
+    made = []
+    for index, uri in enumerate(photos):
+        rgb = decode_image(read_bytes(uri), name=uri).rgb8
+        faces = align_faces(rgb, face_size=face_size)
+        if not faces:
+            print(f"{uri}: no face found, left out of the restoration demo")
+            continue
+        face = max(faces, key=lambda f: f.detection.area)
+        scale = float(np.sqrt(abs(np.linalg.det(face.matrix[:, :2]))))  # photo pixels → face-crop pixels
+        h, w = (int(round(n * scale)) // factor * factor for n in rgb.shape[:2])
+        original = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        name = Path(uri.rsplit("/", 1)[-1]).stem
+        paths = {"original": join_uri(out, f"original/{name}.png"), "lq": join_uri(out, f"lq/{name}.png")}
+        write_image(paths["original"], original)
+        write_image(paths["lq"], degrade_photo(original, factor, seed=seed + index))
+        box = tuple(int(round(v * scale)) for v in face.detection.box)
+        made.append({"name": name, **paths, "face_box": box})
+    return made
+
+
+@task(cache_policy=NONE)
+def comparisons(copies: list[dict], restored_out: str, factor: int, label: str) -> list[dict]:
+    """cmp/NAME.png = LQ (bicubic ×factor) | restored | original for each copy, and PSNR of the face region of the
+    first two against the original → rows {name, psnr_bicubic, psnr_restored}."""
+    import numpy as np
+
+    from dfdcore.face.paste import upscale_image
+    from dfdcore.io.images import decode_image, write_image
+    from dfdcore.io.storage import exists, read_bytes
+    from dfdcore.metrics import psnr
+    from dfdcore.viz import side_by_side
+
+    rows = []
+    for copy in copies:
+        restored_uri = join_uri(restored_out, f"restored_imgs/{copy['name']}.png")
+        if not exists(restored_uri):
+            print(f"{copy['name']}: not restored (see {restored_out}/manifest.parquet)")
+            continue
+        original = decode_image(read_bytes(copy["original"])).rgb8
+        lq = decode_image(read_bytes(copy["lq"])).rgb8
+        bicubic = (np.clip(upscale_image(lq.astype(np.float32) / 255, factor), 0, 1) * 255).round().astype(np.uint8)
+        restored = decode_image(read_bytes(restored_uri)).rgb8
+        h, w = (min(a.shape[i] for a in (original, bicubic, restored)) for i in (0, 1))
+        original, bicubic, restored = original[:h, :w], bicubic[:h, :w], restored[:h, :w]
+        write_image(join_uri(restored_out, f"cmp/{copy['name']}.png"), side_by_side(
+            [bicubic, restored, original], [f"input: degraded, x{factor} bicubic", label, "original"]))
+        x1, y1, x2, y2 = (max(0, v) for v in copy["face_box"])
+        face = (slice(y1, min(y2, h)), slice(x1, min(x2, w)))
+        rows.append({"name": copy["name"], "psnr_bicubic": psnr(bicubic[face], original[face]),
+                     "psnr_restored": psnr(restored[face], original[face])})
+    return rows
+
+
 @flow(name="demo", log_prints=True)
 def demo(out: str = "dfd-results/demo", config: DemoConfig = DemoConfig()) -> DemoSummary:
     from dfdcore.bulk import restore_sources
     from dfdcore.io.storage import list_images
-    from dfdcore.restore import ModelSpec, Restorer, RestoreOptions
+    from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, model_identity, model_label
     from dfdcore.training import TrainConfig
     from flows.build_dictionary import DictionaryConfig, build_dictionary
     from flows.evaluate import evaluate
@@ -71,25 +168,38 @@ def demo(out: str = "dfd-results/demo", config: DemoConfig = DemoConfig()) -> De
 
     train_out = join_uri(out, "train")
     dictionary = join_uri(dictionary_out, "dictionary.safetensors")
+    faceset = join_uri(train_out, "faceset.parquet")
     trained = train(TrainConfig(
-        faceset=join_uri(train_out, "faceset.parquet"), dictionary=dictionary, out=train_out,
+        faceset=faceset, dictionary=dictionary, out=train_out,
         face_size=config.face_size, ngf=config.ngf, vgg_weights=config.vgg_weights, random_vgg=random_vgg,
         steps=config.steps, batch_size=config.batch_size, workers=config.workers, d_dim=config.d_dim,
+        lr=config.lr, lr_schedule="cosine", constant_fraction=0.0, residual=True,
+        pixel_weight=config.pixel_weight, perceptual_weight=config.perceptual_weight,
+        adversarial_weight=config.adversarial_weight, adversarial_start=int(config.warmup_fraction * config.steps),
+        ema_decay=config.ema_decay, val_every=config.val_every, val_pairs=config.val_pairs,
         checkpoint_every=max(1, config.steps // 3), sample_every=max(1, config.steps // 3),
-        log_every=10, lr=1e-3, seed=config.seed), source=dictionary_out, test_fraction=config.test_fraction,
-        register_as="dfd-demo-generator")
+        log_every=10, seed=config.seed), source=dictionary_out, test_fraction=config.test_fraction,
+        register_as="dfd-demo-generator", max_failures=config.max_failures)
     seconds["train"] = time.perf_counter() - started - sum(seconds.values())
 
     model = ModelSpec(weights=trained.generator, dictionary=dictionary, face_size=config.face_size, ngf=config.ngf)
-    evaluated = evaluate(model, join_uri(out, "testset"), faceset=join_uri(train_out, "faceset.parquet"),
-                         label=f"demo model ({config.steps} steps)")
+    evaluated = evaluate(model, join_uri(out, "testset"), faceset=faceset,
+                         count=config.test_pairs_per_face * trained.test_faces,
+                         label=f"demo model (best of {config.steps} steps)")
     seconds["evaluate"] = time.perf_counter() - started - sum(seconds.values())
 
-    restored_out = join_uri(out, "restored")
-    restorer = Restorer(model.build(), RestoreOptions(upscale=2), batch_size=4)
-    restored = restore_sources(list_images([photos]), restored_out, restorer, save_faces=True, cmp=True)
+    # Restoration where restoration happens: degraded copies of the held-out photos, compared with the originals.
+    photos_out, restored_out = join_uri(out, "photos"), join_uri(out, "restored")
+    copies = degraded_copies(held_out_photos(faceset), photos_out, config.face_size, config.photo_factor,
+                             config.seed)
+    built_model = model.build()
+    restorer = Restorer(built_model, RestoreOptions(upscale=config.photo_factor, upsample=2), batch_size=4)
+    restored = restore_sources(list_images([join_uri(photos_out, "lq")]), restored_out, restorer, save_faces=True)
+    label = model_label(model_identity(built_model))
+    photo_rows = comparisons(copies, restored_out, config.photo_factor, label)
     seconds["restore"] = time.perf_counter() - started - sum(seconds.values())
     return DemoSummary(dictionary_run=built.run_id, train_run=trained.run_id, evaluate_run=evaluated.run_id,
                        model=f"{trained.model_name}/{trained.model_version}", train_faces=trained.train_faces,
-                       test_faces=trained.test_faces, metrics=evaluated.metrics, bicubic=evaluated.bicubic,
-                       restored=restored.restored, outputs=restored_out, random_vgg=random_vgg, seconds=seconds)
+                       test_faces=trained.test_faces, pairs=evaluated.pairs, metrics=evaluated.metrics,
+                       bicubic=evaluated.bicubic, validation=trained.validation or {}, restored=restored.restored,
+                       photos=photo_rows, outputs=restored_out, label=label, random_vgg=random_vgg, seconds=seconds)

@@ -34,12 +34,34 @@ class DFDNetModel(PythonModel):
         return ((restored.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def register_generator(generator: str | Path, dictionary: str | Path, name: str = DEFAULT_MODEL_NAME) -> str:
-    """Log the generator + dictionary as a pyfunc model in the active run and register it → the version."""
+def register_generator(generator: str | Path, dictionary: str | Path, name: str = DEFAULT_MODEL_NAME, *,
+                       validation: dict | None = None, best_metric: str = "psnr") -> str:
+    """Log the generator + dictionary as a pyfunc model in the active run and register it → the version.
+
+    ``validation`` (``val_*`` and ``bicubic_*`` figures of the training's validation) becomes tags of the version,
+    with ``beats_bicubic`` saying whether the model beat the bicubic baseline on ``best_metric``."""
     info = mlflow.pyfunc.log_model(name="generator", python_model=DFDNetModel(),
                                    artifacts={"generator": str(generator), "dictionary": str(dictionary)},
                                    pip_requirements=PIP_REQUIREMENTS, registered_model_name=name)
-    return str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    if validation:
+        client = mlflow.MlflowClient()
+        for key, value in validation_tags(validation, best_metric).items():
+            client.set_model_version_tag(name, version, key, value)
+    return version
+
+
+def validation_tags(validation: dict, best_metric: str = "psnr") -> dict[str, str]:
+    """Tags of a registered version from its validation figures (numbers as text, 4 decimals)."""
+    from dfdcore.evaluation import HIGHER_IS_BETTER
+
+    tags = {key: f"{value:.4f}" if isinstance(value, float) else str(value) for key, value in validation.items()}
+    model, bicubic = validation.get(f"val_{best_metric}"), validation.get(f"bicubic_{best_metric}")
+    if model is not None and bicubic is not None:
+        better = model > bicubic if best_metric in HIGHER_IS_BETTER else model < bicubic
+        tags["beats_bicubic"] = str(better).lower()
+        tags["selected_by"] = best_metric
+    return tags
 
 
 def registered_files(name: str, version: str | int) -> tuple[Path, Path]:

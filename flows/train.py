@@ -59,6 +59,7 @@ class TrainSummary:
     seconds: float = 0.0
     images_per_second: float = 0.0
     final: dict | None = None
+    validation: dict | None = None  # of the registered generator (the best validated one)
     generator: str = ""
     dictionary: str = ""
     model_name: str = ""
@@ -76,6 +77,16 @@ def _local_copy(uri: str) -> str:
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(read_bytes(uri))
     return str(local)
+
+
+def chosen_generator(out: str) -> tuple[str, dict | None]:
+    """The generator a finished training folder offers: its best validated one (and the figures), else the final."""
+    from tasks.train import best_uris
+
+    generator, figures = best_uris(out)
+    if exists(generator) and exists(figures):
+        return generator, json.loads(read_bytes(figures))
+    return join_uri(out, "generator.safetensors"), None
 
 
 def _run_id_file(out: str) -> str:
@@ -122,13 +133,16 @@ def train(config: TrainConfig, source: str | None = None, test_fraction: float =
                                                 "train_faces": counts["train"], "test_faces": counts["test"]})
             mlflow.set_tags({"random_vgg": str(config.random_vgg), "dictionary": config.dictionary})
         run_training(config, mlflow.get_tracking_uri(), run.info.run_id, max_failures)
-        generator = join_uri(config.out, "generator.safetensors")
+        generator, validation = chosen_generator(config.out)
         seconds = time.perf_counter() - started
         images = (config.steps - resumed_step) * config.batch_size
         mlflow.log_metrics({"train_seconds": seconds, "images_per_second": images / seconds})
-        version = register_generator(_local_copy(generator), _local_copy(config.dictionary), register_as)
+        if validation:
+            mlflow.log_metrics({f"best_{k}": v for k, v in validation.items()})
+        version = register_generator(_local_copy(generator), _local_copy(config.dictionary), register_as,
+                                     validation=validation, best_metric=config.best_metric)
         final = {k: v for k, v in mlflow.get_run(run.info.run_id).data.metrics.items()}
     return TrainSummary(run_id=run.info.run_id, steps=config.steps, resumed_from=resumed_step,
                         train_faces=counts["train"], test_faces=counts["test"], seconds=seconds,
-                        images_per_second=images / seconds, final=final, generator=generator,
+                        images_per_second=images / seconds, final=final, validation=validation, generator=generator,
                         dictionary=config.dictionary, model_name=register_as, model_version=version)

@@ -3,11 +3,14 @@
 metrics, sample grids and checkpoints to the MLflow run the driver opened."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfdcore.io.storage import exists, join_uri, read_bytes, write_bytes_atomic
 from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
 
 from .runtime import ensure_ray, threads_per_worker
@@ -83,6 +86,7 @@ def train_loop(config: dict) -> None:
     log = _RunLog(Tracking(**config["tracking"])) if rank == 0 else None
     if log and resumed:
         log.metrics({"resumed_from_step": trainer.step}, trainer.step)
+    best = BestGenerator(cfg) if rank == 0 else None
     while trainer.step < cfg.steps:
         metrics = trainer.train_step(world)
         step, last = trainer.step, trainer.step == cfg.steps
@@ -94,16 +98,55 @@ def train_loop(config: dict) -> None:
                 write_image(grid, trainer.sample_grid())
                 log.artifact(str(grid), "samples")
             log.metrics(trainer.validation_loss(), step)
+        if best and ((cfg.val_every and step % cfg.val_every == 0) or last):
+            validation = trainer.validate()
+            if log:
+                log.metrics(validation, step)
+            best.offer(trainer, validation)
         if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
             _log_file(log, trainer.save(), "checkpoints")
         if step % cfg.log_every == 0 or last:
             ray.train.report(metrics | {"step": step})
     if rank == 0:  # the final generator beside the checkpoints, through a local file (OUT may be an object store)
-        from dfdcore.io.storage import join_uri, write_bytes_atomic
+        _export(trainer, join_uri(cfg.out, GENERATOR_NAME), best.last)
 
-        with tempfile.TemporaryDirectory() as tmp:
-            local = trainer.export_generator(Path(tmp) / GENERATOR_NAME)
-            write_bytes_atomic(join_uri(cfg.out, GENERATOR_NAME), local.read_bytes())
+
+def _export(trainer, uri: str, validation: dict | None) -> None:
+    """The trainer's generator (with its validation figures) → ``uri``, written atomically from a local file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = trainer.export_generator(Path(tmp) / GENERATOR_NAME, validation)
+        write_bytes_atomic(uri, local.read_bytes())
+
+
+class BestGenerator:
+    """Keeps ``out/best/generator.safetensors`` as the validated generator with the best ``cfg.best_metric`` so far,
+    its figures in ``out/best/validation.json`` (read back on resume)."""
+
+    def __init__(self, cfg) -> None:
+        from dfdcore.evaluation import HIGHER_IS_BETTER
+
+        self.metric, self.higher = f"val_{cfg.best_metric}", cfg.best_metric in HIGHER_IS_BETTER
+        self.generator_uri, self.figures_uri = best_uris(cfg.out)
+        self.best = json.loads(read_bytes(self.figures_uri)) if exists(self.figures_uri) else None
+        self.last: dict | None = None
+
+    def offer(self, trainer, validation: dict) -> bool:
+        self.last = validation | {"step": trainer.step}
+        value = validation.get(self.metric)
+        if value is None:
+            return False
+        if self.best is not None and not (value > self.best[self.metric] if self.higher else
+                                          value < self.best[self.metric]):
+            return False
+        _export(trainer, self.generator_uri, self.last)
+        write_bytes_atomic(self.figures_uri, json.dumps(self.last, indent=2).encode())
+        self.best = self.last
+        return True
+
+
+def best_uris(out: str) -> tuple[str, str]:
+    """(generator, figures) of the best validated generator of the training folder ``out``."""
+    return join_uri(out, f"best/{GENERATOR_NAME}"), join_uri(out, "best/validation.json")
 
 
 def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -139,6 +182,7 @@ def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = 0
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=None if cfg.use_gpu else {"CPU": 1}),
-        run_config=RunConfig(name=f"train-{abs(hash(cfg.out)) % 10**8:08d}", storage_path=storage, failure_config=FailureConfig(max_failures)),
+        run_config=RunConfig(name=f"train-{hashlib.sha256(cfg.out.encode()).hexdigest()[:8]}",  # stable on resume
+                             storage_path=storage, failure_config=FailureConfig(max_failures)),
     )
     trainer.fit()

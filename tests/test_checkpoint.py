@@ -157,3 +157,29 @@ def test_non_state_dict_file_is_refused(tmp_path, small_dictionary):
     torch.save([torch.zeros(1)], path)
     with pytest.raises(CheckpointError, match="expected a state_dict"):
         load_generator(path, small_dictionary)
+
+
+def test_residual_generator_starts_as_its_input_and_keeps_its_mode_through_safetensors(tmp_path, small_dictionary):
+    from dfdcore import DFDNet
+    from dfdcore.api import load_weights
+    from tests.conftest import SMALL, random_faces
+
+    model = DFDNet(SMALL, residual=True).attach_dictionary(small_dictionary).zero_output_layer().eval()
+    faces, boxes = random_faces(2, seed=4)
+    with torch.no_grad():
+        assert torch.equal(model(faces, boxes), faces)  # a zero head: the output is the input
+        model.up4[-2].bias.fill_(0.05)
+        shifted = model(faces, boxes)
+    assert torch.allclose(shifted, (faces + torch.tanh(torch.tensor(0.05))).clamp(-1, 1), atol=1e-6)
+    path = dfdcore.save_checkpoint(model, tmp_path / "residual.safetensors")
+    loaded = dfdcore.load_generator(path, small_dictionary)
+    assert loaded.residual and loaded.provenance["residual"] is True
+    with torch.no_grad():
+        assert torch.allclose(loaded(faces, boxes), shifted, atol=1e-6)
+    # The official layout cannot say "residual": writing it is refused rather than silently changing the output.
+    with pytest.raises(ValueError, match="residual"):
+        dfdcore.save_checkpoint(model, tmp_path / "residual.pth")
+    # Official-layout and plain dfd files load as plain networks.
+    plain = dfdcore.save_checkpoint(DFDNet(SMALL), tmp_path / "plain.pth")
+    assert load_weights(plain, 128).residual is False
+    assert "residual" not in load_weights(plain, 128).provenance

@@ -5,6 +5,7 @@ import json
 import math
 from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 
@@ -270,3 +271,20 @@ def test_bad_config_and_preset_raise():
     with pytest.raises(ValueError, match="resample"):
         DegradationConfig(resample="lanczos")
     assert DegradationConfig.preset("reference") == DegradationConfig()
+
+
+def test_degraded_photo_is_smaller_reproducible_and_worse():
+    from dfdcore.degrade import degrade_photo
+    from dfdcore.face.paste import upscale_image
+    from dfdcore.metrics import psnr
+
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), (0, 0), 2)
+    low = degrade_photo(photo, 3, seed=1)
+    assert low.shape == (30, 40, 3) and low.dtype == np.uint8
+    assert np.array_equal(low, degrade_photo(photo, 3, seed=1))
+    assert not np.array_equal(low, degrade_photo(photo, 3, seed=2))  # the noise follows the seed
+    back = (upscale_image(low.astype(np.float32) / 255, 3) * 255).round().clip(0, 255).astype(np.uint8)
+    assert psnr(back, photo) < 35
+    with pytest.raises(ValueError, match="factor"):
+        degrade_photo(photo, 8)

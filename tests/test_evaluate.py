@@ -77,10 +77,33 @@ def test_demo_runs_the_whole_life_cycle(prefect_server, tmp_path):
     assert (out / "dictionary" / "dictionary.safetensors").is_file()
     assert (out / "train" / "generator.safetensors").is_file()
     assert (out / "train" / "checkpoints" / "step_00000003.pt").is_file()
-    assert len(list((out / "restored" / "restored_imgs").iterdir())) == 6
+    assert (out / "train" / "best" / "generator.safetensors").is_file()
     lines = result.output.splitlines()
     table = [line for line in lines if line.startswith(("bicubic", "demo model"))]
     assert len(table) == 2
-    assert "4 for training, 2 held out" in result.output
+    assert "4 for training, 2 held out" in result.output and "16 pairs" in result.output
     verdict = next(line for line in lines if "verdict" in line)
     assert "than bicubic upsampling" in verdict and "random VGG" in verdict
+    # Degraded copies of the two held-out photos are restored; cmp/ shows LQ | restored | original, labelled.
+    from dfdcore.io.images import decode_image
+
+    restored = sorted(p.name for p in (out / "restored" / "restored_imgs").iterdir())
+    assert len(restored) == 2 and restored == sorted(p.name for p in (out / "photos" / "lq").iterdir())
+    for name in restored:
+        original = decode_image((out / "photos" / "original" / name).read_bytes()).rgb8
+        lq = decode_image((out / "photos" / "lq" / name).read_bytes()).rgb8
+        cmp = decode_image((out / "restored" / "cmp" / name).read_bytes()).rgb8
+        assert lq.shape[0] == original.shape[0] // 2  # the input really is smaller
+        assert cmp.shape[1] == 3 * original.shape[1] and cmp.shape[0] > original.shape[0]
+    photo_lines = [line for line in lines if line.strip().startswith("photo ")]
+    assert len(photo_lines) == 2 and all("dB bicubic" in line for line in photo_lines)
+
+
+def test_more_pairs_than_faces_reuse_each_face_under_other_degradations(training_data, tmp_path):
+    faceset = str(training_data / "faceset.parquet")
+    assert make_pairs(faceset, str(tmp_path / "p.parquet"), count=6, seed=3) == 6
+    pairs, _ = read_pairs(str(tmp_path / "p.parquet"))
+    assert [p["face_index"] for p in pairs] == [pairs[i % 2]["face_index"] for i in range(6)]
+    assert [p["image_id"] for p in pairs] == [pairs[i % 2]["image_id"] for i in range(6)]
+    assert (pairs[0]["hq"] != pairs[2]["hq"]).any() or (pairs[0]["lq"] != pairs[2]["lq"]).any()
+    assert len({p["params"] for p in pairs}) == 6

@@ -69,6 +69,13 @@ def test_train_flow_records_the_run_and_registers_the_model(prefect_server, trai
             "checkpoints/step_00000004.pt"} <= artifacts
     version = client.get_model_version("dfd-test-generator", summary.model_version)
     assert version.run_id == summary.run_id
+    # The registered generator is the best validated one, and its version carries the validation figures.
+    assert summary.validation["step"] == 4 and summary.generator.endswith("best/generator.safetensors")
+    assert version.tags["val_psnr"] == f"{summary.validation['val_psnr']:.4f}"
+    assert version.tags["bicubic_psnr"] == f"{summary.validation['bicubic_psnr']:.4f}"
+    better = summary.validation["val_psnr"] > summary.validation["bicubic_psnr"]
+    assert version.tags["beats_bicubic"] == str(better).lower()
+    assert [m.step for m in client.get_metric_history(summary.run_id, "val_psnr")] == [4]
     generator, dictionary = registered_files("dfd-test-generator", summary.model_version)
     model = load_generator(generator, dictionary)
     assert model.config.face_size == 128 and model.provenance["random_weights"] is False

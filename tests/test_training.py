@@ -113,3 +113,107 @@ def test_config_refuses_what_cannot_work(training_data, tmp_path):
     assert cfg.lr_factor(0) == 1.0 and cfg.lr_factor(cfg.steps) == 0.0
     assert 0 < cfg.lr_factor(cfg.steps // 2) < 1
     assert TrainConfig.from_dict(dataclasses.asdict(cfg) | {"unknown": 1}) == cfg
+
+
+def test_residual_training_starts_at_bicubic_and_validation_scores_beside_it(training_data, tmp_path):
+    trainer = Trainer(small_train_config(training_data, tmp_path, residual=True, val_pairs=6))
+    start = trainer.validate()
+    # A zero head returns the LQ: the model's figures are bicubic's, to the digit.
+    for name in ("psnr", "ssim", "identity_distance"):
+        assert start[f"val_{name}"] == pytest.approx(start[f"bicubic_{name}"], abs=1e-9), name
+    pairs, _ = trainer.validation_pairs()
+    assert len(pairs) == 6 and {p["image_id"] for p in pairs} == {trainer.held_out.key(i)[0] for i in range(2)}
+    trainer.train_step()
+    after = trainer.validate()
+    assert after["val_psnr"] != start["val_psnr"] and after["bicubic_psnr"] == start["bicubic_psnr"]
+
+
+def test_warm_up_leaves_the_discriminator_alone_and_ema_lags_the_generator(training_data, tmp_path):
+    cfg = small_train_config(training_data, tmp_path, adversarial_start=2, ema_decay=0.9, steps=10)
+    trainer = Trainer(cfg)
+    d_start = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
+    g_start = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+    logs = [trainer.train_step() for _ in range(2)]
+    assert all(log["adversarial"] == 0 and log["grad_norm_d"] == 0 for log in logs)
+    assert all(torch.equal(v, d_start[k]) for k, v in trainer.discriminator.state_dict().items())
+    third = trainer.train_step()
+    assert third["grad_norm_d"] > 0 and third["adversarial"] != 0
+    assert any(not torch.equal(v, d_start[k]) for k, v in trainer.discriminator.state_dict().items())
+    # The EMA copy moved from the start, but less far than the generator itself.
+    key = "up4.4.weight"
+    live = (trainer.generator.state_dict()[key] - g_start[key]).norm()
+    average = (trainer.ema.state_dict()[key] - g_start[key]).norm()
+    assert 0 < average < live
+    # What is exported is the EMA copy, and a resumed trainer gets it back.
+    trainer.save()
+    resumed = Trainer(cfg)
+    resumed.load(latest_checkpoint(cfg.out))
+    assert torch.equal(resumed.ema.state_dict()[key], trainer.ema.state_dict()[key])
+    assert trainer.model is trainer.ema
+
+
+def test_trained_encoder_keeps_a_frozen_yardstick(training_data, tmp_path):
+    trainer = Trainer(small_train_config(training_data, tmp_path, train_vgg=True, adversarial_weight=0.0))
+    conv = trainer.generator.VggExtract.model.features[0].weight
+    before = conv.detach().clone()
+    loss_layer = trainer.perceptual.layers[0].weight.detach().clone()
+    trainer.train_step()
+    assert not torch.equal(conv, before)
+    assert torch.equal(trainer.perceptual.layers[0].weight, loss_layer)
+    assert not trainer.generator.VggExtract.RGB_mean.requires_grad
+
+
+def test_recipe_settings_are_checked(training_data, tmp_path):
+    with pytest.raises(ValueError, match="lr_schedule"):
+        small_train_config(training_data, tmp_path, lr_schedule="step")
+    with pytest.raises(ValueError, match="best_metric"):
+        small_train_config(training_data, tmp_path, best_metric="loss")
+    with pytest.raises(ValueError, match="ema_decay"):
+        small_train_config(training_data, tmp_path, ema_decay=1.0)
+    cosine = small_train_config(training_data, tmp_path, lr_schedule="cosine", constant_fraction=0.0, steps=100)
+    assert cosine.lr_factor(0) == 1.0 and cosine.lr_factor(50) == pytest.approx(0.5) and cosine.lr_factor(100) == 0
+    warm = small_train_config(training_data, tmp_path, adversarial_start=5)
+    assert not warm.adversarial_at(4) and warm.adversarial_at(5)
+    assert not small_train_config(training_data, tmp_path, adversarial_weight=0.0).adversarial_at(10)
+
+
+def test_augmented_faces_move_their_landmarks_with_them(training_data):
+    from dfdcore.faceset import augment_face
+
+    faces = FaceSet(str(training_data / "faceset.parquet"), "train")
+    image, lm68 = faces.face(0)
+    warped, moved = augment_face(image, lm68, 1.0, np.random.default_rng(3))
+    assert warped.shape == image.shape and not np.array_equal(warped, image)
+    assert np.abs(moved - lm68).max() > 1  # the warp is not a no-op
+    # The pixels around the left-eye centre moved to where its landmarks went (up to interpolation).
+    def patch(img, centre):
+        x, y = np.round(centre).astype(int)
+        return img[y - 3:y + 4, x - 3:x + 4].astype(float).mean(axis=(0, 1))
+    assert np.abs(np.sort(patch(warped, moved[36:42].mean(0))) - np.sort(patch(image, lm68[36:42].mean(0)))).max() < 25
+    same, unmoved = augment_face(image, lm68, 0.0, np.random.default_rng(3))
+    assert np.array_equal(same, image) and np.allclose(unmoved, lm68)
+
+
+def test_restore_warns_when_the_models_own_validation_was_worse_than_bicubic(training_data, tmp_path):
+    from click.testing import CliRunner
+
+    from dfd.cli import main
+    from dfdcore.api import trained_validation
+    from dfdcore.evaluation import worse_than_bicubic
+    from tests.conftest import SHARED
+
+    trainer = Trainer(small_train_config(training_data, tmp_path, residual=True))
+    worse = {"val_psnr": 19.0, "bicubic_psnr": 20.5, "val_ssim": 0.6, "bicubic_ssim": 0.5, "step": 3}
+    better = worse | {"val_psnr": 21.0}
+    bad = trainer.export_generator(tmp_path / "bad.safetensors", worse)
+    good = trainer.export_generator(tmp_path / "good.safetensors", better)
+    assert trained_validation(bad) == worse and trained_validation(training_data / "faceset.parquet") is None
+    assert worse_than_bicubic(worse) == ["PSNR 19.000 < bicubic 20.500"] and worse_than_bicubic(better) == []
+
+    photo = str(SHARED / "data/faces/portraits/grace_hopper.jpg")
+    args = ["restore", photo, "--dictionary", str(training_data / "dictionary.safetensors"), "--upscale", "1"]
+    warned = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "a"), "--weights", str(bad)])
+    assert warned.exit_code == 0, warned.output
+    assert "worse than bicubic" in warned.output and "PSNR 19.000 < bicubic 20.500" in warned.output
+    quiet = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "b"), "--weights", str(good)])
+    assert quiet.exit_code == 0 and "worse than bicubic" not in quiet.output

@@ -58,6 +58,20 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return dict(state), {}
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a dfd ``.safetensors`` checkpoint without reading its tensors ({} for other formats)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception:  # noqa: BLE001 - a damaged file is reported by read_state_dict when it is loaded
+        return {}
+
+
 def _basicsr_to_official(key: str) -> str:
     """Rename one BasicSR DFDNet key to the official UNetDictFace name."""
     if key.startswith("vgg_extractor.vgg_net."):
@@ -136,12 +150,16 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: d
     """Save the generator: ``.pth`` = official layout (a plain state_dict the official code loads),
     ``.safetensors`` = the same keys without the VGG duplicates, with metadata (config, provenance)."""
     path = Path(path)
+    if getattr(model, "residual", False) and path.suffix != ".safetensors":
+        raise ValueError(f"{path}: a residual generator (output = input + head) needs the .safetensors format, which "
+                         f"records that; the official .pth layout would load as a plain (non-residual) network")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             state = {k: v for k, v in state.items() if not re.match(r"VggExtract\.features\.", k)}
             meta = {"format": "dfd-generator", "config": json.dumps(model.config.to_dict()),
-                    "provenance": json.dumps(metadata or getattr(model, "provenance", {}), default=str)}
+                    "provenance": json.dumps(metadata or getattr(model, "provenance", {}), default=str),
+                    "residual": json.dumps(bool(getattr(model, "residual", False)))}
             save_file(state, str(tmp), metadata=meta)
         else:
             torch.save(state, tmp)

@@ -21,12 +21,15 @@ class DFDNet(nn.Module):
 
     The official checkpoint's unused VGG classifier and ``to_rgb0..3`` are not built (see ``IGNORED_KEY_PREFIXES``).
     ``fidelity`` scales the dictionary contribution: 1 = official, 0 = no dictionary (matching is skipped).
+    ``residual`` (dfd-trained models only; official and BasicSR weights never set it): the head's output is added
+    to the input face, ``clamp(faces + head, −1, 1)``, so a model whose last conv is zero returns its input.
     """
 
-    def __init__(self, config: GeneratorConfig = OFFICIAL, fidelity: float = 1.0) -> None:
+    def __init__(self, config: GeneratorConfig = OFFICIAL, fidelity: float = 1.0, residual: bool = False) -> None:
         super().__init__()
         self.config = config
         self.fidelity = fidelity
+        self.residual = residual
         self.bank: DictionaryBank | None = None
         self.provenance: dict[str, object] = {}
         # Full-resolution stages are evaluated in this many row bands when gradients are off (1 = whole maps).
@@ -113,7 +116,7 @@ class DFDNet(nn.Module):
         taps = self.VggExtract(faces, bands=self._bands())
         chosen = torch.full((faces.shape[0], len(taps), len(PARTS)), -1, dtype=torch.int64)
         if self.bank is None or self.fidelity == 0.0:
-            return self.decode(taps[3], taps), chosen
+            return self._output(faces, self.decode(taps[3], taps)), chosen
         conv5_4 = taps[3]
         styles = []
         for i, scale in enumerate(self.config.scales):
@@ -122,7 +125,17 @@ class DFDNet(nn.Module):
             updated, chosen[:, i] = transfer_scale(tap, part_boxes, stride, scale, self.bank,
                                                    self.attention_blocks(scale), self.fidelity)
             styles.append(updated)
-        return self.decode(conv5_4, styles), chosen
+        return self._output(faces, self.decode(conv5_4, styles)), chosen
+
+    def _output(self, faces: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        return (faces + head).clamp(-1.0, 1.0) if self.residual else head
+
+    def zero_output_layer(self) -> DFDNet:
+        """Zero the head's last conv: a residual model then starts as the identity (its input, e.g. bicubic)."""
+        last = self.up4[-2]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        return self
 
     def forward(self, faces: torch.Tensor, part_boxes: torch.Tensor) -> torch.Tensor:
         return self.restore(faces, part_boxes)[0]

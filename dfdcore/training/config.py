@@ -1,10 +1,17 @@
 """What a training run is: one frozen configuration, stored with every checkpoint and logged as parameters."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ..config import GeneratorConfig
 from ..degrade import DegradationConfig
+
+
+LR_SCHEDULES = ("linear", "cosine")
+PIXEL_CRITERIA = ("mse", "l1")
+# Validation figures a run can keep its best generator by (direction: dfdcore.evaluation.HIGHER_IS_BETTER).
+VALIDATION_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "identity_distance", "landmark_distance")
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,22 @@ class TrainConfig:
     existing generator (official, BasicSR or dfd checkpoint). VGG19: ``vgg_weights`` (ImageNet, torchvision's
     ``vgg19-dcbb9e9d.pth``) unless ``init_weights`` brings its own, or ``random_vgg`` (tests and demos, labelled).
     Optimisation (reference §5.2 defaults): Adam lr 2e-4, β = (0.5, 0.999), constant for ``constant_fraction`` of
-    the steps then linear decay to 0; ``batch_size`` is the global batch, split evenly over ``workers``.
+    the steps then a ``lr_schedule`` decay to 0 (linear, or cosine); ``batch_size`` is the global batch, split
+    evenly over ``workers``.
+
+    Recipe (dfd's additions, measured in bench/RESULTS.md): ``residual`` makes a new generator predict a correction
+    added to its input, starting as the identity (its last conv zeroed) — so training starts at the bicubic baseline
+    instead of at noise; ``adversarial_start`` keeps the adversarial term (and the discriminator's updates) off for a
+    pixel/perceptual warm-up; ``grad_clip`` > 0 caps the generator's gradient norm (a trained random VGG at a high
+    learning rate can otherwise diverge); ``ema_decay`` > 0 keeps an exponential moving average of the generator, used for
+    validation, samples and export; ``flip_probability`` mirrors training faces, ``augment`` (0–1) warps and recolours them
+    (``faceset.augment_face``: small face sets); ``train_vgg`` trains the generator's
+    encoder too (sensible for a random VGG, whose features carry nothing worth keeping; the perceptual loss keeps a
+    frozen copy of the starting VGG).
+
+    Validation: every ``val_every`` steps (and at the last) ``val_pairs`` fixed degraded copies of the held-out faces
+    are restored and scored (PSNR, SSIM, identity distance …) beside the bicubic baseline; the generator with the best
+    ``best_metric`` is kept as ``out/best/``.
     """
 
     faceset: str
@@ -46,10 +68,22 @@ class TrainConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     constant_fraction: float = 0.01
+    lr_schedule: str = "linear"
     pixel_weight: float = LossWeights.pixel
+    pixel_criterion: str = "mse"
     perceptual_weight: float = LossWeights.perceptual
     style_weight: float = LossWeights.style
     adversarial_weight: float = LossWeights.adversarial
+    residual: bool = False
+    train_vgg: bool = False
+    adversarial_start: int = 0
+    ema_decay: float = 0.0
+    grad_clip: float = 0.0
+    flip_probability: float = 0.5
+    augment: float = 0.0
+    val_every: int = 500
+    val_pairs: int = 16
+    best_metric: str = "psnr"
     d_dim: int = 64
     d_scales: int = 3
     checkpoint_every: int = 500
@@ -67,6 +101,21 @@ class TrainConfig:
         if self.batch_size < 1 or self.workers < 1 or self.batch_size % self.workers:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of workers "
                              f"({self.workers}): each worker takes an equal share of the global batch")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.best_metric not in VALIDATION_METRICS:
+            raise ValueError(f"best_metric must be one of {VALIDATION_METRICS}, got {self.best_metric!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = no EMA copy), got {self.ema_decay}")
+        if self.pixel_criterion not in PIXEL_CRITERIA:
+            raise ValueError(f"pixel_criterion must be one of {PIXEL_CRITERIA}, got {self.pixel_criterion!r}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.val_every < 0 or self.val_pairs < 1 or self.adversarial_start < 0:
+            raise ValueError(f"val_every and adversarial_start must be >= 0 and val_pairs >= 1, got "
+                             f"{self.val_every}, {self.adversarial_start}, {self.val_pairs}")
+        if self.residual and self.init_weights:
+            raise ValueError("residual applies to a new generator; init_weights brings its own output mode")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not (self.vgg_weights or self.random_vgg or self.init_weights):
@@ -91,7 +140,12 @@ class TrainConfig:
         constant = int(self.constant_fraction * self.steps)
         if step < constant:
             return 1.0
-        return max(0.0, 1.0 - (step - constant) / max(1, self.steps - constant))
+        progress = min(1.0, (step - constant) / max(1, self.steps - constant))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if self.lr_schedule == "cosine" else 1.0 - progress
+
+    def adversarial_at(self, step: int) -> bool:
+        """Whether the adversarial term and the discriminator train at ``step`` (0-based)."""
+        return self.adversarial_weight > 0 and step >= self.adversarial_start
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,6 +6,7 @@ exactly the batch one process would, and DDP's gradient average over equal share
 """
 from __future__ import annotations
 
+import copy
 import io
 import re
 from collections.abc import Callable
@@ -23,16 +24,20 @@ from ..arch.discriminator import MultiScaleSNDiscriminator
 from ..arch.generator import DFDNet
 from ..degrade import DegradationConfig
 from ..dictionary import ComponentDictionary
+from ..components import part_boxes
+from ..evaluation import aggregate, degraded_pairs, metric_rows
 from ..faceset import FaceSet, to_unit_range, training_batch, training_sample
 from ..features import extractor_checksum, load_vgg
 from ..io.storage import exists, filesystem_for, join_uri, read_bytes, write_bytes_atomic
-from ..losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, pixel_loss
+from ..losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, l1_loss, pixel_loss
+from ..metrics import IdentityEncoder
 from ..viz import side_by_side
 from .config import TrainConfig
 
 STATE_FORMAT = "dfd-train-state"
 _CHECKPOINT = re.compile(r"step_(\d{8})\.pt$")
 SAMPLE_SEED_OFFSET = 7919  # sample grids use their own degradations, never a training sample's
+VALIDATION_SEED_OFFSET = 104729  # nor the test set's (dfd evaluate's seed 1234)
 
 
 def build_generator(cfg: TrainConfig, device: torch.device) -> DFDNet:
@@ -45,18 +50,40 @@ def build_generator(cfg: TrainConfig, device: torch.device) -> DFDNet:
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            generator = DFDNet(cfg.generator)
+            generator = DFDNet(cfg.generator, residual=cfg.residual)
+        if cfg.residual:
+            generator.zero_output_layer()
         vgg, _, random_vgg = load_vgg(None if cfg.random_vgg else cfg.vgg_weights, width=cfg.ngf,
                                       random_seed=cfg.seed if cfg.random_vgg else None)
         generator.VggExtract.load_state_dict(vgg.state_dict())
     generator.to(device).attach_dictionary(dictionary)
     generator.requires_grad_(True)
-    generator.VggExtract.requires_grad_(False)
+    generator.VggExtract.requires_grad_(cfg.train_vgg)
+    generator.VggExtract.RGB_mean.requires_grad_(False)  # the input normalisation stays what it is
+    generator.VggExtract.RGB_std.requires_grad_(False)
     generator.set_spectral_norm_power_iteration(True)
     generator.provenance = {"random_weights": False, "trained_by": "dfd", "random_vgg": random_vgg,
                             "vgg_checksum": extractor_checksum(generator.VggExtract),
                             "init_weights": cfg.init_weights, "dictionary": dictionary.metadata}
     return generator.train()
+
+
+def ema_copy(generator: DFDNet) -> DFDNet:
+    """A frozen copy of ``generator`` sharing its dictionary bank (never duplicated: up to 3 GiB), in eval mode."""
+    copy = DFDNet(generator.config, fidelity=generator.fidelity, residual=generator.residual)
+    copy.load_state_dict(generator.state_dict())
+    copy.to(generator.VggExtract.RGB_mean.device).requires_grad_(False).eval()
+    copy.bank, copy.provenance = generator.bank, generator.provenance
+    return copy
+
+
+@torch.no_grad()
+def update_ema(average: nn.Module, live: nn.Module, decay: float) -> None:
+    """average ← decay · average + (1 − decay) · live for parameters; buffers (SN vectors) copied as they are."""
+    for mean, value in zip(average.parameters(), live.parameters()):
+        mean.lerp_(value, 1.0 - decay)
+    for mean, value in zip(average.buffers(), live.buffers()):
+        mean.copy_(value)
 
 
 def _grad_norm(parameters: list[nn.Parameter]) -> float:
@@ -94,7 +121,9 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
             self.discriminator = MultiScaleSNDiscriminator(cfg.face_size, cfg.d_dim, cfg.d_scales).to(self.device)
-        self.perceptual = PerceptualLoss(self.generator.VggExtract)
+        # The loss sees the starting VGG, frozen: a trained encoder must not move the yardstick it is measured by.
+        self.perceptual = PerceptualLoss(copy.deepcopy(self.generator.VggExtract) if cfg.train_vgg
+                                         else self.generator.VggExtract)
         self.g_params = [p for p in self.generator.parameters() if p.requires_grad]
         self.d_params = list(self.discriminator.parameters())
         betas = (cfg.beta1, cfg.beta2)
@@ -104,7 +133,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.g_train = wrap(self.generator)
         self.d_train = wrap(self.discriminator)
+        self.ema = ema_copy(self.generator) if cfg.ema_decay else None
         self.step = 0
+        self._validation: tuple[list[dict], list[dict]] | None = None
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
@@ -119,40 +150,54 @@ class Trainer:
         cfg, w = self.cfg, self.cfg.loss_weights
         for group in (*self.opt_g.param_groups, *self.opt_d.param_groups):
             group["lr"] = cfg.lr * cfg.lr_factor(self.step)
-        batch = training_batch(self.faces, self.batch_positions(self.step, world), cfg.seed, self.degradation)
+        batch = training_batch(self.faces, self.batch_positions(self.step, world), cfg.seed, self.degradation,
+                               cfg.flip_probability, cfg.augment)
         lq, hq, boxes = batch.lq.to(self.device), batch.hq.to(self.device), batch.boxes
 
+        adversarial_on = cfg.adversarial_at(self.step)
         # Generator: D's weights frozen and used unwrapped, so the adversarial term's gradient reaches G only.
         self.discriminator.requires_grad_(False)
         with self._autocast():
             restored = self.g_train(lq, boxes)
-            pixel = pixel_loss(restored.float(), hq)
-            content, style = self.perceptual(restored.float(), hq)
-            adversarial = hinge_g_loss(self.discriminator(restored))
+            pixel = (l1_loss if cfg.pixel_criterion == "l1" else pixel_loss)(restored.float(), hq)
+            if w.perceptual or w.style:
+                content, style = self.perceptual(restored.float(), hq)
+            else:  # a pixel-only recipe need not run the loss network
+                content = style = torch.zeros((), device=self.device)
+            adversarial = hinge_g_loss(self.discriminator(restored)) if adversarial_on else \
+                torch.zeros((), device=self.device)
             loss_g = w.pixel * pixel + w.perceptual * content + w.style * style + w.adversarial * adversarial
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         self.scaler.unscale_(self.opt_g)
         grad_norm_g = _grad_norm(self.g_params)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.g_params, cfg.grad_clip)
         self.scaler.step(self.opt_g)
+        if self.ema is not None:  # the decay ramps up so the average does not drag the random start along
+            update_ema(self.ema, self.generator, min(cfg.ema_decay, (1 + self.step) / (10 + self.step)))
 
-        self.discriminator.requires_grad_(True)
-        with self._autocast():
-            real_scores = self.d_train(hq)
-            fake_scores = self.d_train(restored.detach())
-            loss_d = hinge_d_loss(real_scores, fake_scores)
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_d).backward()
-        self.scaler.unscale_(self.opt_d)
-        grad_norm_d = _grad_norm(self.d_params)
-        self.scaler.step(self.opt_d)
+        logged_d = {"loss_d": 0.0, "d_real": 0.0, "d_fake": 0.0}
+        grad_norm_d = 0.0
+        if adversarial_on:  # the discriminator trains only while its term is on (warm-up: pixel/perceptual only)
+            self.discriminator.requires_grad_(True)
+            with self._autocast():
+                real_scores = self.d_train(hq)
+                fake_scores = self.d_train(restored.detach())
+                loss_d = hinge_d_loss(real_scores, fake_scores)
+            self.opt_d.zero_grad(set_to_none=True)
+            self.scaler.scale(loss_d).backward()
+            self.scaler.unscale_(self.opt_d)
+            grad_norm_d = _grad_norm(self.d_params)
+            self.scaler.step(self.opt_d)
+            logged_d = {"loss_d": loss_d.item(),
+                        "d_real": float(torch.cat([s.detach().float().flatten() for s in real_scores]).mean()),
+                        "d_fake": float(torch.cat([s.detach().float().flatten() for s in fake_scores]).mean())}
         self.scaler.update()
 
         self.step += 1
         logged = {"loss_g": loss_g.item(), "pixel": pixel.item(), "perceptual": content.item(),
-                  "style": style.item(), "adversarial": adversarial.item(), "loss_d": loss_d.item(),
-                  "d_real": float(torch.cat([s.detach().float().flatten() for s in real_scores]).mean()),
-                  "d_fake": float(torch.cat([s.detach().float().flatten() for s in fake_scores]).mean())}
+                  "style": style.item(), "adversarial": adversarial.item(), **logged_d}
         logged = _global_mean(logged, self.device)
         # Gradient norms are taken after DDP's all-reduce: already global.
         return logged | {"grad_norm_g": grad_norm_g, "grad_norm_d": grad_norm_d, "lr": cfg.lr * cfg.lr_factor(
@@ -163,7 +208,7 @@ class Trainer:
         return {"format": STATE_FORMAT, "step": self.step, "config": self.cfg.to_dict(),
                 "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "scaler": self.scaler.state_dict()}
+                "scaler": self.scaler.state_dict()} | ({"ema": self.ema.state_dict()} if self.ema else {})
 
     def save(self) -> str:
         """Write the full training state (models, optimisers, scaler, step) atomically → its URI."""
@@ -182,13 +227,24 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state.get("ema", state["generator"]))
         self.step = int(state["step"])
 
-    def export_generator(self, path: str | Path) -> Path:
-        """The trained generator as a dfd ``.safetensors`` (or official-layout ``.pth``) that ``load_generator``
-        reads with the run's dictionary."""
-        provenance = dict(self.generator.provenance) | {"step": self.step, "train_config": self.cfg.to_dict()}
-        return save_checkpoint(self.generator, path, metadata=provenance)
+    @property
+    def model(self) -> DFDNet:
+        """The generator that is validated, sampled and exported: the EMA copy when there is one."""
+        return self.ema if self.ema is not None else self.generator
+
+    def export_generator(self, path: str | Path, validation: dict | None = None) -> Path:
+        """The trained generator (EMA copy when kept) as a dfd ``.safetensors`` (or official-layout ``.pth``) that
+        ``load_generator`` reads with the run's dictionary; ``validation`` (its figures beside bicubic's) goes into
+        the metadata, so that whoever loads it can tell whether it beat bicubic."""
+        provenance = dict(self.generator.provenance) | {"step": self.step, "train_config": self.cfg.to_dict(),
+                                                         "ema": self.ema is not None}
+        if validation:
+            provenance["validation"] = validation
+        return save_checkpoint(self.model, path, metadata=provenance)
 
     # ------------------------------------------------------------------------------------------- samples
     def fixed_pairs(self, count: int) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
@@ -199,13 +255,39 @@ class Trainer:
                 for i in range(min(count, len(faces)))]
 
     @torch.no_grad()
-    def restore_eval(self, lq: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """The generator in inference mode (SN vectors left as they are, so sampling never changes training)."""
-        self.generator.eval().set_spectral_norm_power_iteration(False)
+    def restore_eval(self, lq: torch.Tensor, boxes: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+        """The generator (EMA copy when kept) in inference mode (SN vectors left as they are, so sampling never
+        changes training)."""
+        model = self.model
+        if model is self.generator:
+            model.eval().set_spectral_norm_power_iteration(False)
         try:
-            return self.generator(lq.to(self.device), boxes).float().clamp(-1, 1)
+            return torch.cat([model(lq[i:i + batch_size].to(self.device), boxes[i:i + batch_size]).float()
+                              for i in range(0, len(lq), batch_size)]).clamp(-1, 1)
         finally:
-            self.generator.train().set_spectral_norm_power_iteration(True)
+            if model is self.generator:
+                model.train().set_spectral_norm_power_iteration(True)
+
+    def validation_pairs(self) -> tuple[list[dict], list[dict]]:
+        """The fixed validation pairs of the held-out faces (training faces when none are held out) and the bicubic
+        baseline's metric rows on them — made once per trainer."""
+        if self._validation is None:
+            faces = self.held_out if len(self.held_out) else self.faces
+            pairs = degraded_pairs(faces, self.cfg.val_pairs, self.cfg.seed + VALIDATION_SEED_OFFSET, self.degradation)
+            self._encoder = IdentityEncoder()
+            self._validation = pairs, metric_rows([p["lq"] for p in pairs], pairs, encoder=self._encoder)
+        return self._validation
+
+    def validate(self) -> dict[str, float]:
+        """Mean PSNR, SSIM, identity and landmark distance … of the model on the validation pairs → ``val_*``, and
+        the same of bicubic (the LQ itself) → ``bicubic_*``, for curves that show where the model stands."""
+        pairs, bicubic = self.validation_pairs()
+        boxes = part_boxes(torch.from_numpy(np.stack([p["lm68"] for p in pairs])), face_size=self.cfg.face_size)
+        restored = self.restore_eval(to_unit_range([p["lq"] for p in pairs]), boxes)
+        images = ((restored + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        rows = metric_rows(list(images), pairs, encoder=self._encoder)
+        return ({f"val_{k}": v for k, v in aggregate(rows).items()} |
+                {f"bicubic_{k}": v for k, v in aggregate(bicubic).items()})
 
     @torch.no_grad()
     def validation_loss(self, count: int = 4) -> dict[str, float]:

@@ -1,0 +1,61 @@
+"""Learning curves of a training run from MLflow: validation PSNR, SSIM and identity distance against steps, with
+the bicubic baseline as a line, as one PNG.
+
+    python bench/plot_learning_curves.py RUN_ID --tracking-uri sqlite:///.dfd/mlflow.db --title "demo" \
+        --out bench/results/curves-demo.png [--json bench/results/curves-demo.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+PANELS = (("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("identity_distance", "identity distance ↓"))
+
+
+def histories(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Metric name → sorted (step, value) of every validation metric and its bicubic line."""
+    names = [f"{prefix}_{name}" for name, _ in PANELS for prefix in ("val", "bicubic")]
+    return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in names}
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], title: str, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    for axis, (name, label) in zip(axes, PANELS):
+        model, bicubic = curves[f"val_{name}"], curves[f"bicubic_{name}"]
+        if model:
+            axis.plot([s for s, _ in model], [v for _, v in model], marker="o", ms=3, label="model (validation)")
+        if bicubic:
+            axis.axhline(bicubic[-1][1], color="grey", ls="--", label="bicubic")
+        axis.set_xlabel("step")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+    axes[0].legend(loc="best")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_id")
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--title", default="")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--json", help="also write the curves as JSON")
+    args = parser.parse_args()
+    from mlflow import MlflowClient
+
+    curves = histories(MlflowClient(args.tracking_uri), args.run_id)
+    plot(curves, args.title, args.out)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"run_id": args.run_id, "curves": curves}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

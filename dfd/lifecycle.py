@@ -48,14 +48,16 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 @click.option("--adversarial-weight", default=0.1, show_default=True)
 @click.option("--perceptual-weight", default=1.0, show_default=True)
 @click.option("--pixel-weight", default=1.0, show_default=True)
-@click.option("--pixel-criterion", type=click.Choice(["mse", "l1"]), default="mse", show_default=True)
+@click.option("--pixel-criterion", type=click.Choice(["mse", "l1", "psnr"]), default="mse", show_default=True,
+              help="psnr: mean per-image log-MSE, so every image counts in dB (plain MSE favours the worst ones).")
 @click.option("--style-weight", default=0.0, show_default=True)
 @click.option("--residual", is_flag=True, help="New generator predicts a correction added to its input (starts as "
               "the identity, i.e. at bicubic); recorded in the exported .safetensors.")
 @click.option("--train-vgg", is_flag=True, help="Train the generator's VGG encoder too (for a random VGG; the "
               "perceptual loss keeps a frozen copy).")
-@click.option("--augment", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Warp and recolour training faces (0-1; for small face sets).")
+@click.option("--augment", default=0.0, show_default=True, type=click.FloatRange(0, 3),
+              help="Warp and recolour training faces: 1 = rotation ±15°, scale ×0.8-1.25, shift ±8 %% (scaled by the "
+                   "value; for small face sets).")
 @click.option("--adversarial-start", default=0, show_default=True,
               help="Pixel/perceptual warm-up: the adversarial term and the discriminator start at this step.")
 @click.option("--ema-decay", default=0.0, show_default=True,

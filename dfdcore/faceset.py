@@ -178,7 +178,8 @@ def augment_face(image: np.ndarray, lm68: np.ndarray, strength: float, rng: np.r
                  ) -> tuple[np.ndarray, np.ndarray]:
     """A new view of an aligned (S, S, 3) uint8 face and its (68, 2) landmarks, for small face sets: a random
     similarity warp (rotation ±15°, scale ×0.8–1.25, shift ±8 % of S, all × ``strength``; mirrored borders) and a
-    random order of the colour channels (p 0.5 · strength). The landmarks follow the warp, so do the part boxes."""
+    random order of the colour channels (p min(1, 0.5 · strength)). The landmarks follow the warp, so do the part
+    boxes."""
     size = image.shape[0]
     angle = rng.uniform(-15, 15) * strength
     scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)) * strength))

@@ -62,6 +62,15 @@ def l1_loss(restored: Tensor, target: Tensor) -> Tensor:
     return F.l1_loss(restored, target)
 
 
+def log_mse_loss(restored: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Mean over images of 10·log10(MSE_i) on the [-1, 1] scale: minus the mean PSNR up to a constant, so that each
+    image counts in decibels — a nearly clean input weighs as much as a badly degraded one (plain MSE is dominated
+    by the worst images). (B, 3, S, S) ×2 → scalar."""
+    _check_pair(restored, target)
+    per_image = (restored - target).pow(2).flatten(1).mean(dim=1)
+    return 10 * torch.log10(per_image + eps).mean()
+
+
 def tv_loss(images: Tensor, weight: float = 1.0) -> Tensor:
     """Total variation of (B, C, H, W) images, H, W ≥ 2: weight · 2 · (h_tv/count_h + w_tv/count_w) / B.
 

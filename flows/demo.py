@@ -19,23 +19,30 @@ from dfdcore.io.storage import join_uri
 @dataclass(frozen=True)
 class DemoConfig:
     """The demo's small network and its training recipe (chosen by measurement: bench/RESULTS.md, "Training
-    recipe"): residual learning from a zero-initialised head, pixel/perceptual warm-up before the adversarial term,
-    an EMA copy, cosine learning-rate decay, and the best validated generator kept."""
+    recipe"): residual learning from a zero-initialised head, a per-image log-MSE pixel loss only (the perceptual
+    loss of a random VGG and the adversarial term did not help on four faces: ``warmup_fraction`` 1 keeps the
+    adversarial term off), the random VGG trained too, warped/recoloured faces, an EMA copy, cosine decay, and the
+    best validated generator kept."""
 
     face_size: int = 128
     ngf: int = 8
     d_dim: int = 8
     k: int = 8
-    steps: int = 1500
-    batch_size: int = 2
-    workers: int = 1
-    lr: float = 5e-4
+    steps: int = 600
+    batch_size: int = 8
+    workers: int = 2                      # 1 torch thread each: robust when the machine is busy
+    degradation: str = "moderate"         # the reference's steps, downsampling ×2–4 (see dfdcore.degrade)
+    lr: float = 1e-3
     pixel_weight: float = 1.0
+    pixel_criterion: str = "psnr"         # per-image log-MSE: every face counts in dB
     perceptual_weight: float = 0.0
     adversarial_weight: float = 0.0
     warmup_fraction: float = 1.0          # share of the steps without the adversarial term
-    ema_decay: float = 0.0
-    val_every: int = 250
+    ema_decay: float = 0.99
+    train_vgg: bool = True                # the VGG is random here: nothing to keep frozen
+    augment: float = 1.0                  # four training faces: warp and recolour them
+    grad_clip: float = 1.0
+    val_every: int = 150
     val_pairs: int = 16
     test_fraction: float = 0.3
     test_pairs_per_face: int = 8          # held-out faces are few: each is scored under several degradations
@@ -69,6 +76,21 @@ def sample_photos() -> str:
     import dfdcore
 
     return str(Path(dfdcore.__file__).parent / "assets")
+
+
+@task(cache_policy=NONE)
+def copy_training_photos(photos: str, folder: str, test_fraction: float, seed: int) -> str:
+    """Copy the photos that the train flow's split will not hold out into ``folder`` (the dictionary's source)."""
+    from dfdcore.faceset import assign_split
+    from dfdcore.io.storage import list_images, read_bytes, write_bytes_atomic
+    from dfdcore.manifest import sha256_bytes
+
+    contents = {source.relpath: read_bytes(source.uri) for source in list_images([photos])}
+    split = assign_split([sha256_bytes(data) for data in contents.values()], test_fraction, seed)
+    for relpath, data in contents.items():
+        if split[sha256_bytes(data)] == "train":
+            write_bytes_atomic(join_uri(folder, relpath), data)
+    return folder
 
 
 def held_out_photos(faceset: str) -> list[str]:
@@ -161,7 +183,10 @@ def demo(out: str = "dfd-results/demo", config: DemoConfig = DemoConfig()) -> De
     random_vgg = config.vgg_weights is None
     seconds, started = {}, time.perf_counter()
     photos, dictionary_out = sample_photos(), join_uri(out, "dictionary")
-    built = build_dictionary(photos, dictionary_out, DictionaryConfig(
+    # The held-out photos are chosen first (as the train flow splits: per photo, by content hash) and kept out of
+    # the dictionary too, so nothing of the test faces reaches the model.
+    training_photos = copy_training_photos(photos, join_uri(out, "photos/train"), config.test_fraction, config.seed)
+    built = build_dictionary(training_photos, dictionary_out, DictionaryConfig(
         k=config.k, select=10_000, flip=True, face_size=config.face_size, ngf=config.ngf,
         vgg_weights=config.vgg_weights, random_weights=random_vgg, seed=config.seed, niter=10, workers=1))
     seconds["dictionary"] = time.perf_counter() - started
@@ -173,18 +198,20 @@ def demo(out: str = "dfd-results/demo", config: DemoConfig = DemoConfig()) -> De
         faceset=faceset, dictionary=dictionary, out=train_out,
         face_size=config.face_size, ngf=config.ngf, vgg_weights=config.vgg_weights, random_vgg=random_vgg,
         steps=config.steps, batch_size=config.batch_size, workers=config.workers, d_dim=config.d_dim,
-        lr=config.lr, lr_schedule="cosine", constant_fraction=0.0, residual=True,
-        pixel_weight=config.pixel_weight, perceptual_weight=config.perceptual_weight,
+        degradation=config.degradation, lr=config.lr, lr_schedule="cosine", constant_fraction=0.0, residual=True,
+        train_vgg=config.train_vgg and random_vgg, augment=config.augment, grad_clip=config.grad_clip,
+        pixel_weight=config.pixel_weight, pixel_criterion=config.pixel_criterion,
+        perceptual_weight=config.perceptual_weight,
         adversarial_weight=config.adversarial_weight, adversarial_start=int(config.warmup_fraction * config.steps),
         ema_decay=config.ema_decay, val_every=config.val_every, val_pairs=config.val_pairs,
         checkpoint_every=max(1, config.steps // 3), sample_every=max(1, config.steps // 3),
-        log_every=10, seed=config.seed), source=dictionary_out, test_fraction=config.test_fraction,
+        log_every=10, seed=config.seed), source=photos, test_fraction=config.test_fraction,
         register_as="dfd-demo-generator", max_failures=config.max_failures)
     seconds["train"] = time.perf_counter() - started - sum(seconds.values())
 
     model = ModelSpec(weights=trained.generator, dictionary=dictionary, face_size=config.face_size, ngf=config.ngf)
     evaluated = evaluate(model, join_uri(out, "testset"), faceset=faceset,
-                         count=config.test_pairs_per_face * trained.test_faces,
+                         count=config.test_pairs_per_face * trained.test_faces, degradation=config.degradation,
                          label=f"demo model (best of {config.steps} steps)")
     seconds["evaluate"] = time.perf_counter() - started - sum(seconds.values())
 

@@ -9,7 +9,7 @@ from ..degrade import DegradationConfig
 
 
 LR_SCHEDULES = ("linear", "cosine")
-PIXEL_CRITERIA = ("mse", "l1")
+PIXEL_CRITERIA = ("mse", "l1", "psnr")
 # Validation figures a run can keep its best generator by (direction: dfdcore.evaluation.HIGHER_IS_BETTER).
 VALIDATION_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "identity_distance", "landmark_distance")
 
@@ -42,11 +42,11 @@ class TrainConfig:
     added to its input, starting as the identity (its last conv zeroed) — so training starts at the bicubic baseline
     instead of at noise; ``adversarial_start`` keeps the adversarial term (and the discriminator's updates) off for a
     pixel/perceptual warm-up; ``grad_clip`` > 0 caps the generator's gradient norm (a trained random VGG at a high
-    learning rate can otherwise diverge); ``ema_decay`` > 0 keeps an exponential moving average of the generator, used for
-    validation, samples and export; ``flip_probability`` mirrors training faces, ``augment`` (0–1) warps and recolours them
-    (``faceset.augment_face``: small face sets); ``train_vgg`` trains the generator's
-    encoder too (sensible for a random VGG, whose features carry nothing worth keeping; the perceptual loss keeps a
-    frozen copy of the starting VGG).
+    learning rate can otherwise diverge); ``ema_decay`` > 0 keeps an exponential moving average of the generator,
+    used for validation, samples and export; ``flip_probability`` mirrors training faces; ``augment`` warps and
+    recolours them (``faceset.augment_face``; 1 = rotation ±15°, scale ×0.8–1.25, shift ±8 %: small face sets);
+    ``train_vgg`` trains the generator's encoder too (sensible for a random VGG, whose features carry nothing worth
+    keeping; the perceptual loss keeps a frozen copy of the starting VGG).
 
     Validation: every ``val_every`` steps (and at the last) ``val_pairs`` fixed degraded copies of the held-out faces
     are restored and scored (PSNR, SSIM, identity distance …) beside the bicubic baseline; the generator with the best
@@ -109,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = no EMA copy), got {self.ema_decay}")
         if self.pixel_criterion not in PIXEL_CRITERIA:
             raise ValueError(f"pixel_criterion must be one of {PIXEL_CRITERIA}, got {self.pixel_criterion!r}")
+        if not 0 <= self.augment <= 3:
+            raise ValueError(f"augment must be in [0, 3] (0 = off), got {self.augment}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.val_every < 0 or self.val_pairs < 1 or self.adversarial_start < 0:

@@ -29,7 +29,7 @@ from ..evaluation import aggregate, degraded_pairs, metric_rows
 from ..faceset import FaceSet, to_unit_range, training_batch, training_sample
 from ..features import extractor_checksum, load_vgg
 from ..io.storage import exists, filesystem_for, join_uri, read_bytes, write_bytes_atomic
-from ..losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, l1_loss, pixel_loss
+from ..losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, l1_loss, log_mse_loss, pixel_loss
 from ..metrics import IdentityEncoder
 from ..viz import side_by_side
 from .config import TrainConfig
@@ -37,6 +37,7 @@ from .config import TrainConfig
 STATE_FORMAT = "dfd-train-state"
 _CHECKPOINT = re.compile(r"step_(\d{8})\.pt$")
 SAMPLE_SEED_OFFSET = 7919  # sample grids use their own degradations, never a training sample's
+PIXEL_LOSSES = {"mse": pixel_loss, "l1": l1_loss, "psnr": log_mse_loss}
 VALIDATION_SEED_OFFSET = 104729  # nor the test set's (dfd evaluate's seed 1234)
 
 
@@ -159,7 +160,7 @@ class Trainer:
         self.discriminator.requires_grad_(False)
         with self._autocast():
             restored = self.g_train(lq, boxes)
-            pixel = (l1_loss if cfg.pixel_criterion == "l1" else pixel_loss)(restored.float(), hq)
+            pixel = PIXEL_LOSSES[cfg.pixel_criterion](restored.float(), hq)
             if w.perceptual or w.style:
                 content, style = self.perceptual(restored.float(), hq)
             else:  # a pixel-only recipe need not run the loss network

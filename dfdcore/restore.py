@@ -94,8 +94,9 @@ def model_label(identity: dict) -> str:
     if identity.get("model") == "identity":
         return "identity (faces pasted back unchanged)"
     if identity.get("trained_by") == "dfd" or "step" in identity:
-        what = "dfd-trained DFDNet" + (f", step {identity['step']}" if "step" in identity else "")
-        return what + (" (random VGG: a demo model)" if identity.get("random_vgg") else "")
+        if identity.get("random_vgg"):
+            return "restored: demo model (random VGG" + (f", step {identity['step']})" if "step" in identity else ")")
+        return "restored: dfd-trained DFDNet" + (f", step {identity['step']}" if "step" in identity else "")
     return "DFDNet"
 
 

@@ -45,7 +45,7 @@ class DemoConfig:
     val_every: int = 150
     val_pairs: int = 16
     test_fraction: float = 0.3
-    test_pairs_per_face: int = 8          # held-out faces are few: each is scored under several degradations
+    test_pairs_per_face: int = 16         # held-out faces are few: each is scored under several degradations
     photo_factor: int = 2                 # degraded photo copies are 1/photo_factor of the original
     max_failures: int = 2                 # Ray Train restarts from the latest checkpoint (a busy machine)
     vgg_weights: str | None = None
@@ -161,8 +161,10 @@ def comparisons(copies: list[dict], restored_out: str, factor: int, label: str) 
         restored = decode_image(read_bytes(restored_uri)).rgb8
         h, w = (min(a.shape[i] for a in (original, bicubic, restored)) for i in (0, 1))
         original, bicubic, restored = original[:h, :w], bicubic[:h, :w], restored[:h, :w]
+        zoom = max(1, -(-320 // w))  # small photos are shown enlarged (nearest: every pixel stays visible)
+        panels = [np.repeat(np.repeat(a, zoom, 0), zoom, 1) for a in (bicubic, restored, original)]
         write_image(join_uri(restored_out, f"cmp/{copy['name']}.png"), side_by_side(
-            [bicubic, restored, original], [f"input: degraded, x{factor} bicubic", label, "original"]))
+            panels, [f"input (degraded, x{factor} bicubic)", label, "original"]))
         x1, y1, x2, y2 = (max(0, v) for v in copy["face_box"])
         face = (slice(y1, min(y2, h)), slice(x1, min(x2, w)))
         rows.append({"name": copy["name"], "psnr_bicubic": psnr(bicubic[face], original[face]),

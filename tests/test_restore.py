@@ -158,3 +158,25 @@ def test_sixteen_bit_input_keeps_its_depth(tmp_path):
         pixels = np.asarray(restored, dtype=np.int64)
     background = pixels[:40, :40]  # a corner far from the face: the input at full precision
     assert np.array_equal(background, grey[:40, :40].astype(np.int64))
+
+
+def test_a_small_face_pasted_back_unchanged_loses_nothing_against_a_plain_bicubic_upscale():
+    """Crop → paste of an unchanged face costs nothing: the small face is enlarged into its crop bicubically."""
+    import cv2
+
+    from dfdcore.face.paste import upscale_image
+    from dfdcore.io.images import decode_image
+    from dfdcore.metrics import psnr
+    from dfdcore.restore import IdentityModel, Restorer, RestoreOptions
+
+    truth = cv2.resize(np.asarray(Image.open(PORTRAITS / "grace_hopper.jpg").convert("RGB")), (256, 256),
+                       interpolation=cv2.INTER_AREA)
+    small = cv2.resize(truth, (128, 128), interpolation=cv2.INTER_AREA)  # the face is ~45 px wide here
+    image = decode_image(cv2.imencode(".png", small[..., ::-1])[1].tobytes())
+    (_, result), = Restorer(IdentityModel(128), RestoreOptions(upscale=2, upsample=2)).restore_images([(0, image)])
+    assert len(result.faces) == 1
+    x1, y1, x2, y2 = (2 * v for v in result.faces[0].detection.box)
+    face = (slice(max(0, y1), y2), slice(max(0, x1), x2))
+    pasted = (result.restored * 255).round().astype(np.uint8)
+    bicubic = (np.clip(upscale_image(small.astype(np.float32) / 255, 2), 0, 1) * 255).round().astype(np.uint8)
+    assert psnr(pasted[face], truth[face]) > psnr(bicubic[face], truth[face]) - 0.1, "round trip loses detail"

@@ -116,12 +116,12 @@ def evaluate(spec: ModelSpec, testset: str, faceset: str | None = None, register
     from flows.tracking import mlflow_experiment
 
     started = time.perf_counter()
+    experiment = mlflow_experiment(EXPERIMENT)  # before the registry is asked: it lives in the same store
     pairs_uri = test_set(faceset, testset, count, seed, degradation)
     bicubic = bicubic_baseline(pairs_uri, testset)
     spec, registry_tags = resolve_registered(spec, registered)
     label = label or registry_tags.get("registered_model", "").replace("/", "-v") or \
         ("identity" if spec.name == "identity" else Path(spec.weights or "random").stem)
-    experiment = mlflow_experiment(EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment, run_name=label) as run:
         rows_uri = join_uri(testset, f"metrics/{run.info.run_id}.parquet")
         means, lpips_note, firsts = score(spec, pairs_uri, rows_uri)

@@ -2,7 +2,7 @@
 the bicubic baseline as a line, as one PNG.
 
     python bench/plot_learning_curves.py RUN_ID --tracking-uri sqlite:///.dfd/mlflow.db --title "demo" \
-        --out bench/results/curves-demo.png [--json bench/results/curves-demo.json]
+        --out bench/results/curves-demo.png [--json bench/results/curves-demo.json] [--mark 3000 "adversarial on"]
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def histories(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
     return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in names}
 
 
-def plot(curves: dict[str, list[tuple[int, float]]], title: str, out: str) -> None:
+def plot(curves: dict[str, list[tuple[int, float]]], title: str, out: str,
+         marks: list[tuple[int, str]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,6 +32,10 @@ def plot(curves: dict[str, list[tuple[int, float]]], title: str, out: str) -> No
             axis.plot([s for s, _ in model], [v for _, v in model], marker="o", ms=3, label="model (validation)")
         if bicubic:
             axis.axhline(bicubic[-1][1], color="grey", ls="--", label="bicubic")
+        for step, text in marks:
+            axis.axvline(step, color="tab:red", ls=":", lw=1)
+            axis.annotate(text, (step, 0.02), xycoords=("data", "axes fraction"), fontsize=8, color="tab:red",
+                          xytext=(3, 0), textcoords="offset points")
         axis.set_xlabel("step")
         axis.set_title(label)
         axis.grid(alpha=0.3)
@@ -47,11 +52,13 @@ def main() -> None:
     parser.add_argument("--title", default="")
     parser.add_argument("--out", required=True)
     parser.add_argument("--json", help="also write the curves as JSON")
+    parser.add_argument("--mark", nargs=2, action="append", default=[], metavar=("STEP", "TEXT"),
+                        help="a vertical line at STEP labelled TEXT (e.g. where the adversarial term starts)")
     args = parser.parse_args()
     from mlflow import MlflowClient
 
     curves = histories(MlflowClient(args.tracking_uri), args.run_id)
-    plot(curves, args.title, args.out)
+    plot(curves, args.title, args.out, [(int(step), text) for step, text in args.mark])
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"run_id": args.run_id, "curves": curves}, handle, indent=1)

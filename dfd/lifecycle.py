@@ -51,15 +51,16 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 @click.option("--pixel-criterion", type=click.Choice(["mse", "l1", "psnr"]), default="mse", show_default=True,
               help="psnr: mean per-image log-MSE, so every image counts in dB (plain MSE favours the worst ones).")
 @click.option("--style-weight", default=0.0, show_default=True)
-@click.option("--residual", is_flag=True, help="New generator predicts a correction added to its input (starts as "
-              "the identity, i.e. at bicubic); recorded in the exported .safetensors.")
+@click.option("--residual/--no-residual", default=None, help="A new generator predicts a correction added to its "
+              "input (starts as the identity, i.e. at bicubic; recorded in the exported .safetensors). Default: on, "
+              "except with --init-weights (the checkpoint brings its own output mode).")
 @click.option("--train-vgg", is_flag=True, help="Train the generator's VGG encoder too (for a random VGG; the "
               "perceptual loss keeps a frozen copy).")
 @click.option("--augment", default=0.0, show_default=True, type=click.FloatRange(0, 3),
               help="Warp and recolour training faces: 1 = rotation ±15°, scale ×0.8-1.25, shift ±8 %% (scaled by the "
                    "value; for small face sets).")
-@click.option("--adversarial-start", default=0, show_default=True,
-              help="Pixel/perceptual warm-up: the adversarial term and the discriminator start at this step.")
+@click.option("--adversarial-start", type=int, help="Pixel/perceptual warm-up: the adversarial term and the "
+              "discriminator start at this step (default: half of --steps).")
 @click.option("--ema-decay", default=0.0, show_default=True,
               help="Keep an exponential moving average of the generator (e.g. 0.999) for validation and export.")
 @click.option("--grad-clip", default=0.0, show_default=True, help="Cap the generator's gradient norm (0 = off).")
@@ -102,6 +103,8 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
     _prefect()
     from flows.train import train as train_flow
 
+    residual = not init_weights if residual is None else residual
+    adversarial_start = steps // 2 if adversarial_start is None else adversarial_start
     try:
         config = TrainConfig(
             faceset=source if source.endswith(".parquet") else join_uri(output, "faceset.parquet"),

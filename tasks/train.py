@@ -87,6 +87,8 @@ def train_loop(config: dict) -> None:
     if log and resumed:
         log.metrics({"resumed_from_step": trainer.step}, trainer.step)
     best = BestGenerator(cfg) if rank == 0 else None
+    if log and trainer.step == 0 and cfg.val_every:  # where the curves start (a residual model: at bicubic)
+        log.metrics(trainer.validate(), 0)
     while trainer.step < cfg.steps:
         metrics = trainer.train_step(world)
         step, last = trainer.step, trainer.step == cfg.steps

@@ -1,8 +1,9 @@
 """demo: the whole life cycle on the bundled public-domain photos, with the embedded defaults.
 
-build_dictionary → train (a small network, minutes on a CPU) → evaluate against bicubic on held-out faces →
-restore the sample photos with the trained model. ImageNet VGG19 weights are used when given; otherwise the VGG is
-random and every output says so. Six photos are a demonstration of the pipeline, not a training set.
+hold photos out → build_dictionary (training photos only) → train (a small residual network, minutes on a CPU) →
+evaluate against bicubic on the held-out faces → restore degraded copies of the held-out photos and show them beside
+their originals. ImageNet VGG19 weights are used when given; otherwise the VGG is random and every output says so.
+Four training faces make a demonstration of the pipeline and the recipe, not a face restorer.
 """
 from __future__ import annotations
 

@@ -137,8 +137,8 @@ class BestGenerator:
         value = validation.get(self.metric)
         if value is None:
             return False
-        if self.best is not None and not (value > self.best[self.metric] if self.higher else
-                                          value < self.best[self.metric]):
+        kept = (self.best or {}).get(self.metric)  # None: nothing kept yet, or kept by another metric
+        if kept is not None and not (value > kept if self.higher else value < kept):
             return False
         _export(trainer, self.generator_uri, self.last)
         write_bytes_atomic(self.figures_uri, json.dumps(self.last, indent=2).encode())

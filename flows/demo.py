@@ -87,9 +87,10 @@ def copy_training_photos(photos: str, folder: str, test_fraction: float, seed: i
     from dfdcore.manifest import sha256_bytes
 
     contents = {source.relpath: read_bytes(source.uri) for source in list_images([photos])}
-    split = assign_split([sha256_bytes(data) for data in contents.values()], test_fraction, seed)
+    ids = {relpath: sha256_bytes(data) for relpath, data in contents.items()}
+    split = assign_split(ids.values(), test_fraction, seed)
     for relpath, data in contents.items():
-        if split[sha256_bytes(data)] == "train":
+        if split[ids[relpath]] == "train":
             write_bytes_atomic(join_uri(folder, relpath), data)
     return folder
 

@@ -24,8 +24,7 @@ from ..arch.discriminator import MultiScaleSNDiscriminator
 from ..arch.generator import DFDNet
 from ..degrade import DegradationConfig
 from ..dictionary import ComponentDictionary
-from ..components import part_boxes
-from ..evaluation import aggregate, degraded_pairs, metric_rows
+from ..evaluation import aggregate, degraded_pairs, metric_rows, restore_pairs
 from ..faceset import FaceSet, to_unit_range, training_batch, training_sample
 from ..features import extractor_checksum, load_vgg
 from ..io.storage import exists, filesystem_for, join_uri, read_bytes, write_bytes_atomic
@@ -256,15 +255,14 @@ class Trainer:
                 for i in range(min(count, len(faces)))]
 
     @torch.no_grad()
-    def restore_eval(self, lq: torch.Tensor, boxes: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    def restore_eval(self, lq: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """The generator (EMA copy when kept) in inference mode (SN vectors left as they are, so sampling never
         changes training)."""
         model = self.model
         if model is self.generator:
             model.eval().set_spectral_norm_power_iteration(False)
         try:
-            return torch.cat([model(lq[i:i + batch_size].to(self.device), boxes[i:i + batch_size]).float()
-                              for i in range(0, len(lq), batch_size)]).clamp(-1, 1)
+            return model(lq.to(self.device), boxes).float().clamp(-1, 1)
         finally:
             if model is self.generator:
                 model.train().set_spectral_norm_power_iteration(True)
@@ -283,10 +281,7 @@ class Trainer:
         """Mean PSNR, SSIM, identity and landmark distance … of the model on the validation pairs → ``val_*``, and
         the same of bicubic (the LQ itself) → ``bicubic_*``, for curves that show where the model stands."""
         pairs, bicubic = self.validation_pairs()
-        boxes = part_boxes(torch.from_numpy(np.stack([p["lm68"] for p in pairs])), face_size=self.cfg.face_size)
-        restored = self.restore_eval(to_unit_range([p["lq"] for p in pairs]), boxes)
-        images = ((restored + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        rows = metric_rows(list(images), pairs, encoder=self._encoder)
+        rows = metric_rows(list(restore_pairs(self.restore_eval, pairs)), pairs, encoder=self._encoder)
         return ({f"val_{k}": v for k, v in aggregate(rows).items()} |
                 {f"bicubic_{k}": v for k, v in aggregate(bicubic).items()})
 

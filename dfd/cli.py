@@ -144,15 +144,24 @@ def worse_than_bicubic_warning(weights: str | None, validation: dict | None = No
 
 
 def _report(summary, label: str, output: str) -> None:
+    from dfdcore.manifest import printable
+
     click.echo("")
     click.echo(f"  model      {label}")
-    click.echo(f"  images     {summary.images}: {summary.restored} restored, {summary.no_face} without a face, "
-               f"{summary.skipped} already done, {summary.failed} failed")
+    click.echo(f"  files      {summary.images}: {summary.restored} restored, {summary.no_face} without a face, "
+               f"{summary.skipped} already done, {summary.not_read} not images (skipped), {summary.failed} failed")
+    if summary.excluded:
+        click.echo(f"  left out   {summary.excluded} files of the output itself (it lies inside an input)")
     click.echo(f"  faces      {summary.faces} in {summary.seconds:.1f} s")
     for uri, reason in summary.failures[:20]:
-        click.echo(f"  failed     {uri}: {reason}")
+        click.echo(f"  failed     {printable(uri)}: {printable(str(reason))}")
     if len(summary.failures) > 20:
         click.echo(f"  ...        and {len(summary.failures) - 20} more (see the manifest)")
+    if summary.storage_error:
+        click.echo(f"  STOPPED    {printable(summary.storage_error)}", err=True)
+    if summary.unrecorded:
+        click.echo(f"  WARNING    {summary.unrecorded} rows could not be recorded in the manifest; a rerun redoes "
+                   f"those images", err=True)
     click.echo(f"  results    {output.rstrip('/')}/restored_imgs/   manifest {output.rstrip('/')}/manifest.parquet")
 
 
@@ -182,12 +191,14 @@ def _report(summary, label: str, output: str) -> None:
 @click.option("--cmp", is_flag=True, help="Also write cmp/: input | output side by side.")
 @click.option("--force", is_flag=True, help="Redo images already in the manifest with the same content and config.")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some images failed.")
-@click.option("--max-pixels", default=178_956_970, show_default=True,
-              help="Refuse larger images (decompression-bomb guard).")
+@click.option("--max-pixels", type=int, default=None,
+              help="Refuse larger images (width × height) before decoding them. Default: what half of this machine's "
+                   "memory holds at this --upscale (about 45 + 48·upscale² bytes per pixel; see the summary).")
+@click.option("--max-bytes", default=512 * 2**20, show_default=True, help="Refuse larger input files.")
 @model_options
 def restore(inputs, output, model_name, upscale, only_largest, only_center, min_face, upsample, detector, min_score,
-            batch_size, workers, ext, suffix, save_faces, cmp, force, allow_failures, max_pixels, weights, dictionary,
-            random_weights, k, seed, face_size, ngf, device, dict_dtype, fidelity) -> None:
+            batch_size, workers, ext, suffix, save_faces, cmp, force, allow_failures, max_pixels, max_bytes, weights,
+            dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype, fidelity) -> None:
     """Restore every face in photographs and paste it back.
 
     INPUTS are files, folders (recursive), globs or fsspec URLs (s3://bucket/prefix). Restored images keep their
@@ -201,9 +212,11 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     from dfdcore.io.storage import list_images
     from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
 
+    from dfdcore.bulk import OutputStorageError
+
     _use_all_cores()
     try:
-        sources = list_images(list(inputs))
+        sources = list_images(list(inputs), with_others=True)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
     clashes = _relpath_clashes(sources)
@@ -215,25 +228,29 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
                              suffix=suffix)
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype,
                      fidelity)
-    run_options = dict(force=force, save_faces=save_faces, cmp=cmp, max_pixels=max_pixels)
+    run_options = dict(force=force, save_faces=save_faces, cmp=cmp, max_pixels=max_pixels, max_bytes=max_bytes)
     warning = worse_than_bicubic_warning(weights)
     if warning:
         click.echo(f"  warning    {warning}", err=True)
-    with tqdm(total=len(sources), desc="restore", unit="image") as bar:
-        if workers > 0:
-            from tasks.restore import restore_parallel
+    with tqdm(total=len(sources), desc="restore", unit="file") as bar:
+        try:
+            if workers > 0:
+                from tasks.restore import restore_parallel
 
-            _check_spec(spec)  # before starting workers
-            summary = restore_parallel(sources, output, spec, options, workers=workers, batch_size=batch_size,
-                                       on_image=lambda: bar.update(1), **run_options)
-        else:
-            restorer = Restorer(_build_model(spec), options, batch_size=batch_size, device=resolve_device(device))
-            summary = restore_sources(sources, output, restorer, on_image=lambda: bar.update(1), **run_options)
+                _check_spec(spec)  # before starting workers
+                summary = restore_parallel(sources, output, spec, options, workers=workers, batch_size=batch_size,
+                                           on_image=lambda: bar.update(1), **run_options)
+            else:
+                restorer = Restorer(_build_model(spec), options, batch_size=batch_size,
+                                    device=resolve_device(device))
+                summary = restore_sources(sources, output, restorer, on_image=lambda: bar.update(1), **run_options)
+        except (OutputStorageError, ValueError) as exc:  # unwritable output, unreadable manifest, name clash
+            raise click.ClickException(str(exc)) from exc
     _report(summary, "RANDOM WEIGHTS (not a restoration)" if random_weights and model_name == "dfdnet"
             else model_name, output)
     if warning:
         click.echo(f"  warning    {warning}")
-    if summary.failed and not allow_failures:
+    if summary.storage_error or summary.unrecorded or (summary.failed and not allow_failures):
         sys.exit(1)
 
 

@@ -2,13 +2,17 @@
 
 Layout under OUT: ``restored_imgs/<relpath>``, optionally ``cropped_faces/`` and ``restored_faces/``
 (``<relpath stem>_<face>.png``) and ``cmp/<relpath>.png`` (input | output), and ``manifest.parquet`` with one row
-per input image. Each output is written atomically; the manifest is rewritten (atomically) every few images and at
-the end, so a killed run loses at most those few rows and a rerun redoes only them.
+per input file (see ``manifest``). Before any work, ``plan_outputs`` leaves out the output's own files (an output
+inside or equal to an input folder) and gives inputs that would share an output name distinct names. Each output
+is written atomically; rows are appended to the manifest every few images, so a killed run loses at most those
+rows and a rerun redoes only them. A full or read-only output ends the run at once, every remaining input a row.
 """
 from __future__ import annotations
 
+import errno
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
@@ -16,30 +20,201 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from .face.pipeline import to_photo_points
+from .io.atomic import remove_stale_parts
 from .io.images import encode_image
-from .io.storage import Source, join_uri, read_bytes, write_bytes_atomic
-from .manifest import is_current, merge_rows, read_manifest, sha256_bytes, write_manifest
-from .restore import (ImageResult, Restorer, decode_or_error, encode_result, model_identity, model_label,
-                      output_name)
+from .io.storage import (DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, Source, UnreadableInput, is_local, join_uri,
+                         read_input, write_bytes_atomic)
+from .manifest import append_rows, compact, is_current, printable, read_manifest, sha256_bytes
+from .plan import MANIFEST_NAME, OUTPUT_FOLDERS, plan_outputs
+from .restore import ImageResult, Restorer, decode_or_error, encode_result, model_identity, model_label, output_name
 from .viz import side_by_side
 
-MANIFEST_NAME = "manifest.parquet"
-DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit
+__all__ = ["BulkSummary", "MANIFEST_NAME", "OUTPUT_FOLDERS", "OutputStorageError", "restore_sources"]
+
+# Errors of the output's storage that every later write would meet too: stop, don't spend hours restoring.
+_FATAL_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+COMPACT_EVERY_PARTS = 32
+
+
+class OutputStorageError(OSError):
+    """The output cannot be written (full, read-only, no permission): the run stops, saying so."""
 
 
 @dataclass
 class BulkSummary:
-    """What a run did; ``rows`` are its manifest rows (skipped images keep their old row)."""
+    """What a run did; ``rows`` are its manifest rows (skipped-as-current images keep their old row)."""
 
     images: int = 0
     restored: int = 0
     no_face: int = 0
-    skipped: int = 0
+    skipped: int = 0           # unchanged since the last run: not redone
+    not_read: int = 0          # listed but not read (not an image name, a FIFO, ...): rows with the reason
     failed: int = 0
     faces: int = 0
+    excluded: int = 0          # files of the output itself found among the inputs, left out
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
+    storage_error: str | None = None  # why the run stopped early, or why rows could not be recorded
+    unrecorded: int = 0        # rows that could not be appended to the manifest (their images are redone)
+
+    def add(self, other: BulkSummary) -> None:
+        """Fold a chunk's summary into this one (counts, failures, rows; the first storage error is kept)."""
+        for name in ("restored", "no_face", "skipped", "not_read", "failed", "faces", "unrecorded"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures += other.failures
+        self.rows += other.rows
+        self.storage_error = self.storage_error or other.storage_error
+
+
+def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, force: bool = False,
+                    save_faces: bool = False, cmp: bool = False, max_pixels: int | None = None,
+                    max_bytes: int = DEFAULT_MAX_BYTES, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+                    on_image: Callable[[], None] | None = None, flush_every: int = 8, flush_seconds: float = 5.0,
+                    previous: Mapping[str, Mapping] | None = None, record: bool = True) -> BulkSummary:
+    """Restore every source not already done with the same content and configuration (unless ``force``).
+
+    ``max_pixels``: refuse larger images before decoding (default: ``memory.default_max_pixels``).
+    ``previous``: manifest rows to decide what is current (default: read from OUT). With ``record=False`` nothing
+    is appended to the manifest: the rows are returned for the caller to record — how parallel workers share one.
+    """
+    from .memory import default_max_pixels
+
+    started = time.perf_counter()
+    manifest_uri = join_uri(out, MANIFEST_NAME)
+    if record:
+        check_writable(out)
+    sources, excluded = plan_outputs(sources, out)
+    old_rows = read_manifest(manifest_uri) if previous is None else previous
+    max_pixels = max_pixels or default_max_pixels(restorer.options.upscale)
+    identity = model_identity(restorer.model)
+    config_hash = restorer.options.config_hash(identity)
+    summary = BulkSummary(images=len(sources), excluded=len(excluded))
+    pending: list[dict] = []
+    last_flush = time.monotonic()
+    parts_since_compaction = 0
+
+    def flush(final: bool = False) -> None:
+        nonlocal last_flush, parts_since_compaction
+        if not record or not pending:
+            return
+        try:
+            append_rows(manifest_uri, pending)
+        except OSError as exc:  # the rows stay pending: the next flush tries again
+            if final:
+                summary.unrecorded = len(pending)
+                summary.storage_error = summary.storage_error or f"cannot record rows in {manifest_uri}: {exc}"
+            return
+        pending.clear()
+        last_flush = time.monotonic()
+        parts_since_compaction += 1
+        if parts_since_compaction >= COMPACT_EVERY_PARTS:
+            compact(manifest_uri)
+            parts_since_compaction = 0
+
+    def row(source: Source, digest: str | None, status: str, error: str | None, **extra) -> dict:
+        record_ = {"source_uri": source.uri, "relpath": source.relpath, "content_sha256": digest,
+                   "status": status, "error": error, "n_faces": 0, "faces": [], "outputs": [],
+                   "model_id": _stable_json(identity), "random_weights": bool(identity.get("random_weights", False)),
+                   "config_hash": config_hash, "updated_at": datetime.now(timezone.utc)}
+        record_.update(extra)
+        return record_
+
+    def finish(record_: dict) -> None:
+        summary.rows.append(record_)
+        pending.append(record_)
+        if record_["status"] == "failed":
+            summary.failed += 1
+            summary.failures.append((record_["source_uri"], record_["error"]))
+        summary.not_read += record_["status"] == "skipped"
+        if on_image:
+            on_image()
+        if len(pending) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
+            flush()
+
+    def decoded():
+        for source in sources:
+            if summary.storage_error:
+                finish(row(source, None, "failed", f"not attempted: {summary.storage_error}"))
+                continue
+            if source.skip:
+                finish(row(source, None, "skipped", source.skip))
+                continue
+            t0 = time.perf_counter()
+            try:
+                data = read_input(source.uri, max_bytes, read_timeout_s)
+            except UnreadableInput as exc:
+                finish(row(source, None, "skipped" if exc.skipped else "failed", f"{exc.reason}: {exc.detail}"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - unreadable object: a row, not a crash
+                finish(row(source, None, "failed", f"cannot read: {printable(str(exc))}"))
+                continue
+            digest = sha256_bytes(data)
+            if not force and is_current(old_rows.get(source.uri), digest, config_hash):
+                summary.skipped += 1
+                if on_image:
+                    on_image()
+                continue
+            image = decode_or_error(data, source.relpath, max_pixels)
+            if isinstance(image, Exception):
+                finish(row(source, digest, "failed", printable(str(image))))
+                continue
+            yield (source, digest, image, time.perf_counter() - t0), image
+
+    for (source, digest, image, decode_seconds), result in restorer.restore_images(decoded()):
+        if isinstance(result, Exception):
+            finish(row(source, digest, "failed", printable(f"{type(result).__name__}: {result}")))
+            continue
+        t0 = time.perf_counter()
+        try:
+            outputs = _write_outputs(out, source, image, result, restorer, identity, save_faces, cmp)
+        except OSError as exc:
+            if exc.errno in _FATAL_STORAGE_ERRNOS or isinstance(exc, PermissionError):
+                summary.storage_error = f"output storage {out} refused a write: {exc.strerror or exc}"
+            finish(row(source, digest, "failed", f"cannot write output: {printable(str(exc))}"))
+            continue
+        except Exception as exc:  # noqa: BLE001
+            finish(row(source, digest, "failed", f"cannot write output: {printable(str(exc))}"))
+            continue
+        n_faces = len(result.faces)
+        summary.faces += n_faces
+        summary.restored += bool(n_faces)
+        summary.no_face += not n_faces
+        seconds = dict(result.seconds, decode=decode_seconds, write=time.perf_counter() - t0)
+        seconds["total"] = sum(seconds.values())
+        note = f"first of {image.frames} frames restored" if image.frames > 1 else None
+        finish(row(source, digest, "ok" if n_faces else "no_face", None if n_faces else "no face found",
+                   note=note, n_faces=n_faces, faces=[_face_record(f) for f in result.faces], outputs=outputs,
+                   seconds={k: float(seconds.get(k, 0.0))
+                            for k in ("decode", "detect", "restore", "paste", "write", "total")}))
+
+    flush(final=True)
+    if record:
+        _compact_quietly(manifest_uri)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def check_writable(out: str) -> None:
+    """Fail before any work when ``out`` cannot be written; tidy up ``.part`` files a killed run left there."""
+    probe = join_uri(out, f".dfd-write-probe-{time.time_ns()}")
+    try:
+        write_bytes_atomic(probe, b"")
+        from .io.storage import filesystem_for
+
+        fs, path = filesystem_for(probe)
+        fs.rm_file(path)
+    except OSError as exc:
+        raise OutputStorageError(exc.errno, f"cannot write to the output {out}: {exc.strerror or exc}") from exc
+    if is_local(out):
+        remove_stale_parts(out)
+
+
+def _compact_quietly(manifest_uri: str) -> None:
+    try:
+        compact(manifest_uri)
+    except OSError:
+        pass  # the parts are all there; the next run compacts
 
 
 def _face_record(face) -> dict:
@@ -48,101 +223,18 @@ def _face_record(face) -> dict:
             "lm68": [float(v) for v in to_photo_points(face.matrix, face.landmarks68).reshape(-1)]}
 
 
-def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, force: bool = False,
-                    save_faces: bool = False, cmp: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    on_image: Callable[[], None] | None = None, flush_every: int = 16,
-                    write_manifest_file: bool = True) -> BulkSummary:
-    """Restore every source not already done with the same content and configuration (unless ``force``).
-
-    With ``write_manifest_file=False`` the manifest is only read (to skip finished images) and the new rows are
-    returned in the summary for the caller to merge — how parallel workers share one manifest.
-    """
-    started = time.perf_counter()
-    manifest_uri = join_uri(out, MANIFEST_NAME)
-    old_rows = read_manifest(manifest_uri)
-    identity = model_identity(restorer.model)
-    config_hash = restorer.options.config_hash(identity)
-    summary = BulkSummary(images=len(sources))
-    new_rows: list[dict] = []
-
-    def row(source: Source, digest: str, status: str, error: str | None, **extra) -> dict:
-        record = {"source_uri": source.uri, "relpath": source.relpath, "content_sha256": digest, "status": status,
-                  "error": error, "n_faces": 0, "faces": [], "outputs": [], "model_id": _stable_json(identity),
-                  "random_weights": bool(identity.get("random_weights", False)), "config_hash": config_hash,
-                  "updated_at": datetime.now(timezone.utc)}
-        record.update(extra)
-        return record
-
-    def finish(record: dict) -> None:
-        new_rows.append(record)
-        if record["status"] == "failed":
-            summary.failed += 1
-            summary.failures.append((record["source_uri"], record["error"]))
-        if on_image:
-            on_image()
-        if write_manifest_file and len(new_rows) % flush_every == 0:
-            write_manifest(manifest_uri, merge_rows(old_rows, new_rows))
-
-    def decoded():
-        for source in sources:
-            t0 = time.perf_counter()
-            try:
-                data = read_bytes(source.uri)
-            except Exception as exc:  # noqa: BLE001 - unreadable object: a row, not a crash
-                finish(row(source, "", "failed", f"cannot read: {exc}"))
-                continue
-            digest = sha256_bytes(data)
-            previous = old_rows.get(source.uri)
-            if not force and previous is not None and is_current(previous, digest, config_hash):
-                summary.skipped += 1
-                if on_image:
-                    on_image()
-                continue
-            image = decode_or_error(data, source.relpath, max_pixels)
-            if isinstance(image, Exception):
-                finish(row(source, digest, "failed", str(image)))
-                continue
-            yield (source, digest, image, time.perf_counter() - t0), image
-
-    for (source, digest, image, decode_seconds), result in restorer.restore_images(decoded()):
-        if isinstance(result, Exception):
-            finish(row(source, digest, "failed", f"{type(result).__name__}: {result}"))
-            continue
-        try:
-            outputs = _write_outputs(out, source, image, result, restorer, identity, save_faces, cmp)
-        except Exception as exc:  # noqa: BLE001
-            finish(row(source, digest, "failed", f"cannot write output: {exc}"))
-            continue
-        n_faces = len(result.faces)
-        summary.faces += n_faces
-        summary.restored += bool(n_faces)
-        summary.no_face += not n_faces
-        seconds = dict(result.seconds, decode=decode_seconds)
-        finish(row(source, digest, "ok" if n_faces else "no_face", None if n_faces else "no face found",
-                   n_faces=n_faces, faces=[_face_record(f) for f in result.faces], outputs=outputs,
-                   seconds={k: float(seconds.get(k, 0.0)) for k in ("decode", "detect", "restore", "paste")}))
-
-    if write_manifest_file:
-        write_manifest(manifest_uri, merge_rows(old_rows, new_rows))
-    summary.rows = new_rows
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
 def _stable_json(value: dict) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True, default=str)
 
 
 def _write_outputs(out: str, source: Source, image, result: ImageResult, restorer: Restorer, identity: dict,
                    save_faces: bool, cmp: bool) -> list[str]:
     label = model_label(identity)
-    text = {"dfd:model": _stable_json(identity), "dfd:label": str(label), "dfd:source": source.uri}
-    name = output_name(source.relpath, image, restorer.options)
+    text = {"dfd:model": _stable_json(identity), "dfd:label": str(label), "dfd:source": printable(source.uri)}
+    stem = source.stem or str(PurePosixPath(source.relpath).with_suffix(""))
+    name = output_name(stem, image, restorer.options)
     outputs = [join_uri(out, f"restored_imgs/{name}")]
     write_bytes_atomic(outputs[0], encode_result(result, image, name, text))
-    stem = str(PurePosixPath(source.relpath).with_suffix(""))
     if save_faces:
         for i, (face, restored) in enumerate(zip(result.faces, result.restored_faces)):
             for folder, pixels in (("cropped_faces", face.image), ("restored_faces", restored)):

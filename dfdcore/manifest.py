@@ -1,21 +1,35 @@
-"""The run manifest: one Parquet row per input image, saying what was done to it, with what, and how it went.
+"""The run manifest: one Parquet row per input file, saying what was done to it, with what, and how it went.
+
+``OUT/manifest.parquet`` is a folder of Parquet parts (the layout Spark and ``pyarrow.dataset`` use): each batch of
+finished images appends a part of its own rows, so recording costs what the batch costs, two runs writing into one
+output never overwrite each other's rows, and a killed run loses only rows not yet appended. ``compact`` merges
+parts into one; it writes the merged part before deleting what it merged, so concurrent compactions lose nothing.
+Readers take, per source_uri, the row with the latest ``updated_at``: ``read_manifest`` here, or any Parquet
+reader (``pyarrow.dataset.dataset(OUT/manifest.parquet)``, DuckDB ``read_parquet('OUT/manifest.parquet/*')``,
+``pandas.read_parquet``) followed by that de-duplication (after ``compact`` there is one row per source).
+A single-file manifest of an earlier dfd is read as it is and becomes a part on the next write.
 
 Reruns read it to skip images whose content and configuration are unchanged (``is_current``). Rows are plain dicts
 keyed by column name; ``COLUMNS`` below is the schema and documents every column (the docs travel in the Parquet
-file's field metadata too).
+file's field metadata too). File names that are not UTF-8 (bytes smuggled into ``str`` by Python's
+surrogateescape) are stored percent-encoded with ``names_escaped`` set and come back exactly.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
+import posixpath
+import urllib.parse
+import uuid
 from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io.storage import exists, read_bytes, write_bytes_atomic
+from .io.storage import filesystem_for, is_local, join_uri, read_bytes, write_bytes_atomic
 
-STATUSES = ("ok", "failed", "no_face")
+STATUSES = ("ok", "failed", "no_face", "skipped")
 
 # Coordinate lists are variable-size Arrow lists with their lengths checked by ``normalise_row``: pyarrow 25
 # cannot read back a nullable fixed-size list nested in a list of structs from Parquet ("Expected all lists to be
@@ -35,8 +49,10 @@ FACE_TYPE = pa.struct([
 SECONDS_TYPE = pa.struct([pa.field(name, pa.float32(), nullable=True, metadata={"doc": doc}) for name, doc in (
     ("decode", "reading and decoding the input"),
     ("detect", "face detection and alignment"),
-    ("restore", "the network and pasting faces back"),
-    ("total", "everything for this image, writing outputs included"),
+    ("restore", "the network (this image's share of its batch)"),
+    ("paste", "pasting the restored faces back into the upscaled photograph"),
+    ("write", "encoding and writing the outputs"),
+    ("total", "everything for this image"),
 )])
 
 # name → (type, nullable, doc): the one definition of the manifest's columns.
@@ -44,8 +60,10 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
     "source_uri": (pa.string(), False, "where the input was read from (absolute local path or URL); the row key"),
     "relpath": (pa.string(), False, "input path below the INPUT it was found under; outputs mirror it"),
     "content_sha256": (pa.string(), True, "hex SHA-256 of the input bytes; null when they could not be read"),
-    "status": (pa.string(), False, "'ok', 'failed' (see error) or 'no_face' (decoded, no face found)"),
-    "error": (pa.string(), True, "why the image failed ('reason: detail'); null unless status is 'failed'"),
+    "status": (pa.string(), False, "'ok', 'failed' (see error), 'no_face' (decoded, no face found) or 'skipped' "
+                                   "(not read: not an image name, a FIFO or device, ...; see error)"),
+    "error": (pa.string(), True, "why the file failed or was skipped ('reason: detail'); null for ok rows"),
+    "note": (pa.string(), True, "what to know about a finished row (e.g. 'first of 5 frames restored')"),
     "n_faces": (pa.int32(), False, "number of faces restored (length of faces)"),
     "faces": (pa.list_(pa.field("item", FACE_TYPE, nullable=False)), False, "per-face detection results"),
     "outputs": (pa.list_(pa.string()), False, "URIs of the files written for this image"),
@@ -53,14 +71,20 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
     "random_weights": (pa.bool_(), False, "whether the network ran with random, untrained weights"),
     "config_hash": (pa.string(), True, "hash of every setting that changes outputs; a change means redo"),
     "seconds": (SECONDS_TYPE, True, "wall-clock seconds per stage"),
-    "updated_at": (pa.timestamp("us", tz="UTC"), False, "when this row was written"),
+    "updated_at": (pa.timestamp("us", tz="UTC"), False, "when this row was written; the latest row of a "
+                                                        "source_uri is the one that counts"),
+    "names_escaped": (pa.bool_(), False, "source_uri, relpath and outputs are percent-encoded bytes (a file "
+                                         "name that is not UTF-8); read_manifest decodes them"),
 }
+_NAME_COLUMNS = ("source_uri", "relpath")
+_TEXT_COLUMNS = ("error", "note", "model_id")
+PART_PREFIX = "part-"
 
 SCHEMA = pa.schema([pa.field(name, kind, nullable=nullable, metadata={"doc": doc})
                     for name, (kind, nullable, doc) in COLUMNS.items()])
 
 _REQUIRED = ("source_uri", "relpath", "status")
-_DEFAULTS = {"n_faces": None, "faces": (), "outputs": (), "random_weights": False}
+_DEFAULTS = {"n_faces": None, "faces": (), "outputs": (), "random_weights": False, "names_escaped": False}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -103,31 +127,168 @@ def _check_face(face: Mapping[str, object], index: int, source_uri: str) -> None
 
 
 def rows_to_table(rows: Iterable[Mapping[str, object]]) -> pa.Table:
-    """Rows → Arrow table in SCHEMA, sorted by source_uri."""
-    ordered = sorted((normalise_row(row) for row in rows), key=lambda row: row["source_uri"])
+    """Rows → Arrow table in SCHEMA, sorted by source_uri, names that are not UTF-8 escaped."""
+    ordered = sorted((_encode_names(normalise_row(row)) for row in rows), key=lambda row: row["source_uri"])
     return pa.Table.from_pylist(ordered, schema=SCHEMA)
 
 
-def write_manifest(uri: str, rows: Iterable[Mapping[str, object]] | Mapping[str, Mapping[str, object]]) -> None:
-    """Write ``rows`` (a list of rows, or the dict ``read_manifest`` gives) as Parquet at ``uri``, atomically."""
-    values = rows.values() if isinstance(rows, Mapping) else rows
+def printable(text: str) -> str:
+    """``text`` safe to print or store as UTF-8: bytes that are not UTF-8 shown as \\xNN (lossy; for messages)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escape(text: str) -> str:
+    return urllib.parse.quote(text.encode("utf-8", "surrogateescape"), safe="/:")
+
+
+def _unescape(text: str) -> str:
+    return urllib.parse.unquote_to_bytes(text).decode("utf-8", "surrogateescape")
+
+
+def _encode_names(row: dict[str, object]) -> dict[str, object]:
+    for name in _TEXT_COLUMNS:
+        if isinstance(row[name], str):
+            row[name] = printable(row[name])
+    names = [row[name] for name in _NAME_COLUMNS] + list(row["outputs"])
+    if all(_is_utf8(str(name)) for name in names):
+        return row
+    row.update({name: _escape(str(row[name])) for name in _NAME_COLUMNS}, names_escaped=True,
+               outputs=[_escape(str(uri)) for uri in row["outputs"]])
+    return row
+
+
+def _decode_names(row: dict[str, object]) -> dict[str, object]:
+    if row.get("names_escaped"):
+        row.update({name: _unescape(str(row[name])) for name in _NAME_COLUMNS},
+                   outputs=[_unescape(str(uri)) for uri in row["outputs"] or ()])
+    row.pop("names_escaped", None)
+    return row
+
+
+def append_rows(uri: str, rows: Iterable[Mapping[str, object]]) -> str | None:
+    """Record ``rows`` in the manifest at ``uri`` as a new part; returns the part's URI (None for no rows).
+    Costs what the rows cost, whatever the manifest's size."""
+    table = rows_to_table(rows)
+    if not table.num_rows:
+        return None
+    _migrate_single_file(uri)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    part = join_uri(uri, f"{PART_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}.parquet")
     sink = pa.BufferOutputStream()
-    pq.write_table(rows_to_table(values), sink, compression="zstd")
-    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomic(part, sink.getvalue().to_pybytes())
+    return part
+
+
+def write_manifest(uri: str, rows: Iterable[Mapping[str, object]] | Mapping[str, Mapping[str, object]]) -> None:
+    """Make ``rows`` (a list of rows, or the dict ``read_manifest`` gives) the whole manifest at ``uri``."""
+    values = list(rows.values() if isinstance(rows, Mapping) else rows)
+    table = rows_to_table(values)  # checks every row before anything is touched
+    before = _parts(uri)
+    if table.num_rows:
+        append_rows(uri, values)
+    _delete(before)
 
 
 def read_manifest(uri: str) -> dict[str, dict[str, object]]:
-    """The manifest at ``uri`` as {source_uri: row}; empty when there is none yet. Columns a writer of an older
-    schema did not have come back as None; ValueError when the file is not a readable manifest."""
-    if not exists(uri):
-        return {}
+    """The manifest at ``uri`` as {source_uri: latest row}; empty when there is none yet. Columns a writer of an
+    older schema did not have come back as None; ValueError naming the part when one is not readable."""
+    for _ in range(8):  # a part deleted between listing and reading was compacted: list again
+        try:
+            return _latest(_read_part(part) for part in _parts(uri))
+        except FileNotFoundError:
+            continue
+    raise ValueError(f"{uri}: parts keep disappearing while being read (another process compacting?); retry")
+
+
+def compact(uri: str, min_parts: int = 2) -> int:
+    """Merge the manifest's parts into one when there are at least ``min_parts``; returns how many were merged.
+    Safe beside writers and other compactions: the merged part is written before the merged ones are deleted."""
+    parts = _parts(uri)
+    if len(parts) < min_parts:
+        return 0
     try:
-        table = pq.read_table(pa.BufferReader(read_bytes(uri)))
+        rows = _latest(_read_part(part) for part in parts)
+    except FileNotFoundError:
+        return 0  # another process is compacting these
+    append_rows(uri, rows.values())
+    _delete(parts)
+    return len(parts)
+
+
+def manifest_parts(uri: str) -> list[str]:
+    """The URIs of the manifest's files (its parts, or the single file of an earlier dfd), oldest first."""
+    return _parts(uri)
+
+
+def _parts(uri: str) -> list[str]:
+    fs, path = filesystem_for(uri)
+    path = path.rstrip("/")
+    found = [path] if fs.isfile(path) else []
+    if fs.isdir(path):
+        names = [p for p in fs.find(path) if p.startswith(path + "/")]
+        found += sorted(p for p in names if posixpath.basename(p).startswith(PART_PREFIX) and p.endswith(".parquet"))
+    return [_uri_of(uri, fs, p) for p in found]
+
+
+def _uri_of(uri: str, fs, path: str) -> str:
+    return os.path.abspath(path) if is_local(uri) else fs.unstrip_protocol(path)
+
+
+def _read_part(part: str) -> list[dict[str, object]]:
+    data = read_bytes(part)  # FileNotFoundError: compacted away meanwhile
+    try:
+        table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{uri}: not a readable manifest (Parquet: {exc})") from exc
+        raise ValueError(f"{part}: not a readable manifest (Parquet: {exc}). Move it aside or delete it: the "
+                         f"images it recorded are then redone by the next run") from exc
     if "source_uri" not in table.column_names:
-        raise ValueError(f"{uri}: not a manifest (no source_uri column; columns {table.column_names})")
-    return {row["source_uri"]: {name: row.get(name) for name in COLUMNS} for row in table.to_pylist()}
+        raise ValueError(f"{part}: not a manifest (no source_uri column; columns {table.column_names}). Move it "
+                         f"aside or delete it: the images it recorded are then redone by the next run")
+    return [_decode_names({name: row.get(name) for name in COLUMNS}) for row in table.to_pylist()]
+
+
+def _latest(parts: Iterable[list[dict[str, object]]]) -> dict[str, dict[str, object]]:
+    latest: dict[str, dict[str, object]] = {}
+    for rows in parts:
+        for row in rows:
+            key = str(row["source_uri"])
+            held = latest.get(key)
+            if held is None or _stamp(row) >= _stamp(held):
+                latest[key] = row
+    return dict(sorted(latest.items()))
+
+
+def _stamp(row: Mapping[str, object]) -> dt.datetime:
+    return row.get("updated_at") or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
+def _delete(uris: Iterable[str]) -> None:
+    for part in uris:
+        fs, path = filesystem_for(part)
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+
+def _migrate_single_file(uri: str) -> None:
+    """An earlier dfd's single-file manifest becomes the first part of the folder (locally a file and a folder
+    cannot share the name; object stores hold both, and the file is merged away by the next compaction)."""
+    if not is_local(uri) or not os.path.isfile(uri):
+        return
+    aside = f"{uri}.{uuid.uuid4().hex[:8]}.old"
+    os.replace(uri, aside)
+    os.makedirs(uri, exist_ok=True)
+    os.replace(aside, join_uri(uri, f"{PART_PREFIX}00000000T000000000000-single-file.parquet"))
 
 
 def merge_rows(old: Mapping[str, Mapping[str, object]],

@@ -227,14 +227,14 @@ class Restorer:
             yield key, result
 
 
-def output_name(relpath: str, image: DecodedImage, options: RestoreOptions) -> str:
-    """Relative output path: the input's relative path with the chosen extension and suffix."""
-    path = PurePosixPath(relpath)
+def output_name(stem: str, image: DecodedImage, options: RestoreOptions) -> str:
+    """Relative output path: ``stem`` (the input's relative path without extension, see ``plan``) with the
+    suffix and the chosen extension."""
     if options.ext == "auto":
         ext = ".jpg" if image.format == "JPEG" and image.alpha is None and image.bit_depth == 8 else ".png"
     else:
         ext = "." + options.ext.lstrip(".").replace("jpeg", "jpg")
-    return str(path.with_name(f"{path.stem}{options.suffix}{ext}"))
+    return f"{stem}{options.suffix}{ext}"
 
 
 def encode_result(result: ImageResult, image: DecodedImage, name: str, text: dict[str, str]) -> bytes:

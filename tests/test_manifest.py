@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dfdcore.io import join_uri, read_bytes, write_bytes_atomic
-from dfdcore.manifest import (COLUMNS, SCHEMA, is_current, merge_rows, read_manifest, sha256_bytes,
+from dfdcore.manifest import (COLUMNS, SCHEMA, is_current, manifest_parts, merge_rows, read_manifest, sha256_bytes,
                               write_manifest)
 
 from .s3server import create_bucket, s3_server  # noqa: F401  (fixture)
@@ -28,10 +28,12 @@ def _rows() -> list[dict]:
           "error": None, "n_faces": 2, "faces": [_face(0), {**_face(1), "lm68": None}],
           "outputs": ["/out/restored/a.png", "/out/compare/a.png"], "model_id": "dfdnet-test",
           "random_weights": True, "config_hash": "cfg1",
-          "seconds": {"decode": 0.25, "detect": 1.5, "restore": 2.0, "total": 4.0}, "updated_at": WHEN}
+          "seconds": {"decode": 0.25, "detect": 1.5, "restore": 2.0, "paste": 0.25, "write": 0.0, "total": 4.0},
+          "note": None, "updated_at": WHEN}
     failed = {"source_uri": "/in/bad.jpg", "relpath": "bad.jpg", "content_sha256": sha256_bytes(b"bad"),
               "status": "failed", "error": "truncated image: the file ends early", "model_id": "dfdnet-test",
-              "config_hash": "cfg1", "seconds": {"decode": 0.01, "detect": None, "restore": None, "total": 0.01},
+              "config_hash": "cfg1", "seconds": {"decode": 0.01, "detect": None, "restore": None, "paste": None,
+                                                 "write": None, "total": 0.01},
               "updated_at": WHEN}
     return [ok, failed]
 
@@ -53,7 +55,7 @@ def test_local_round_trip(tmp_path):
     failed = back["/in/bad.jpg"]
     assert failed["n_faces"] == 0 and failed["faces"] == [] and failed["outputs"] == []
     assert failed["random_weights"] is False and failed["error"].startswith("truncated image")
-    assert pq.read_schema(uri).equals(SCHEMA)
+    assert pq.read_table(uri).schema.equals(SCHEMA)  # the folder of parts reads as one dataset
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["manifest.parquet"]
 
 
@@ -94,7 +96,7 @@ def test_s3_round_trip(s3_server):
     write_manifest(uri, _rows())
     back = read_manifest(uri)
     assert back["/in/a.jpg"] == _rows()[0]
-    assert pq.read_table(pa.BufferReader(read_bytes(uri))).num_rows == 2
+    assert sum(pq.read_table(pa.BufferReader(read_bytes(p))).num_rows for p in manifest_parts(uri)) == 2
     write_manifest(uri, merge_rows(back, [{**_rows()[1], "status": "ok", "error": None}]))
     assert read_manifest(uri)["/in/bad.jpg"]["status"] == "ok"
 

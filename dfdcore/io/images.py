@@ -27,6 +27,8 @@ from .storage import is_local, read_bytes, write_bytes_atomic
 DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
 
 _EXIF_ORIENTATION = 0x0112
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
 _PARSE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, IndexError, KeyError,
                  TypeError)
 # Formats whose files can hold an alpha channel / 16-bit samples when we write them.
@@ -62,6 +64,7 @@ class DecodedImage:
     bit_depth: 8 or 16, the precision to write results back at.
     format: PIL's format name ("JPEG", "PNG", ...).
     size: (width, height).
+    frames: how many frames the file holds (animated/multi-page files: only the first is decoded).
     """
 
     rgb8: np.ndarray
@@ -71,6 +74,7 @@ class DecodedImage:
     bit_depth: int
     format: str
     size: tuple[int, int]
+    frames: int = 1
 
 
 def decode_image(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
@@ -92,6 +96,7 @@ def decode_image(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXE
     missing = _missing_end(data, fmt)
     if missing:
         raise ImageDecodeError("truncated image", missing, name)
+    frames = int(getattr(image, "n_frames", 1) or 1)
     wide_max, wide_grey = _wide_colour(image)  # before load(), which empties image.tile
     _load(image, name)
     orientation = _orientation(image)
@@ -106,7 +111,7 @@ def decode_image(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXE
     rgb8 = rgb if rgb.dtype == np.uint8 else np.rint(rgb * 255).astype(np.uint8)
     return DecodedImage(rgb8=np.ascontiguousarray(rgb8), rgb=_as_unit_float(rgb),
                         alpha=None if alpha is None else _as_unit_float(alpha), grey=grey, bit_depth=bit_depth,
-                        format=fmt, size=(rgb.shape[1], rgb.shape[0]))
+                        format=fmt, size=(rgb.shape[1], rgb.shape[0]), frames=frames)
 
 
 def encode_image(rgb: np.ndarray, *, alpha: np.ndarray | None = None, grey: bool = False, bit_depth: int = 8,
@@ -199,6 +204,10 @@ def _open(data: bytes, name: str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError("image too large", str(exc), name) from exc
     except UnidentifiedImageError as exc:
+        family = next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
+        if family:  # e.g. a PNG whose header checksum is wrong: PIL's plugins all decline it
+            raise ImageDecodeError("corrupt image", f"starts as a {family} file but no decoder accepts it "
+                                                    "(damaged header or checksum)", name) from exc
         raise ImageDecodeError("not an image", "no image format recognises these bytes", name) from exc
     except _PARSE_ERRORS as exc:
         reason = "truncated image" if "truncat" in str(exc).lower() else "corrupt image"

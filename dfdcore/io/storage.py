@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,25 @@ class Source:
 
     uri: str
     relpath: str
+    skip: str | None = None  # why a listed file is not read (not an image name, not a regular file, odd key)
+    stem: str | None = None  # output path without extension, when not relpath's (see bulk.plan_outputs)
+
+
+class UnreadableInput(OSError):
+    """An input that was not read: ``reason`` short and stable ("not a regular file", "file too large",
+    "read timed out"), ``detail`` says more. ``skipped`` inputs are not errors (a FIFO, a device)."""
+
+    def __init__(self, reason: str, detail: str, skipped: bool = False):
+        self.reason, self.detail, self.skipped = reason, detail, skipped
+        super().__init__(f"{reason} ({detail})")
+
+    def __reduce__(self):
+        return type(self), (self.reason, self.detail, self.skipped)
+
+
+DEFAULT_MAX_BYTES = 512 * 2**20      # no image we can restore in memory needs more
+DEFAULT_READ_TIMEOUT_S = 300.0       # per file: a stalled mount or a slow-drip server becomes a row, not a hang
+_READ_BLOCK = 4 * 2**20
 
 
 def storage_options_for(uri: str) -> dict[str, object]:
@@ -51,7 +72,8 @@ def storage_options_for(uri: str) -> dict[str, object]:
     return options
 
 
-def list_images(inputs: Sequence[str], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Source]:
+def list_images(inputs: Sequence[str], extensions: Iterable[str] = IMAGE_EXTENSIONS, *,
+                with_others: bool = False) -> list[Source]:
     """Expand inputs (files, folders, globs, fsspec URLs of files or prefixes) → Sources sorted by uri, each once.
 
     Folders and prefixes are searched recursively and globs expanded ("**" spans folders); from those only files
@@ -59,11 +81,15 @@ def list_images(inputs: Sequence[str], extensions: Iterable[str] = IMAGE_EXTENSI
     explicitly is always taken, whatever its extension: if it is not an image, decoding it fails later for that
     file alone. Raises FileNotFoundError for an input that names nothing, or a glob that matches no image.
     When one file is found under several inputs, the first input's relpath is kept.
+
+    ``with_others``: also list, with ``skip`` saying why, the other visible files of folders and prefixes (other
+    extensions, keys with empty/"."/".." segments) and explicitly named special files (FIFOs, devices), so that
+    every file a user pointed at is accounted for.
     """
     wanted = frozenset(ext.lower().lstrip(".") for ext in extensions)
     found: dict[str, Source] = {}
     for spec in inputs:
-        for source in _expand(str(spec), wanted):
+        for source in _expand(str(spec), wanted, with_others):
             found.setdefault(source.uri, source)
     return [found[uri] for uri in sorted(found)]
 
@@ -72,6 +98,78 @@ def read_bytes(uri: str) -> bytes:
     """The whole content of the file at ``uri``. FileNotFoundError when there is none."""
     fs, path = filesystem_for(uri)
     return fs.cat_file(path)
+
+
+def read_input(uri: str, max_bytes: int = DEFAULT_MAX_BYTES,
+               timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> bytes:
+    """The bytes of the regular file at ``uri``, at most ``max_bytes`` of them, read within ``timeout_s``.
+
+    Raises UnreadableInput for special files (FIFOs, devices, sockets — also behind symlinks: reading them would
+    block or never end), files over ``max_bytes`` and reads that take too long; FileNotFoundError when missing.
+    """
+    fs, path = filesystem_for(uri)
+    if isinstance(fs, LocalFileSystem):
+        return _read_local(path, max_bytes, timeout_s)
+    info = fs.info(path)
+    if info.get("type") != "file":
+        raise UnreadableInput("not a regular file", f"{info.get('type')}", skipped=True)
+    _check_size(info.get("size") or 0, max_bytes)
+    with fs.open(path, "rb") as handle:
+        return _read_blocks(handle.read, max_bytes, timeout_s)
+
+
+def special_file_kind(path: str) -> str | None:
+    """What a local path is when it is not a regular file or folder ("a FIFO", "a broken symbolic link", ...);
+    None for regular files, folders and paths that do not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if os.path.islink(path) else None
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _read_local(path: str, max_bytes: int, timeout_s: float) -> bytes:
+    kind = special_file_kind(path)
+    if kind == "a broken symbolic link":
+        raise FileNotFoundError(f"{path}: a broken symbolic link")
+    if kind:
+        raise UnreadableInput("not a regular file", kind, skipped=True)
+    # O_NONBLOCK: should the path become a FIFO between the check and the open, opening must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnreadableInput("not a regular file", "changed while being opened", skipped=True)
+        _check_size(os.fstat(fd).st_size, max_bytes)
+        return _read_blocks(handle.read, max_bytes, timeout_s)
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise UnreadableInput("file too large", f"{size} bytes, more than the limit of {max_bytes}")
+
+
+def _read_blocks(read, max_bytes: int, timeout_s: float) -> bytes:
+    deadline = time.monotonic() + timeout_s
+    blocks, total = [], 0
+    while True:
+        block = read(_READ_BLOCK)
+        if not block:
+            return b"".join(blocks)
+        blocks.append(block)
+        total += len(block)
+        if total > max_bytes:  # the file grew past its listed size
+            raise UnreadableInput("file too large", f"more than the limit of {max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise UnreadableInput("read timed out", f"{total} bytes in {timeout_s:.0f} s")
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
@@ -144,34 +242,50 @@ def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def _expand(spec: str, wanted: frozenset[str]) -> list[Source]:
+def _expand(spec: str, wanted: frozenset[str], with_others: bool) -> list[Source]:
     fs, path = filesystem_for(spec)
     path = path.rstrip("/") or path
     # A literal name wins over a glob reading of it: "photo [1].jpg" is a file, not a pattern.
     if fs.isfile(path):
         return [Source(_uri(fs, path), posixpath.basename(path))]
     if fs.isdir(path):
-        return _under(fs, path, fs.find(path), wanted)
+        return _under(fs, path, fs.find(path), wanted, with_others)
+    if isinstance(fs, LocalFileSystem) and os.path.lexists(path):
+        kind = special_file_kind(path)
+        if with_others:
+            return [Source(_uri(fs, path), posixpath.basename(path), skip=f"not a regular file: {kind}")]
+        raise FileNotFoundError(f"{spec}: not a regular file or folder ({kind})")
     if _GLOB_CHARS & set(path):
         root = _glob_root(path)
         matches = [match for match, info in fs.glob(path, detail=True).items() if info.get("type") == "file"]
-        sources = _under(fs, root, matches, wanted)
+        sources = _under(fs, root, matches, wanted, with_others)
         if not sources:
             raise FileNotFoundError(f"{spec}: the pattern matches no image files (extensions {sorted(wanted)})")
         return sources
     raise FileNotFoundError(f"{spec}: no such file or folder")
 
 
-def _under(fs: fsspec.AbstractFileSystem, root: str, paths: Iterable[str], wanted: frozenset[str]) -> list[Source]:
-    """Sources for the image files among ``paths`` (all below ``root``), relpaths taken from ``root``."""
+def _under(fs: fsspec.AbstractFileSystem, root: str, paths: Iterable[str], wanted: frozenset[str],
+           with_others: bool) -> list[Source]:
+    """Sources for the image files among ``paths`` (all below ``root``), relpaths taken from ``root``; with
+    ``with_others`` the other visible files too, each with its reason to be skipped."""
     sources = []
     prefix = root.rstrip("/") + "/"
     for path in paths:
         relpath = path[len(prefix):] if path.startswith(prefix) else posixpath.basename(path)
-        if any(part.startswith(".") for part in relpath.split("/")):
-            continue
-        if posixpath.splitext(relpath)[1].lower().lstrip(".") in wanted:
-            sources.append(Source(_uri(fs, path), relpath))
+        parts = relpath.split("/")
+        if any(part.startswith(".") and part not in (".", "..") for part in parts):
+            continue  # hidden files and folders (.DS_Store, .git, our own .part files)
+        ext = posixpath.splitext(relpath)[1].lower().lstrip(".")
+        if any(part in ("", ".", "..") for part in parts):
+            skip = "key has an empty, '.' or '..' segment: it cannot be mirrored inside the output"
+        elif ext not in wanted:
+            skip = (f"not an image file name ({'.' + ext if ext else 'no extension'}); images are "
+                    f"{', '.join('.' + e for e in sorted(wanted))}")
+        else:
+            skip = None
+        if skip is None or with_others:
+            sources.append(Source(_uri(fs, path), relpath, skip))
     return sources
 
 

@@ -1,37 +1,18 @@
-"""Generators in MLflow's model registry: a pyfunc model whose artifacts are the generator and its dictionary."""
+"""Generators in MLflow's model registry: a pyfunc model whose artifacts are the generator and its dictionary.
+
+The model is logged from code (flows/registry_model.py), so loading a registered version unpickles nothing."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import mlflow
-import numpy as np
-from mlflow.pyfunc import PythonModel
+
+from flows.registry_model import DFDNetModel  # noqa: F401  (re-exported: the model class, for callers and tests)
 
 DEFAULT_MODEL_NAME = "dfd-generator"
 PIP_REQUIREMENTS = ["dfd", "torch==2.14.1", "safetensors"]
-
-
-class DFDNetModel(PythonModel):
-    """Restores aligned faces: ``predict({"faces": (B, S, S, 3) uint8, "landmarks68": (B, 68, 2)})`` → (B, S, S, 3)
-    uint8. For whole photos, fetch the files with ``registered_files`` and use ``dfd restore --weights …``."""
-
-    def load_context(self, context) -> None:
-        from dfdcore.api import load_generator
-
-        self.generator = load_generator(context.artifacts["generator"], context.artifacts["dictionary"])
-
-    def predict(self, context, model_input, params=None):
-        import torch
-
-        from dfdcore.components import part_boxes
-        from dfdcore.faceset import to_unit_range
-
-        faces = np.asarray(model_input["faces"], dtype=np.uint8)
-        boxes = part_boxes(torch.as_tensor(np.asarray(model_input["landmarks68"], np.float64)),
-                           face_size=self.generator.config.face_size)
-        with torch.no_grad():
-            restored = self.generator(to_unit_range(list(faces)), boxes)
-        return ((restored.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+# Logged as "models from code": MLflow stores this file's source in the model (code/), not a pickle of the object.
+MODEL_CODE = Path(__file__).with_name("registry_model.py")
 
 
 def register_generator(generator: str | Path, dictionary: str | Path, name: str = DEFAULT_MODEL_NAME, *,
@@ -40,7 +21,7 @@ def register_generator(generator: str | Path, dictionary: str | Path, name: str 
 
     ``validation`` (``val_*`` and ``bicubic_*`` figures of the training's validation) becomes tags of the version,
     with ``beats_bicubic`` saying whether the model beat the bicubic baseline on ``best_metric``."""
-    info = mlflow.pyfunc.log_model(name="generator", python_model=DFDNetModel(),
+    info = mlflow.pyfunc.log_model(name="generator", python_model=str(MODEL_CODE),
                                    artifacts={"generator": str(generator), "dictionary": str(dictionary)},
                                    pip_requirements=PIP_REQUIREMENTS, registered_model_name=name)
     version = str(info.registered_model_version)

@@ -229,6 +229,12 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype,
                      fidelity)
     run_options = dict(force=force, save_faces=save_faces, cmp=cmp, max_pixels=max_pixels, max_bytes=max_bytes)
+    from dfdcore.bulk import check_writable
+
+    try:
+        check_writable(output)  # before loading a model or starting workers
+    except OutputStorageError as exc:
+        raise click.ClickException(str(exc)) from exc
     warning = worse_than_bicubic_warning(weights)
     if warning:
         click.echo(f"  warning    {warning}", err=True)

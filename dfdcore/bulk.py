@@ -25,7 +25,7 @@ from .io.images import encode_image
 from .io.storage import (DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, Source, UnreadableInput, is_local, join_uri,
                          read_input, write_bytes_atomic)
 from .manifest import append_rows, compact, is_current, printable, read_manifest, sha256_bytes
-from .plan import MANIFEST_NAME, OUTPUT_FOLDERS, plan_outputs
+from .plan import MANIFEST_NAME, OUTPUT_FOLDERS, check_left_out, plan_outputs
 from .restore import ImageResult, Restorer, decode_or_error, encode_result, model_identity, model_label, output_name
 from .viz import side_by_side
 
@@ -86,6 +86,9 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
         check_writable(out)
     sources, excluded = plan_outputs(sources, out)
     old_rows = read_manifest(manifest_uri) if previous is None else previous
+    check_left_out(excluded, out, old_rows)
+    for _ in excluded if on_image else ():
+        on_image()
     max_pixels = max_pixels or default_max_pixels(restorer.options.upscale)
     identity = model_identity(restorer.model)
     config_hash = restorer.options.config_hash(identity)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .config import OFFICIAL, PARTS, GeneratorConfig
+from .io.arrays import describe_torch_load_error
 from .io import ArraySource, MemoryArray, atomic_path, read_npy_header, read_safetensors_header, write_safetensors
 
 Key = tuple[int, str]
@@ -187,10 +188,15 @@ class ComponentDictionary:
             names[(int(scale), part)] = f"{path} [{name}]"
         if not entries:
             raise DictionaryError(f"{path}: holds no dictionary tensors")
-        config = _infer_config(entries, int(metadata.get("face_size", 0)) or None)
-        meta = {k: v for k, v in metadata.items() if k not in ("face_size", "ngf", "k", "format")}
-        if "provenance" in meta:
-            meta["provenance"] = json.loads(meta["provenance"])
+        try:
+            face_size = int(metadata.get("face_size", 0)) or None
+            meta = {k: v for k, v in metadata.items() if k not in ("face_size", "ngf", "k", "format")}
+            if "provenance" in meta:
+                meta["provenance"] = json.loads(meta["provenance"])
+        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            raise DictionaryError(f"{path}: malformed metadata ({type(exc).__name__}: {exc}); rebuild the "
+                                  f"dictionary or restore the file from its source") from exc
+        config = _infer_config(entries, face_size)
         meta["source"] = str(path)
         return cls(entries, config, meta, names)
 
@@ -200,8 +206,15 @@ class ComponentDictionary:
         try:
             nested = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # torch raises many types for corrupt files
-            raise DictionaryError(f"{path}: cannot read BasicSR dictionary ({exc})") from exc
-        entries = {(int(scale), part): tensor for scale, parts in nested.items() for part, tensor in parts.items()}
+            raise DictionaryError(f"{path}: cannot read BasicSR dictionary ({describe_torch_load_error(exc)})") from exc
+        try:
+            entries = {(int(scale), part): tensor for scale, parts in nested.items()
+                       for part, tensor in parts.items()}
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise DictionaryError(f"{path}: not a BasicSR dictionary (expected {{scale: {{part: tensor}}}}, got "
+                                  f"{type(nested).__name__} holding {type(exc).__name__}: {exc})") from exc
+        if not all(isinstance(t, torch.Tensor) for t in entries.values()):
+            raise DictionaryError(f"{path}: not a BasicSR dictionary (its entries are not tensors)")
         return cls(entries, _infer_config(entries), {"source": str(path), "format": "basicsr"})
 
     @classmethod

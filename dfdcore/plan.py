@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 
 from .io.storage import Source, is_local, join_uri
@@ -31,6 +31,19 @@ def plan_outputs(sources: Sequence[Source], out: str) -> tuple[list[Source], lis
         uri = _normal(source.uri)
         (excluded if any(uri == root or uri.startswith(root + "/") for root in roots) else kept).append(source)
     return assign_stems(kept), excluded
+
+
+def check_left_out(excluded: Sequence[Source], out: str, rows: Mapping[str, Mapping]) -> None:
+    """Refuse (ValueError) when files found in the output's own folders were not written by dfd (not outputs of
+    any manifest row, not manifest parts): they are someone's inputs, and restoring would overwrite them."""
+    ours = {_normal(str(uri)) for row in rows.values() for uri in row.get("outputs") or ()}
+    manifest = _normal(join_uri(out, MANIFEST_NAME))
+    foreign = [s.uri for s in excluded if _normal(s.uri) not in ours and not _normal(s.uri).startswith(manifest + "/")]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"the output {out} lies inside an input, and its folders ({', '.join(OUTPUT_FOLDERS[:4])}) "
+                         f"already hold files dfd did not write: {shown}. Restoring would overwrite them; choose an "
+                         f"output folder outside the inputs")
 
 
 def assign_stems(sources: Sequence[Source]) -> list[Source]:

@@ -24,10 +24,16 @@ STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30]}
 
 
 @task(cache_policy=NONE, **STORAGE_RETRIES)
-def list_photos(source: str) -> list:
+def list_photos(source: str, leave_out: str | None = None) -> list:
+    """Every file under ``source`` (non-images too: they become rows saying why they were skipped), less those
+    under ``leave_out`` (the failed-copies prefix, when it lies inside the source)."""
     from dfdcore.io.storage import list_images
 
-    return list_images([source])
+    sources = list_images([source], with_others=True)
+    if leave_out:
+        prefix = leave_out.rstrip("/") + "/"
+        sources = [s for s in sources if not s.uri.startswith(prefix)]
+    return sources
 
 
 @task(cache_policy=NONE, **STORAGE_RETRIES)
@@ -67,10 +73,13 @@ class BucketSummary:
     restored: int = 0
     no_face: int = 0
     skipped: int = 0
+    not_read: int = 0
     failed: int = 0
     faces: int = 0
+    excluded: int = 0
     seconds: float = 0.0
     failures: list = field(default_factory=list)
+    storage_error: str | None = None
 
 
 @flow(name="restore_bucket", log_prints=True)
@@ -94,16 +103,18 @@ def restore_bucket(source: str, output: str, model: str = "dfdnet", weights: str
     with mlflow.start_run(experiment_id=mlflow_experiment(EXPERIMENT)) as run:
         mlflow.log_params({"source": source, "output": output, "workers": workers, "batch_size": batch_size,
                            **{f"model_{k}": v for k, v in asdict(spec).items()}, **asdict(options)})
-        sources = list_photos(source)
+        sources = list_photos(source, failed_prefix)
         done = restore_photos(sources, output, spec, options, workers, batch_size, chunk)
         copied = copy_failures(done.failures, sources, failed_prefix) if failed_prefix and done.failures else 0
         seconds = time.perf_counter() - started
         summary = BucketSummary(run_id=run.info.run_id, listed=len(sources), restored=done.restored,
-                                no_face=done.no_face, skipped=done.skipped, failed=done.failed, faces=done.faces,
-                                seconds=seconds, failures=[list(f) for f in done.failures])
+                                no_face=done.no_face, skipped=done.skipped, not_read=done.not_read,
+                                failed=done.failed, faces=done.faces, excluded=done.excluded, seconds=seconds,
+                                failures=[list(f) for f in done.failures], storage_error=done.storage_error)
         processed = done.restored + done.no_face + done.failed
         mlflow.log_metrics({"listed": len(sources), "restored": done.restored, "no_face": done.no_face,
-                            "skipped": done.skipped, "failed": done.failed, "faces": done.faces,
+                            "skipped": done.skipped, "not_read": done.not_read, "failed": done.failed,
+                            "faces": done.faces, "excluded": done.excluded,
                             "failures_copied": copied, "seconds": seconds,
                             "images_per_second": processed / seconds if seconds else 0.0})
         if done.rows:
@@ -111,5 +122,7 @@ def restore_bucket(source: str, output: str, model: str = "dfdnet", weights: str
         if done.failures:
             mlflow.log_text(json.dumps(summary.failures, indent=1), "failures.json")
     print(f"restore_bucket: {len(sources)} listed, {done.restored} restored, {done.no_face} without a face, "
-          f"{done.skipped} unchanged, {done.failed} failed ({seconds:.1f} s)")
+          f"{done.skipped} unchanged, {done.not_read} not images, {done.failed} failed ({seconds:.1f} s)")
+    if done.storage_error:
+        raise RuntimeError(f"restore_bucket stopped: {done.storage_error}")
     return summary

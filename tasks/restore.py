@@ -19,7 +19,7 @@ from dfdcore.bulk import MANIFEST_NAME, BulkSummary, check_writable
 from dfdcore.io.storage import Source, is_local, join_uri
 from dfdcore.manifest import append_rows, compact, read_manifest
 from dfdcore.memory import default_max_pixels
-from dfdcore.plan import plan_outputs
+from dfdcore.plan import check_left_out, plan_outputs
 from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
 
 from .runtime import ensure_ray, threads_per_worker
@@ -52,6 +52,9 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
     planned, excluded = plan_outputs(sources, out)
     manifest_uri = join_uri(out, MANIFEST_NAME)
     previous = read_manifest(manifest_uri)
+    check_left_out(excluded, out, previous)
+    for _ in excluded if on_image else ():
+        on_image()
     kwargs.setdefault("max_pixels", default_max_pixels(options.upscale, workers))
     total = BulkSummary(images=len(planned), excluded=len(excluded))
     chunks = [planned[i:i + chunk] for i in range(0, len(planned), chunk)]

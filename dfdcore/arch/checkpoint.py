@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..io import atomic_path
+from ..io.arrays import describe_torch_load_error
 from .vgg import VGG19_CONV_NAMES
 
 # Unused parts of the official UNetDictFace: the VGG classifier (123.6 M parameters) and to_rgb0..3.
@@ -47,7 +48,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise
     except Exception as exc:  # torch / safetensors raise many exception types for damaged files
         raise CheckpointError(f"{path}: cannot read checkpoint — the file is truncated, damaged or not a "
-                              f"PyTorch/safetensors checkpoint ({type(exc).__name__}: {exc})") from exc
+                              f"PyTorch/safetensors checkpoint ({describe_torch_load_error(exc)})") from exc
     if isinstance(state, dict):
         for wrapper in ("params_ema", "params", "state_dict"):
             if wrapper in state and isinstance(state[wrapper], dict):

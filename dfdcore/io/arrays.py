@@ -154,3 +154,16 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[tuple[str, tupl
                 block = source.rows(start, min(start + chunk_rows, shape[0])).to(dtype).contiguous()
                 handle.write(block.view(torch.uint8).numpy().tobytes() if dtype == torch.bfloat16
                              else block.numpy().tobytes())
+
+
+def describe_torch_load_error(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in words — without torch's advice to retry with
+    ``weights_only=False``, which would run whatever code the file carries."""
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        first = text.split("\n", 1)[0].split("Re-running")[0].strip()
+        return (f"the file holds Python objects, not only tensors ({first[:200]}); dfd loads tensors only and "
+                f"never runs code from a file")
+    return f"{type(exc).__name__}: {text}"

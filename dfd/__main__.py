@@ -1,0 +1,4 @@
+"""`python -m dfd` runs the command line (the same as the `dfd` script)."""
+from dfd.cli import main
+
+main()

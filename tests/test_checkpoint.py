@@ -159,6 +159,20 @@ def test_non_state_dict_file_is_refused(tmp_path, small_dictionary):
         load_generator(path, small_dictionary)
 
 
+class _Payload:
+    """Stands for a pickled object in a malicious checkpoint: loading it must not build it."""
+
+
+def test_a_checkpoint_holding_python_objects_is_refused_without_unsafe_advice(tmp_path, small_dictionary):
+    path = tmp_path / "pickled.pth"
+    torch.save({"conv.weight": torch.zeros(1), "payload": _Payload()}, path)
+    with pytest.raises(CheckpointError) as refused:
+        load_generator(path, small_dictionary)
+    message = str(refused.value)
+    assert "holds Python objects" in message and "never runs code" in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+
+
 def test_residual_generator_starts_as_its_input_and_keeps_its_mode_through_safetensors(tmp_path, small_dictionary):
     from dfdcore import DFDNet
     from dfdcore.api import load_weights

@@ -121,6 +121,24 @@ def test_not_a_dictionary(tmp_path):
         ComponentDictionary.load(tmp_path)
 
 
+def test_malformed_dictionaries_are_one_line_errors(tmp_path, small_dictionary):
+    from safetensors.torch import load_file, save_file
+
+    good = small_dictionary.save(tmp_path / "good.safetensors")
+    tensors = load_file(str(good))
+    save_file(tensors, str(tmp_path / "meta.safetensors"), metadata={"provenance": "{not json", "face_size": "128"})
+    with pytest.raises(DictionaryError, match="malformed metadata .*JSONDecodeError"):
+        ComponentDictionary.load(tmp_path / "meta.safetensors")
+    save_file(tensors, str(tmp_path / "size.safetensors"), metadata={"face_size": "big"})
+    with pytest.raises(DictionaryError, match="malformed metadata"):
+        ComponentDictionary.load(tmp_path / "size.safetensors")
+    for name, content in (("flat", {"256": torch.zeros(2)}), ("list", [torch.zeros(1)]),
+                          ("strings", {"256": {"left_eye": "x"}})):
+        torch.save(content, tmp_path / f"{name}.pth")
+        with pytest.raises(DictionaryError, match="not a BasicSR dictionary"):
+            ComponentDictionary.load(tmp_path / f"{name}.pth")
+
+
 def test_basicsr_dictionary_file(tmp_path, small_dictionary):
     nested = {str(s): {p: small_dictionary.tensor(s, p) for p in PARTS} for s in small_dictionary.config.scales}
     torch.save(nested, tmp_path / "DFDNet_dict.pth")

@@ -41,3 +41,18 @@ def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server
     run = MlflowClient().get_run(second.run_id)
     assert run.data.metrics["restored"] == 1 and run.data.metrics["skipped"] == 1
     assert run.data.params["model_name"] == "identity" and "model_id" in run.data.tags
+
+
+def test_failed_copies_inside_the_source_are_not_listed_again(bucket):
+    from flows.restore_bucket import list_photos
+
+    failed = bucket / "failed"
+    failed.mkdir()
+    (failed / "broken.jpg").write_bytes((bucket / "broken.jpg").read_bytes())
+    (failed / "broken.jpg.reason.txt").write_text("not a jpeg\n")
+    listed = {s.relpath: s.skip for s in list_photos.fn(str(bucket), str(failed))}
+    assert "failed/broken.jpg" not in listed and "failed/broken.jpg.reason.txt" not in listed
+    assert len(listed) == 3 and listed["broken.jpg"] is None
+    everything = {s.relpath: s.skip for s in list_photos.fn(str(bucket))}
+    assert "failed/broken.jpg" in everything and "not an image file name (.txt)" in everything[
+        "failed/broken.jpg.reason.txt"]

@@ -142,3 +142,17 @@ def test_s3_list_read_write_join(s3_server):
 def test_s3_state_does_not_leak_between_tests(s3_server):
     assert not exists("s3://photos/set/a.jpg")
     assert os.environ["AWS_ENDPOINT_URL"] == s3_server
+
+
+def test_s3_odd_keys_and_other_files_are_listed_with_a_reason_to_skip(s3_server):
+    import boto3
+
+    bucket = create_bucket(s3_server, "odd")
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    for key in ("in/a.jpg", "in//x.jpg", "in/./y.jpg", "in/../z.jpg", "in/notes.txt"):
+        client.put_object(Bucket="odd", Key=key, Body=b"data")
+    listed = {s.relpath: s.skip for s in list_images([f"{bucket}/in"], with_others=True)}
+    assert listed["a.jpg"] is None and "not an image file name (.txt)" in listed["notes.txt"]
+    odd = {relpath: skip for relpath, skip in listed.items() if relpath not in ("a.jpg", "notes.txt")}
+    assert len(odd) == 3 and all("cannot be mirrored inside the output" in skip for skip in odd.values()), listed
+    assert [s.relpath for s in list_images([f"{bucket}/in"])] == ["a.jpg"]  # without others: images only

@@ -95,13 +95,9 @@ def _healthy(service: str, ports: Ports) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
+    from dfdcore.io.atomic import process_alive
+
+    return process_alive(pid) and not _zombie(pid)
 
 
 def _zombie(pid: int) -> bool:

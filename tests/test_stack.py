@@ -116,9 +116,10 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
         assert len(manifest) == 6 and all(row["status"] == "ok" for row in manifest.values())
 
         # A worker killed mid-run (with the flow run it started), then a rerun: every output once, manifest whole.
+        # ×4 makes each one-photo chunk slow enough for the kill to land mid-run on a busy machine.
         _upload(PORTRAITS, f"{bucket}/portraits")
         _deployment_run(stack_env, f"{bucket}/portraits", f"{bucket}/portraits-out", "-p", "chunk=1",
-                        "-p", "upscale=2", watch=False)
+                        "-p", "upscale=4", watch=False)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             manifest_prefix = f"{bucket}/portraits-out/manifest.parquet/".removeprefix("s3://")
@@ -130,7 +131,7 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
         assert 1 <= done_before_kill < len(PORTRAITS), "the run should have been killed mid-way"
         worker = _start_worker(stack_env, tmp_path / "worker2.log")
         _deployment_run(stack_env, f"{bucket}/portraits", f"{bucket}/portraits-out", "-p", "chunk=1",
-                        "-p", "upscale=2")
+                        "-p", "upscale=4")
         objects = _objects(f"{bucket}/portraits-out")
         outputs = [o for o in objects if "/restored_imgs/" in o]
         assert sorted(Path(o).name for o in outputs) == sorted(p.name for p in PORTRAITS)

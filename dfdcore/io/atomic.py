@@ -67,11 +67,12 @@ def _is_stale(part: Path) -> bool:
         return False
     fields = part.name.rsplit(".", 4)  # [".NAME", HOST, PID, RANDOM, "part"]
     if len(fields) == 5 and fields[1] == _HOST and fields[2].isdigit():
-        return not _alive(int(fields[2])) or age > STALE_AFTER_S
+        return not process_alive(int(fields[2])) or age > STALE_AFTER_S
     return age > STALE_AFTER_S
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this machine (zombies included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

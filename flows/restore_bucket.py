@@ -47,7 +47,7 @@ def restore_photos(sources: list, output: str, spec: ModelSpec, options: Restore
 @task(cache_policy=NONE, **STORAGE_RETRIES)
 def copy_failures(failures: list[tuple[str, str]], sources: list, failed_prefix: str) -> int:
     """Copy each failed input under ``failed_prefix`` (same relative path) with a ``.reason.txt`` beside it."""
-    from dfdcore.io.storage import join_uri, read_bytes, write_bytes_atomic
+    from dfdcore.io.storage import join_uri, read_input, write_bytes_atomic
 
     relpaths = {s.uri: s.relpath for s in sources}
     copied = 0
@@ -56,9 +56,9 @@ def copy_failures(failures: list[tuple[str, str]], sources: list, failed_prefix:
         if relpath is None:
             continue
         try:
-            data = read_bytes(uri)
+            data = read_input(uri)  # the same size and time limits as restoring: no copy of a 10 GB file
         except OSError:
-            data = None  # unreadable: the reason file still says why
+            data = None  # unreadable or too large: the reason file still says why
         if data is not None:
             write_bytes_atomic(join_uri(failed_prefix, relpath), data)
         write_bytes_atomic(join_uri(failed_prefix, relpath + ".reason.txt"), (reason + "\n").encode())

@@ -81,7 +81,9 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 @click.option("--checkpoint-every", default=500, show_default=True)
 @click.option("--sample-every", default=100, show_default=True)
 @click.option("--test-fraction", default=0.1, show_default=True, help="Photos held out for evaluation.")
-@click.option("--max-failures", default=0, show_default=True, help="Worker restarts (from the latest checkpoint).")
+@click.option("--max-failures", default=2, show_default=True, type=click.IntRange(min=-1),
+              help="Ray Train restarts of the workers from the latest checkpoint when one dies or fails (a busy or "
+                   "preempted machine); -1: without limit, 0: the first failure ends the run.")
 @click.option("--register-as", default="dfd-generator", show_default=True, help="MLflow registered model name.")
 @click.option("--seed", default=0, show_default=True)
 def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, steps, batch_size, lr, degradation,
@@ -245,7 +247,9 @@ def compare(runs) -> None:
 @click.option("--steps", type=int, help="Training steps of the demo model (default: the demo recipe's).")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False, exists=True),
               help="ImageNet VGG19 (torchvision's vgg19-dcbb9e9d.pth); without it the VGG is random and labelled.")
-def demo(output, steps, vgg_weights) -> None:
+@click.option("--max-failures", type=click.IntRange(min=-1), help="Ray Train restarts of the workers from the "
+              "latest checkpoint (default: the demo's, 2).")
+def demo(output, steps, vgg_weights, max_failures) -> None:
     """The whole life cycle on the bundled photos, in minutes on a CPU: build a dictionary → train a small model →
     evaluate it against bicubic on held-out faces → restore degraded copies of the held-out photos with it."""
     from dataclasses import replace
@@ -257,7 +261,8 @@ def demo(output, steps, vgg_weights) -> None:
     from flows.demo import DemoConfig
     from flows.demo import demo as demo_flow
 
-    config = replace(DemoConfig(vgg_weights=vgg_weights), **({"steps": steps} if steps else {}))
+    config = replace(DemoConfig(vgg_weights=vgg_weights), **({"steps": steps} if steps else {}),
+                     **({"max_failures": max_failures} if max_failures is not None else {}))
     summary = demo_flow(output, config)
     click.echo("")
     click.echo(f"Held-out faces ({summary.test_faces} faces x {summary.pairs // max(1, summary.test_faces)} "

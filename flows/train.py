@@ -109,9 +109,11 @@ def _existing_run(out: str) -> str | None:
 
 @flow(name="train", log_prints=True)
 def train(config: TrainConfig, source: str | None = None, test_fraction: float = 0.1,
-          register_as: str = "dfd-generator", max_failures: int = 0) -> TrainSummary:
+          register_as: str = "dfd-generator", max_failures: int = 2) -> TrainSummary:
     """Train the generator described by ``config`` (faces from ``source`` when ``config.faceset`` is not made yet),
-    log it to MLflow and register the final generator with its dictionary."""
+    log it to MLflow and register the final generator with its dictionary.
+
+    ``max_failures``: Ray Train restarts of the workers from the latest checkpoint (``tasks.train.fit``)."""
     import mlflow
 
     from dfdcore.training import latest_checkpoint

@@ -1,6 +1,10 @@
 """Ray Train around ``dfdcore.training``: a TorchTrainer whose workers each run a ``Trainer`` under DDP
 (gloo on CPU, NCCL on GPU), resume from the latest checkpoint under ``out/checkpoints`` and, on rank 0, log
-metrics, sample grids and checkpoints to the MLflow run the driver opened."""
+metrics, sample grids and checkpoints to the MLflow run the driver opened.
+
+A worker that dies (a busy or preempted machine) costs the steps since the last checkpoint: Ray Train starts a new
+worker group up to ``max_failures`` times (default ``DEFAULT_MAX_FAILURES``), each resumes from the latest
+checkpoint, and rank 0 does not log again the metrics an earlier attempt logged for the same steps."""
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +17,10 @@ from pathlib import Path
 from dfdcore.io.storage import exists, join_uri, read_bytes, write_bytes_atomic
 from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
 
-from .runtime import ensure_ray, threads_per_worker
+from .runtime import ensure_ray, threads_per_worker, train_patience
 
 GENERATOR_NAME = "generator.safetensors"
+DEFAULT_MAX_FAILURES = 2  # worker-group restarts from the latest checkpoint within one fit()
 
 
 @dataclass(frozen=True)
@@ -27,23 +32,39 @@ class Tracking:
 
 
 class _RunLog:
-    """Rank 0's view of the MLflow run: metrics in batches, files as artifacts."""
+    """Rank 0's view of the MLflow run: metrics in batches, files as artifacts.
+
+    A metric is logged once per step: an attempt that resumed from a checkpoint older than what an earlier attempt
+    (a restarted worker group, or an interrupted call) already logged skips the steps already in the run, so the
+    curves have one point per step. Files are logged under the same names again (they replace the earlier ones)."""
 
     def __init__(self, tracking: Tracking) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking.uri) if tracking.run_id else None
         self.run_id = tracking.run_id
+        self.logged: dict[str, int] = {}  # metric → the highest step the run has for it
+        if self.client is not None:
+            for key in self.client.get_run(self.run_id).data.metrics:
+                self.logged[key] = max(m.step for m in self.client.get_metric_history(self.run_id, key))
 
-    def metrics(self, values: dict[str, float], step: int) -> None:
+    def metrics(self, values: dict[str, float], step: int, again: bool = False) -> None:
+        """Log ``values`` at ``step``, except those the run already has at this step or later (unless ``again``)."""
         if self.client is None:
             return
         import time
 
         from mlflow.entities import Metric
 
+        new = {k: v for k, v in values.items() if again or step > self.logged.get(k, -1)}
+        if not new:
+            return
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in new.items()])
+        self.logged.update({k: max(step, self.logged.get(k, -1)) for k in new})
+
+    def has(self, key: str, step: int) -> bool:
+        return self.logged.get(key, -1) >= step
 
     def artifact(self, local_path: str, folder: str) -> None:
         if self.client is not None:
@@ -84,10 +105,10 @@ def train_loop(config: dict) -> None:
     if resumed:
         trainer.load(resumed)
     log = _RunLog(Tracking(**config["tracking"])) if rank == 0 else None
-    if log and resumed:
-        log.metrics({"resumed_from_step": trainer.step}, trainer.step)
+    if log and resumed:  # every resume is recorded, a restart from the same checkpoint too
+        log.metrics({"resumed_from_step": trainer.step}, trainer.step, again=True)
     best = BestGenerator(cfg) if rank == 0 else None
-    if log and trainer.step == 0 and cfg.val_every:  # where the curves start (a residual model: at bicubic)
+    if log and trainer.step == 0 and cfg.val_every and not log.has("val_psnr", 0):  # where the curves start
         log.metrics(trainer.validate(), 0)
     while trainer.step < cfg.steps:
         metrics = trainer.train_step(world)
@@ -164,21 +185,26 @@ def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
                    init_weights=absolute(cfg.init_weights), vgg_weights=absolute(cfg.vgg_weights))
 
 
-def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = 0) -> None:
+def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = DEFAULT_MAX_FAILURES,
+        loop=train_loop) -> None:
     """Run the training with ``cfg.workers`` Ray Train workers (GPUs when ``cfg.use_gpu``) until ``cfg.steps``,
     then write the final generator to ``cfg.out/generator.safetensors``.
 
-    A rerun with the same ``cfg.out`` resumes from its latest checkpoint; ``max_failures`` restarts workers that
-    die (preemption) from that checkpoint within one call."""
+    A rerun with the same ``cfg.out`` resumes from its latest checkpoint; within one call, Ray Train starts the
+    workers again from that checkpoint up to ``max_failures`` times when one dies or fails (-1: without limit, 0:
+    the first failure ends the call). Ray Train's start-up and health-check timeouts are raised first
+    (``runtime.TRAIN_PATIENCE``): a worker slowed by other work on the machine is not a dead one. ``loop``: the
+    per-worker function (tests wrap ``train_loop``)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    train_patience()
     ensure_ray()
     cfg = _with_absolute_paths(cfg)
     storage = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray-train"))
     threads = 1 if cfg.use_gpu else threads_per_worker(cfg.workers)
     trainer = TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config={"train": cfg.to_dict(), "threads": threads,
                            "tracking": {"uri": tracking.uri, "run_id": tracking.run_id}},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),

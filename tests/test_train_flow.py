@@ -85,3 +85,50 @@ def test_train_flow_records_the_run_and_registers_the_model(prefect_server, trai
     assert more.resumed_from == 4 and more.run_id == summary.run_id
     assert [m.step for m in client.get_metric_history(summary.run_id, "loss_g")][-2:] == [5, 6]
     assert int(more.model_version) == int(summary.model_version) + 1
+
+
+def _dies_once_saving_step_3(config: dict) -> None:
+    """``train_loop`` whose worker process exits once, abruptly, as it is about to write the step-3 checkpoint:
+    step 3 is logged, the latest checkpoint is step 2's (a worker lost to a busy or preempted machine)."""
+    import os
+    from pathlib import Path
+
+    from dfdcore.training import Trainer
+    from tasks.train import train_loop
+
+    marker = Path(config["train"]["out"]) / "died-once"
+    original = Trainer.save
+
+    def save(self):
+        if self.step == 3 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return original(self)
+
+    Trainer.save = save
+    train_loop(config)
+
+
+def test_a_dead_worker_is_restarted_from_the_latest_checkpoint_without_logging_twice(training_data, tmp_path):
+    import os
+    from pathlib import Path
+
+    from tasks.runtime import TRAIN_PATIENCE
+    from tasks.train import DEFAULT_MAX_FAILURES, Tracking, fit
+
+    assert DEFAULT_MAX_FAILURES > 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("restart", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    cfg = small_train_config(training_data, tmp_path / "restart", steps=3, batch_size=2, checkpoint_every=2,
+                             log_every=1, sample_every=100, val_every=0, val_pairs=2)
+    fit(cfg, Tracking(client.tracking_uri, run_id), loop=_dies_once_saving_step_3)  # the default max_failures
+
+    assert (Path(cfg.out) / "died-once").exists()  # the first worker did die
+    assert (Path(cfg.out) / "generator.safetensors").exists()
+    # The second attempt resumed from the step-2 checkpoint (not from scratch) and did not log step 3 again.
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "resumed_from_step")] == [(2, 2.0)]
+    assert [m.step for m in client.get_metric_history(run_id, "loss_g")] == [1, 2, 3]
+    assert _checkpoint(checkpoint_uri(cfg.out, 3))["step"] == 3
+    # Ray Train's timeouts were raised in the driver's environment, from where Ray hands them to its actors.
+    assert all(os.environ[name] == value for name, value in TRAIN_PATIENCE.items())

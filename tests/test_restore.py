@@ -180,3 +180,17 @@ def test_a_small_face_pasted_back_unchanged_loses_nothing_against_a_plain_bicubi
     pasted = (result.restored * 255).round().astype(np.uint8)
     bicubic = (np.clip(upscale_image(small.astype(np.float32) / 255, 2), 0, 1) * 255).round().astype(np.uint8)
     assert psnr(pasted[face], truth[face]) > psnr(bicubic[face], truth[face]) - 0.1, "round trip loses detail"
+
+
+def test_the_manifest_keeps_every_timing_it_measures(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(PORTRAITS / "grace_hopper.jpg", folder / "grace_hopper.jpg")
+    assert run("restore", folder, "-o", tmp_path / "out", "--model", "identity").exit_code == 0
+    [row] = read_manifest(str(tmp_path / "out" / "manifest.parquet")).values()
+    seconds = row["seconds"]
+    assert set(seconds) == {"decode", "detect", "restore", "paste", "write", "total"}
+    assert all(value is not None and value >= 0 for value in seconds.values()), seconds
+    assert seconds["paste"] > 0 and seconds["write"] > 0
+    parts = sum(v for k, v in seconds.items() if k != "total")
+    assert abs(seconds["total"] - parts) < 1e-3 * max(1.0, parts)

@@ -202,9 +202,11 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     """Restore every face in photographs and paste it back.
 
     INPUTS are files, folders (recursive), globs or fsspec URLs (s3://bucket/prefix). Restored images keep their
-    relative paths under OUTPUT/restored_imgs/; OUTPUT/manifest.parquet gets one row per input (status, reason,
-    faces, outputs, model, timings). A rerun skips images whose content and configuration are unchanged.
-    Exits non-zero when any image failed, unless --allow-failures.
+    relative paths under OUTPUT/restored_imgs/; OUTPUT/manifest.parquet (a folder of Parquet parts) gets one row per
+    file found: ok, no_face, failed or skipped, with the reason, faces, outputs, model and timings. Files that are
+    not images, FIFOs and devices are skipped rows; inputs whose outputs would share a name get name~HASH.png; an
+    OUTPUT inside an input never reads its own files. A rerun skips images whose content and configuration are
+    unchanged. Exits non-zero when any image failed (unless --allow-failures) or the output refused a write.
     """
     from tqdm import tqdm
 

@@ -52,3 +52,17 @@ def test_dictionary_commands_round_trip(tmp_path):
     assert run("dictionary", "convert", str(single), str(tmp_path / "folder")).exit_code == 0
     info = run("dictionary", "info", str(tmp_path / "folder"))
     assert "K=4" in info.output and "mouth 16x13x13" in info.output
+
+
+def test_restore_refuses_two_inputs_with_the_same_relative_path(tmp_path):
+    import shutil
+
+    from .conftest import SHARED
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(SHARED / "data/faces/portraits/grace_hopper.jpg", tmp_path / name / "face.jpg")
+    result = CliRunner().invoke(main, ["restore", str(tmp_path / "a"), str(tmp_path / "b"), "-o",
+                                       str(tmp_path / "out"), "--model", "identity"])
+    assert result.exit_code == 1 and "would write the same output" in result.output
+    assert "common parent folder" in result.output and not (tmp_path / "out").exists()

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dfdcore.io import join_uri, read_bytes, write_bytes_atomic
-from dfdcore.manifest import (COLUMNS, SCHEMA, is_current, manifest_parts, merge_rows, read_manifest, sha256_bytes,
-                              write_manifest)
+from dfdcore.manifest import (COLUMNS, SCHEMA, append_rows, compact, is_current, manifest_parts, merge_rows,
+                              read_manifest, sha256_bytes, write_manifest)
 
 from .s3server import create_bucket, s3_server  # noqa: F401  (fixture)
 
@@ -127,3 +127,23 @@ def test_is_current():
 def test_sha256_bytes():
     assert sha256_bytes(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert len(sha256_bytes(np.zeros(10, np.uint8).tobytes())) == 64
+
+
+def test_a_single_file_manifest_of_an_earlier_dfd_is_read_and_becomes_a_part(tmp_path):
+    uri = str(tmp_path / "manifest.parquet")
+    pq.write_table(pa.Table.from_pylist([{"source_uri": "/in/a.jpg", "relpath": "a.jpg", "status": "ok",
+                                          "content_sha256": "x", "config_hash": "c", "updated_at": WHEN}]), uri)
+    assert read_manifest(uri)["/in/a.jpg"]["status"] == "ok"  # columns it lacks come back as None
+    assert read_manifest(uri)["/in/a.jpg"]["note"] is None
+    append_rows(uri, [{"source_uri": "/in/b.jpg", "relpath": "b.jpg", "status": "no_face"}])
+    assert (tmp_path / "manifest.parquet").is_dir() and len(manifest_parts(uri)) == 2
+    assert sorted(read_manifest(uri)) == ["/in/a.jpg", "/in/b.jpg"]
+    assert compact(uri) == 2 and len(manifest_parts(uri)) == 1 and len(read_manifest(uri)) == 2
+
+
+def test_the_latest_row_of_a_source_wins_across_parts(tmp_path):
+    uri = str(tmp_path / "manifest.parquet")
+    later = WHEN + dt.timedelta(seconds=1)
+    append_rows(uri, [{**_rows()[1], "updated_at": later}])           # written first, but newer
+    append_rows(uri, [{**_rows()[1], "status": "ok", "error": None}])  # written second, older
+    assert read_manifest(uri)["/in/bad.jpg"]["status"] == "failed"

@@ -345,3 +345,14 @@ def test_a_dead_ray_worker_is_replaced_and_its_chunk_retried(tmp_path):
     rows = rows_of(out)
     assert summary.failed == 0 and len(rows) == 16 and all(r["status"] == "ok" for r in rows.values())
     assert len(list((out / "restored_imgs").iterdir())) == 16
+
+
+def test_a_file_over_the_byte_limit_is_refused_before_reading(tmp_path):
+    folder = tmp_path / "in"
+    [photo] = small_photos(folder, 1)
+    size = photo.stat().st_size
+    result = run("restore", folder, "-o", tmp_path / "out", *IDENTITY, "--max-bytes", size - 1)
+    row = rows_of(tmp_path / "out")["p_00.jpg"]
+    assert result.exit_code == 1 and row["status"] == "failed" and row["content_sha256"] is None
+    assert row["error"] == f"file too large: {size} bytes, more than the limit of {size - 1}"
+    assert run("restore", folder, "-o", tmp_path / "out", *IDENTITY, "--max-bytes", size).exit_code == 0

@@ -320,10 +320,14 @@ def test_a_dead_ray_worker_is_replaced_and_its_chunk_retried(tmp_path):
     from dfdcore.io.storage import list_images
     from dfdcore.restore import ModelSpec, RestoreOptions
     from tasks.restore import restore_parallel
+    from tasks.runtime import ensure_ray
 
     folder = tmp_path / "in"
     small_photos(folder, 16)
     out = tmp_path / "out"
+    # Ray started here, not in the thread: started from the thread, its GCS did not outlive it (the next test
+    # of the session found no GCS and the pytest process exited).
+    ensure_ray()
     result = {}
     worker = threading.Thread(target=lambda: result.update(summary=restore_parallel(
         list_images([str(folder)]), str(out), ModelSpec("identity"), RestoreOptions(upscale=1), workers=2,

@@ -22,8 +22,8 @@ import numpy as np
 from .face.pipeline import to_photo_points
 from .io.atomic import remove_stale_parts
 from .io.images import encode_image
-from .io.storage import (DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, Source, UnreadableInput, is_local, join_uri,
-                         read_input, write_bytes_atomic)
+from .io.storage import (DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, Source, UnreadableInput, filesystem_for,
+                         is_local, join_uri, read_input, write_bytes_atomic)
 from .manifest import append_rows, compact, is_current, printable, read_manifest, sha256_bytes
 from .plan import MANIFEST_NAME, OUTPUT_FOLDERS, check_left_out, plan_outputs
 from .restore import ImageResult, Restorer, decode_or_error, encode_result, model_identity, model_label, output_name
@@ -75,20 +75,18 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
     """Restore every source not already done with the same content and configuration (unless ``force``).
 
     ``max_pixels``: refuse larger images before decoding (default: ``memory.default_max_pixels``).
-    ``previous``: manifest rows to decide what is current (default: read from OUT). With ``record=False`` nothing
-    is appended to the manifest: the rows are returned for the caller to record — how parallel workers share one.
+    ``previous``: manifest rows to decide what is current, for ``sources`` already planned by ``prepare_run``
+    (default: this call prepares the run itself). With ``record=False`` nothing is appended to the manifest: the
+    rows are returned for the caller to record — how parallel workers share one.
     """
     from .memory import default_max_pixels
 
     started = time.perf_counter()
     manifest_uri = join_uri(out, MANIFEST_NAME)
-    if record:
-        check_writable(out)
-    sources, excluded = plan_outputs(sources, out)
-    old_rows = read_manifest(manifest_uri) if previous is None else previous
-    check_left_out(excluded, out, old_rows)
-    for _ in excluded if on_image else ():
-        on_image()
+    if previous is None:  # this call is the whole run; otherwise the caller planned it (prepare_run)
+        sources, excluded, old_rows = prepare_run(sources, out, on_image)
+    else:
+        excluded, old_rows = [], previous
     max_pixels = max_pixels or default_max_pixels(restorer.options.upscale)
     identity = model_identity(restorer.model)
     config_hash = restorer.options.config_hash(identity)
@@ -193,9 +191,23 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
 
     flush(final=True)
     if record:
-        _compact_quietly(manifest_uri)
+        compact_quietly(manifest_uri)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def prepare_run(sources: Sequence[Source], out: str, on_image: Callable[[], None] | None = None
+                ) -> tuple[list[Source], list[Source], dict[str, dict]]:
+    """What every run does before any work: check that ``out`` takes writes, plan the outputs (``plan``), read the
+    manifest and refuse when the output's folders hold files dfd did not write. Returns (sources to work on, the
+    output's own files left out — counted on ``on_image`` —, the manifest's rows)."""
+    check_writable(out)
+    planned, excluded = plan_outputs(sources, out)
+    rows = read_manifest(join_uri(out, MANIFEST_NAME))
+    check_left_out(excluded, out, rows)
+    for _ in excluded if on_image else ():
+        on_image()
+    return planned, excluded, rows
 
 
 def check_writable(out: str) -> None:
@@ -203,8 +215,6 @@ def check_writable(out: str) -> None:
     probe = join_uri(out, f".dfd-write-probe-{time.time_ns()}")
     try:
         write_bytes_atomic(probe, b"")
-        from .io.storage import filesystem_for
-
         fs, path = filesystem_for(probe)
         fs.rm_file(path)
     except OSError as exc:
@@ -213,7 +223,8 @@ def check_writable(out: str) -> None:
         remove_stale_parts(out)
 
 
-def _compact_quietly(manifest_uri: str) -> None:
+def compact_quietly(manifest_uri: str) -> None:
+    """Merge the manifest's parts at the end of a run; a failure leaves the parts, which the next run merges."""
     try:
         compact(manifest_uri)
     except OSError:

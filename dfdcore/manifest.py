@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io.storage import filesystem_for, is_local, join_uri, read_bytes, write_bytes_atomic
+from .io.storage import filesystem_for, is_local, join_uri, read_bytes, uri_of, write_bytes_atomic
 
 STATUSES = ("ok", "failed", "no_face", "skipped")
 
@@ -236,11 +236,7 @@ def _parts(uri: str) -> list[str]:
     if fs.isdir(path):
         names = [p for p in fs.find(path) if p.startswith(path + "/")]
         found += sorted(p for p in names if posixpath.basename(p).startswith(PART_PREFIX) and p.endswith(".parquet"))
-    return [_uri_of(uri, fs, p) for p in found]
-
-
-def _uri_of(uri: str, fs, path: str) -> str:
-    return os.path.abspath(path) if is_local(uri) else fs.unstrip_protocol(path)
+    return [uri_of(fs, p) for p in found]
 
 
 def _read_part(part: str) -> list[dict[str, object]]:

@@ -27,11 +27,14 @@ STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30]}
 def list_photos(source: str, leave_out: str | None = None) -> list:
     """Every file under ``source`` (non-images too: they become rows saying why they were skipped), less those
     under ``leave_out`` (the failed-copies prefix, when it lies inside the source)."""
-    from dfdcore.io.storage import list_images
+    import os
+
+    from dfdcore.io.storage import is_local, list_images
 
     sources = list_images([source], with_others=True)
     if leave_out:
-        prefix = leave_out.rstrip("/") + "/"
+        # listed local files are absolute paths: so must the prefix be ("failed/" given relative)
+        prefix = (os.path.abspath(leave_out) if is_local(leave_out) else leave_out).rstrip("/") + "/"
         sources = [s for s in sources if not s.uri.startswith(prefix)]
     return sources
 

@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from dfdcore.bulk import MANIFEST_NAME, BulkSummary, check_writable
+from dfdcore.bulk import MANIFEST_NAME, BulkSummary, compact_quietly, prepare_run
 from dfdcore.io.storage import Source, is_local, join_uri
-from dfdcore.manifest import append_rows, compact, read_manifest
+from dfdcore.manifest import append_rows
 from dfdcore.memory import default_max_pixels
-from dfdcore.plan import check_left_out, plan_outputs
 from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
 
 from .runtime import ensure_ray, threads_per_worker
@@ -48,14 +47,10 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
     """Restore ``sources`` with ``workers`` Ray actors; same outputs and manifest as the single-process path."""
     if is_local(out) and "://" not in out:
         out = os.path.abspath(out)  # actors on a cluster do not run in this folder
-    check_writable(out)
-    planned, excluded = plan_outputs(sources, out)
+    planned, excluded, previous = prepare_run(sources, out, on_image)
     manifest_uri = join_uri(out, MANIFEST_NAME)
-    previous = read_manifest(manifest_uri)
-    check_left_out(excluded, out, previous)
-    for _ in excluded if on_image else ():
-        on_image()
-    kwargs.setdefault("max_pixels", default_max_pixels(options.upscale, workers))
+    if kwargs.get("max_pixels") is None:  # each worker's share of the memory, not the machine's
+        kwargs["max_pixels"] = default_max_pixels(options.upscale, workers)
     total = BulkSummary(images=len(planned), excluded=len(excluded))
     chunks = [planned[i:i + chunk] for i in range(0, len(planned), chunk)]
     chunks.reverse()  # popped from the end: submitted in listing order
@@ -100,7 +95,7 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
         for actor in actors:
             ray.kill(actor)
     if total.storage_error is None:
-        compact(manifest_uri)
+        compact_quietly(manifest_uri)
     return total
 
 

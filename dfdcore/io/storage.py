@@ -145,10 +145,10 @@ def _read_local(path: str, max_bytes: int, timeout_s: float) -> bytes:
     # O_NONBLOCK: should the path become a FIFO between the check and the open, opening must not wait for a writer.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb", buffering=0) as handle:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise UnreadableInput("not a regular file", "changed while being opened", skipped=True)
-        _check_size(os.fstat(fd).st_size, max_bytes)
+        _check_size(status.st_size, max_bytes)
         return _read_blocks(handle.read, max_bytes, timeout_s)
 
 
@@ -235,7 +235,7 @@ def _protocol_of(fs: fsspec.AbstractFileSystem) -> str:
     return protocol if isinstance(protocol, str) else protocol[0]
 
 
-def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def uri_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """The URI we report for ``path``: an absolute path for local files, protocol://path otherwise."""
     if isinstance(fs, LocalFileSystem):
         return os.path.abspath(path)
@@ -247,13 +247,13 @@ def _expand(spec: str, wanted: frozenset[str], with_others: bool) -> list[Source
     path = path.rstrip("/") or path
     # A literal name wins over a glob reading of it: "photo [1].jpg" is a file, not a pattern.
     if fs.isfile(path):
-        return [Source(_uri(fs, path), posixpath.basename(path))]
+        return [Source(uri_of(fs, path), posixpath.basename(path))]
     if fs.isdir(path):
         return _under(fs, path, fs.find(path), wanted, with_others)
     if isinstance(fs, LocalFileSystem) and os.path.lexists(path):
         kind = special_file_kind(path)
         if with_others:
-            return [Source(_uri(fs, path), posixpath.basename(path), skip=f"not a regular file: {kind}")]
+            return [Source(uri_of(fs, path), posixpath.basename(path), skip=f"not a regular file: {kind}")]
         raise FileNotFoundError(f"{spec}: not a regular file or folder ({kind})")
     if _GLOB_CHARS & set(path):
         root = _glob_root(path)
@@ -285,7 +285,7 @@ def _under(fs: fsspec.AbstractFileSystem, root: str, paths: Iterable[str], wante
         else:
             skip = None
         if skip is None or with_others:
-            sources.append(Source(_uri(fs, path), relpath, skip))
+            sources.append(Source(uri_of(fs, path), relpath, skip))
     return sources
 
 

@@ -35,9 +35,9 @@ def peak_rss_gib() -> float:
 def pipeline_bench(args) -> dict:
     import ray
 
-    from dfdcore.collection import ok_rows, scan_image
+    from dfd.tasks.dictionary import FeatureWorker, landmarks_batch
+    from dfdcore.dictionary.collection import ok_rows, scan_image
     from dfdcore.io.storage import list_images
-    from tasks.dictionary import FeatureWorker, landmarks_batch
 
     faces_dir = SHARED / "data" / "faces"
     sources = list_images([str(faces_dir / "identities"), str(faces_dir / "portraits")])[: args.images]
@@ -81,7 +81,7 @@ def synthetic_partition(root: str, scale: int, part: str, n: int, clusters: int,
     import torch
 
     from dfdcore.config import OFFICIAL
-    from dfdcore.features import write_feature_partition
+    from dfdcore.dictionary.store import write_feature_partition
 
     _, c, h, w = OFFICIAL.dict_shape(scale, part, 1)
     gen = torch.Generator().manual_seed(seed)
@@ -94,12 +94,12 @@ def synthetic_partition(root: str, scale: int, part: str, n: int, clusters: int,
 
 
 def kmeans_comparison(n: int, k: int) -> dict:
-    """FAISS (dfdcore.kmeans) vs scikit-learn KMeans (n_init=1, k-means++, 20 iterations) on the same rows."""
+    """FAISS (dfdcore.dictionary.kmeans) vs scikit-learn KMeans (n_init=1, k-means++, 20 iterations) on the same rows."""
     import numpy as np
     from sklearn.cluster import KMeans
 
-    from dfdcore.features import iter_feature_batches
-    from dfdcore.kmeans import kmeans_partition
+    from dfdcore.dictionary.kmeans import kmeans_partition
+    from dfdcore.dictionary.store import iter_feature_batches
 
     comparison = {}
     for scale, part in ((32, "left_eye"), (64, "mouth")):
@@ -126,8 +126,8 @@ def memory_bench(args) -> dict:
     import torch
 
     from dfdcore.config import OFFICIAL, PARTS
-    from dfdcore.features import write_feature_partition
-    from dfdcore.kmeans import build_dictionary
+    from dfdcore.dictionary.kmeans import build_dictionary
+    from dfdcore.dictionary.store import write_feature_partition
 
     with tempfile.TemporaryDirectory(dir=BENCH / ".cache") as root:
         started = time.perf_counter()

@@ -1,5 +1,5 @@
 """Peak memory per input pixel of restoring one large photograph, by upscale factor — the figures behind
-``dfdcore.memory`` (the default ``--max-pixels``).
+``dfdcore.restoration.memory`` (the default ``--max-pixels``).
 
 Each (format, upscale) runs in its own child process; the figure is (peak RSS after − RSS before the restore) /
 pixels, ``ru_maxrss``. The photo is a smooth random-texture 3000² image (no face: the cost measured is decoding,
@@ -27,9 +27,9 @@ if not os.path.exists(path):
     Image.fromarray(small).resize((side, side), Image.BICUBIC).save(path, quality=90)
 import torch
 torch.set_num_threads(1)
-from dfdcore.bulk import restore_sources
+from dfdcore.restoration.bulk import restore_sources
 from dfdcore.io.storage import Source
-from dfdcore.restore import IdentityModel, Restorer, RestoreOptions
+from dfdcore.restoration.restorer import IdentityModel, Restorer, RestoreOptions
 restorer = Restorer(IdentityModel(512), RestoreOptions(upscale=upscale))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 started = time.perf_counter()

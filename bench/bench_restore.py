@@ -24,9 +24,9 @@ def child(args) -> dict:
     import torch
 
     import dfdcore
-    from dfdcore.bulk import restore_sources
     from dfdcore.io.storage import Source
-    from dfdcore.restore import Restorer, RestoreOptions
+    from dfdcore.restoration.bulk import restore_sources
+    from dfdcore.restoration.restorer import RestoreOptions, Restorer
 
     torch.set_num_threads(args.threads)
     tag = f"{args.face_size}_{args.ngf}_{args.k}"

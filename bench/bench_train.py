@@ -8,7 +8,7 @@ end of step 1 to the end of step N. Rows:
 
   reference  ``dfdcore.training.Trainer`` in one process, ``--threads`` torch threads, each step timed with
              ``perf_counter`` (no logging at all)
-  ray        ``tasks.train.fit`` with W workers (cpu_count // W torch threads each, as tasks/train.py gives them)
+  ray        ``dfd.tasks.train.fit`` with W workers (cpu_count // W torch threads each, as tasks/train.py gives them)
              ``log_every=1``: one MLflow ``log_batch`` + ``ray.train.report`` after every step (per-step times)
   ray sparse the same with ``log_every=N``: metrics logged after steps 1 and N only, so the window holds the
              steps and one ``log_batch`` — the difference to ``ray`` is the per-step logging/report overhead
@@ -58,7 +58,7 @@ CONFIGS = {  # name → (face_size, ngf, d_dim, K, global batches)
 def prepare(cache: Path, name: str) -> Path:
     """A faceset of the portrait photos at the configuration's size and a random K-entry dictionary → folder."""
     from dfdcore import ComponentDictionary, GeneratorConfig
-    from dfdcore.faceset import faces_from_photos, write_faceset
+    from dfdcore.data.faceset import faces_from_photos, write_faceset
     from dfdcore.io.storage import list_images
 
     face_size, ngf, _, k, _ = CONFIGS[name]
@@ -122,9 +122,9 @@ def child_breakdown(args, data: Path) -> dict:
     order, float32 on the CPU) after ``args.steps - 1`` ordinary warm-up steps."""
     import torch
 
-    from dfdcore.faceset import training_batch
-    from dfdcore.losses import hinge_d_loss, hinge_g_loss, pixel_loss
+    from dfdcore.data.faceset import training_batch
     from dfdcore.training import Trainer
+    from dfdcore.training.losses import hinge_d_loss, hinge_g_loss, pixel_loss
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="dfdb") as tmp:
@@ -221,7 +221,7 @@ def child_ray(args, data: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="dfdb") as tmp:
         os.environ.pop("RAY_ADDRESS", None)  # never join somebody else's cluster
         os.environ["DFD_HOME"] = tmp  # short: Ray's socket paths live under it
-        from tasks.train import Tracking, fit
+        from dfd.tasks.train import Tracking, fit
 
         client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
         experiment = client.create_experiment("bench", artifact_location=Path(tmp, "artifacts").as_uri())

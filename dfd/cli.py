@@ -96,9 +96,9 @@ def sample(output, upscale, batch_size, force, weights, dictionary, random_weigh
     """
     from tqdm import tqdm
 
-    from dfdcore.bulk import restore_sources
     from dfdcore.io.storage import Source
-    from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
+    from dfdcore.restoration.bulk import restore_sources
+    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, resolve_device
 
     _use_all_cores()
     import dfdcore
@@ -132,7 +132,7 @@ def _label(model) -> str:
 def worse_than_bicubic_warning(weights: str | None, validation: dict | None = None) -> str:
     """A sentence when the model's own validation (stored in its file, or given) was worse than bicubic, else ""."""
     from dfdcore.api import trained_validation
-    from dfdcore.evaluation import worse_than_bicubic
+    from dfdcore.evaluation.pairs import worse_than_bicubic
 
     validation = validation if validation is not None else trained_validation(weights)
     worse = worse_than_bicubic(validation)
@@ -144,7 +144,7 @@ def worse_than_bicubic_warning(weights: str | None, validation: dict | None = No
 
 
 def _report(summary, label: str, output: str) -> None:
-    from dfdcore.manifest import printable
+    from dfdcore.restoration.manifest import printable
 
     click.echo("")
     click.echo(f"  model      {label}")
@@ -210,11 +210,9 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     """
     from tqdm import tqdm
 
-    from dfdcore.bulk import restore_sources
     from dfdcore.io.storage import list_images
-    from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
-
-    from dfdcore.bulk import OutputStorageError
+    from dfdcore.restoration.bulk import OutputStorageError, restore_sources
+    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, resolve_device
 
     _use_all_cores()
     try:
@@ -231,7 +229,7 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k, seed, face_size, ngf, device, dict_dtype,
                      fidelity)
     run_options = dict(force=force, save_faces=save_faces, cmp=cmp, max_pixels=max_pixels, max_bytes=max_bytes)
-    from dfdcore.bulk import check_writable
+    from dfdcore.restoration.bulk import check_writable
 
     try:
         check_writable(output)  # before loading a model or starting workers
@@ -243,7 +241,7 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     with tqdm(total=len(sources), desc="restore", unit="file") as bar:
         try:
             if workers > 0:
-                from tasks.restore import restore_parallel
+                from dfd.tasks.restore import restore_parallel
 
                 _check_spec(spec)  # before starting workers
                 summary = restore_parallel(sources, output, spec, options, workers=workers, batch_size=batch_size,
@@ -292,10 +290,10 @@ def build_dictionary_command(source, output, k, select_n, selection, flip, worke
     if not vgg_weights and not random_weights:
         raise click.UsageError("give --vgg-weights PATH (ImageNet VGG19, e.g. torchvision's vgg19-dcbb9e9d.pth; "
                                "nothing is downloaded) or --random-weights")
-    from flows.tracking import configure_prefect
+    from dfd.flows.tracking import configure_prefect
 
     configure_prefect()
-    from flows.build_dictionary import DictionaryConfig, build_dictionary
+    from dfd.flows.build_dictionary import DictionaryConfig, build_dictionary
 
     config = DictionaryConfig(k=k, select=select_n, selection_method=selection, flip=flip, face_size=face_size,
                               ngf=ngf, vgg_weights=vgg_weights, random_weights=random_weights, seed=seed,
@@ -388,7 +386,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def _add_lifecycle_commands() -> None:
-    from . import lifecycle, stack
+    from dfd import lifecycle, stack
 
     for command in (lifecycle.train, lifecycle.evaluate, lifecycle.compare, lifecycle.demo, stack.stack,
                     stack.deploy):

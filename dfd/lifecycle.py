@@ -10,7 +10,7 @@ METRIC_LABELS = (("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("psnr_y", "PSNR-Y↑
 
 
 def _prefect() -> None:
-    from flows.tracking import configure_prefect
+    from dfd.flows.tracking import configure_prefect
 
     configure_prefect()
 
@@ -103,7 +103,7 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
     from dfdcore.training import TrainConfig
 
     _prefect()
-    from flows.train import train as train_flow
+    from dfd.flows.train import train as train_flow
 
     residual = not init_weights if residual is None else residual
     adversarial_start = steps // 2 if adversarial_start is None else adversarial_start
@@ -138,7 +138,7 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
     click.echo(f"  generator  {summary.generator}")
     click.echo(f"  registered {summary.model_name} version {summary.model_version}")
     click.echo(f"  mlflow     run {summary.run_id}")
-    from .cli import worse_than_bicubic_warning
+    from dfd.cli import worse_than_bicubic_warning
 
     warning = worse_than_bicubic_warning(None, validation)
     if warning:
@@ -168,16 +168,15 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
              degradation, seed, label, device) -> None:
     """Evaluate a model on the paired test set: PSNR, SSIM (RGB and Y), LPIPS (when its backbone weights are on this
     machine), identity and landmark distance — per image in Parquet, means in MLflow beside the bicubic baseline."""
-    from dfdcore.restore import ModelSpec
-
-    from .cli import _check_spec
+    from dfd.cli import _check_spec
+    from dfdcore.restoration.restorer import ModelSpec
 
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k=16, face_size=face_size, ngf=ngf,
                      device=device)
     if not registered:
         _check_spec(spec)
     _prefect()
-    from flows.evaluate import evaluate as evaluate_flow
+    from dfd.flows.evaluate import evaluate as evaluate_flow
 
     summary = evaluate_flow(spec, testset, faceset=faceset, registered=registered, count=count, seed=seed,
                             degradation=degradation, label=label)
@@ -188,7 +187,7 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
     if summary.lpips_note:
         click.echo(f"  LPIPS      unavailable: {summary.lpips_note}")
     click.echo(f"  mlflow     run {summary.run_id}")
-    from .cli import worse_than_bicubic_warning
+    from dfd.cli import worse_than_bicubic_warning
 
     warning = worse_than_bicubic_warning(weights, _registered_validation(registered) if registered else None)
     if warning:
@@ -218,8 +217,8 @@ def compare(runs) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from flows.evaluate import EXPERIMENT
-    from flows.tracking import mlflow_experiment
+    from dfd.flows.evaluate import EXPERIMENT
+    from dfd.flows.tracking import mlflow_experiment
 
     mlflow_experiment(EXPERIMENT)  # points MLflow at the dfd home unless MLFLOW_TRACKING_URI is set
     client = MlflowClient(mlflow.get_tracking_uri())
@@ -254,12 +253,12 @@ def demo(output, steps, vgg_weights, max_failures) -> None:
     evaluate it against bicubic on held-out faces → restore degraded copies of the held-out photos with it."""
     from dataclasses import replace
 
-    from .cli import _use_all_cores
+    from dfd.cli import _use_all_cores
 
     _use_all_cores()
     _prefect()
-    from flows.demo import DemoConfig
-    from flows.demo import demo as demo_flow
+    from dfd.flows.demo import DemoConfig
+    from dfd.flows.demo import demo as demo_flow
 
     config = replace(DemoConfig(vgg_weights=vgg_weights), **({"steps": steps} if steps else {}),
                      **({"max_failures": max_failures} if max_failures is not None else {}))

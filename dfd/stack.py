@@ -39,7 +39,7 @@ class Ports:
 
 
 def stack_dir() -> Path:
-    from flows.tracking import dfd_home
+    from dfd.flows.tracking import dfd_home
 
     folder = dfd_home() / "stack"
     folder.mkdir(parents=True, exist_ok=True)
@@ -257,9 +257,9 @@ def stack_status() -> None:
 
 def project_dir() -> Path:
     """The dfd checkout holding flows/ and infra/ (deployments run from it)."""
-    import flows
+    import dfd.flows
 
-    return Path(flows.__file__).resolve().parent.parent
+    return Path(dfd.flows.__file__).resolve().parent.parent
 
 
 async def _ensure_work_pool(name: str) -> bool:

@@ -9,13 +9,20 @@ from pathlib import Path
 
 import torch
 
-from .arch.checkpoint import (CheckpointError, check_state_dict, fill_derived_keys, infer_ngf, read_metadata,
-                              read_state_dict, to_official_keys)
-from .arch.blocks import fixed_blur_buffers
-from .arch.generator import DFDNet
-from .config import GeneratorConfig
-from .dictionary import ComponentDictionary
-from .runtime import release_free_memory
+from dfdcore.arch.blocks import fixed_blur_buffers
+from dfdcore.arch.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    fill_derived_keys,
+    infer_ngf,
+    read_metadata,
+    read_state_dict,
+    to_official_keys,
+)
+from dfdcore.arch.generator import DFDNet
+from dfdcore.config import GeneratorConfig
+from dfdcore.dictionary.format import ComponentDictionary
+from dfdcore.runtime import release_free_memory
 
 
 def checksum(path: str | os.PathLike) -> str:

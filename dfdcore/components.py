@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import OFFICIAL_FACE_SIZE
+from dfdcore.config import OFFICIAL_FACE_SIZE
 
 # iBUG-68 indices (0-based) of each component, in the order left_eye, right_eye, nose, mouth.
 PART_LANDMARKS: tuple[tuple[int, ...], ...] = (

@@ -16,7 +16,14 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from dfdcore.collection import FACES_SCHEMA, IMAGES_SCHEMA, EXPRESSION_COLUMNS, ok_rows, read_table, write_table
+from dfdcore.dictionary.collection import (
+    EXPRESSION_COLUMNS,
+    FACES_SCHEMA,
+    IMAGES_SCHEMA,
+    ok_rows,
+    read_table,
+    write_table,
+)
 from dfdcore.io.storage import exists, join_uri, list_images, read_bytes, write_bytes_atomic
 
 
@@ -79,8 +86,8 @@ def _chunks(items: list, size: int) -> list[list]:
 @task(cache_policy=NONE, retries=1)
 def scan(source: str, out: str, cfg: DictionaryConfig) -> str:
 
-    from tasks.dictionary import scan_batch
-    from tasks.runtime import ensure_ray
+    from dfd.tasks.dictionary import scan_batch
+    from dfd.tasks.runtime import ensure_ray
 
     sources = list_images([source])
     key = _key("scan", [s.uri for s in sources])
@@ -98,8 +105,8 @@ def scan(source: str, out: str, cfg: DictionaryConfig) -> str:
 @task(cache_policy=NONE, retries=1)
 def landmarks(out: str, scan_key: str, cfg: DictionaryConfig) -> str:
 
-    from tasks.dictionary import landmarks_batch
-    from tasks.runtime import ensure_ray
+    from dfd.tasks.dictionary import landmarks_batch
+    from dfd.tasks.runtime import ensure_ray
 
     key = _key("landmarks", scan_key, cfg.upsample)
     if not _done(out, "landmarks", key):
@@ -118,7 +125,7 @@ def select(out: str, faces_key: str, cfg: DictionaryConfig) -> str:
     import numpy as np
     import pyarrow as pa
 
-    from dfdcore.pose import select_balanced, selection_histogram
+    from dfdcore.dictionary.selection import select_balanced, selection_histogram
 
     key = _key("select", faces_key, cfg.select, cfg.selection_method, cfg.seed)
     if not _done(out, "select", key):
@@ -145,8 +152,8 @@ def select(out: str, faces_key: str, cfg: DictionaryConfig) -> str:
 def features(out: str, selection_key: str, cfg: DictionaryConfig) -> tuple[str, str, bool]:
     import ray
 
-    from tasks.dictionary import FeatureWorker
-    from tasks.runtime import ensure_ray, threads_per_worker
+    from dfd.tasks.dictionary import FeatureWorker
+    from dfd.tasks.runtime import ensure_ray, threads_per_worker
 
     key = _key("features", selection_key, cfg.flip, cfg.face_size, cfg.ngf, cfg.vgg_weights, cfg.random_weights,
                cfg.seed)
@@ -178,7 +185,7 @@ def features(out: str, selection_key: str, cfg: DictionaryConfig) -> tuple[str, 
 @task(cache_policy=NONE)
 def cluster_and_export(out: str, features_key: str, cfg: DictionaryConfig, checksum: str, random: bool) -> dict:
     from dfdcore.config import GeneratorConfig
-    from dfdcore.kmeans import build_dictionary as kmeans_dictionary
+    from dfdcore.dictionary.kmeans import build_dictionary as kmeans_dictionary
 
     key = _key("kmeans", features_key, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid, cfg.max_train_gib)
     marker = join_uri(out, ".steps/kmeans.json")
@@ -215,7 +222,7 @@ def build_dictionary(source: str, out: str, config: DictionaryConfig = Dictionar
     """Build component dictionaries from the photos at ``source`` into ``out`` and record an MLflow run."""
     import mlflow
 
-    from flows.tracking import mlflow_experiment
+    from dfd.flows.tracking import mlflow_experiment
 
     started = time.perf_counter()
     experiment = mlflow_experiment("dfd-build-dictionary")

@@ -32,7 +32,7 @@ class DemoConfig:
     steps: int = 600
     batch_size: int = 8
     workers: int = 2                      # 1 torch thread each: robust when the machine is busy
-    degradation: str = "moderate"         # the reference's steps, downsampling ×2–4 (see dfdcore.degrade)
+    degradation: str = "moderate"         # the reference's steps, downsampling ×2–4 (see dfdcore.data.degrade)
     lr: float = 1e-3
     pixel_weight: float = 1.0
     pixel_criterion: str = "psnr"         # per-image log-MSE: every face counts in dB
@@ -82,9 +82,9 @@ def sample_photos() -> str:
 @task(cache_policy=NONE)
 def copy_training_photos(photos: str, folder: str, test_fraction: float, seed: int) -> str:
     """Copy the photos that the train flow's split will not hold out into ``folder`` (the dictionary's source)."""
-    from dfdcore.faceset import assign_split
+    from dfdcore.data.faceset import assign_split
+    from dfdcore.io.hashing import sha256_bytes
     from dfdcore.io.storage import list_images, read_bytes, write_bytes_atomic
-    from dfdcore.manifest import sha256_bytes
 
     contents = {source.relpath: read_bytes(source.uri) for source in list_images([photos])}
     ids = {relpath: sha256_bytes(data) for relpath, data in contents.items()}
@@ -114,7 +114,7 @@ def degraded_copies(photos: list[str], out: str, face_size: int, factor: int, se
     import cv2
     import numpy as np
 
-    from dfdcore.degrade import degrade_photo
+    from dfdcore.data.degrade import degrade_photo
     from dfdcore.face import align_faces
     from dfdcore.io.images import decode_image, write_image
     from dfdcore.io.storage import read_bytes
@@ -145,10 +145,10 @@ def comparisons(copies: list[dict], restored_out: str, factor: int, label: str) 
     first two against the original → rows {name, psnr_bicubic, psnr_restored}."""
     import numpy as np
 
+    from dfdcore.evaluation.metrics import psnr
     from dfdcore.face.paste import upscale_image
     from dfdcore.io.images import decode_image, write_image
     from dfdcore.io.storage import exists, read_bytes
-    from dfdcore.metrics import psnr
     from dfdcore.viz import side_by_side
 
     rows = []
@@ -176,13 +176,13 @@ def comparisons(copies: list[dict], restored_out: str, factor: int, label: str) 
 
 @flow(name="demo", log_prints=True)
 def demo(out: str = "dfd-results/demo", config: DemoConfig = DemoConfig()) -> DemoSummary:
-    from dfdcore.bulk import restore_sources
+    from dfd.flows.build_dictionary import DictionaryConfig, build_dictionary
+    from dfd.flows.evaluate import evaluate
+    from dfd.flows.train import train
     from dfdcore.io.storage import list_images
-    from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, model_identity, model_label
+    from dfdcore.restoration.bulk import restore_sources
+    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, model_identity, model_label
     from dfdcore.training import TrainConfig
-    from flows.build_dictionary import DictionaryConfig, build_dictionary
-    from flows.evaluate import evaluate
-    from flows.train import train
 
     random_vgg = config.vgg_weights is None
     seconds, started = {}, time.perf_counter()

@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from dfdcore.io.storage import exists, join_uri, write_bytes_atomic
-from dfdcore.restore import ModelSpec
+from dfdcore.restoration.restorer import ModelSpec
 
 EXPERIMENT = "dfd-evaluate"
 
@@ -29,7 +29,7 @@ def _write_rows(uri: str, rows: list[dict]) -> None:
 @task(cache_policy=NONE, retries=1)
 def test_set(faceset: str | None, testset: str, count: int | None, seed: int, degradation: str) -> str:
     """The pairs of ``testset`` (a folder), made from ``faceset``'s held-out faces the first time only."""
-    from dfdcore.evaluation import make_pairs
+    from dfdcore.evaluation.pairs import make_pairs
 
     pairs = join_uri(testset, "pairs.parquet")
     if not exists(pairs):
@@ -43,7 +43,7 @@ def test_set(faceset: str | None, testset: str, count: int | None, seed: int, de
 @task(cache_policy=NONE)
 def bicubic_baseline(pairs_uri: str, testset: str) -> dict:
     """Metrics of the bicubic-upsampled LQ, computed once per test set."""
-    from dfdcore.evaluation import aggregate, lpips_or_reason, metric_rows, read_pairs
+    from dfdcore.evaluation.pairs import aggregate, lpips_or_reason, metric_rows, read_pairs
 
     uri = join_uri(testset, "bicubic.json")
     if exists(uri):
@@ -62,8 +62,8 @@ def bicubic_baseline(pairs_uri: str, testset: str) -> dict:
 @task(cache_policy=NONE)
 def score(spec: ModelSpec, pairs_uri: str, rows_uri: str) -> tuple[dict, str, list]:
     """Restore every pair's LQ with the model → (means, LPIPS note, first restored faces for the grid)."""
-    from dfdcore.evaluation import aggregate, lpips_or_reason, metric_rows, read_pairs, restore_pairs
-    from dfdcore.restore import resolve_device
+    from dfdcore.evaluation.pairs import aggregate, lpips_or_reason, metric_rows, read_pairs, restore_pairs
+    from dfdcore.restoration.restorer import resolve_device
 
     pairs, meta = read_pairs(pairs_uri)
     model = replace(spec, face_size=int(meta["face_size"])).build()
@@ -92,7 +92,7 @@ def resolve_registered(spec: ModelSpec, registered: str | None) -> tuple[ModelSp
         return spec, {}
     from mlflow import MlflowClient
 
-    from flows.registry import registered_files
+    from dfd.flows.registry import registered_files
 
     name, version = registered.removeprefix("models:/").rsplit("/", 1)
     generator, dictionary = registered_files(name, version)
@@ -109,11 +109,11 @@ def evaluate(spec: ModelSpec, testset: str, faceset: str | None = None, register
     import mlflow
     import numpy as np
 
+    from dfd.flows.tracking import mlflow_experiment
     from dfdcore.api import checksum
-    from dfdcore.evaluation import read_pairs
+    from dfdcore.evaluation.pairs import read_pairs
     from dfdcore.io.images import write_image
     from dfdcore.viz import side_by_side
-    from flows.tracking import mlflow_experiment
 
     started = time.perf_counter()
     experiment = mlflow_experiment(EXPERIMENT)  # before the registry is asked: it lives in the same store

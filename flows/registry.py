@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 
-from flows.registry_model import DFDNetModel  # noqa: F401  (re-exported: the model class, for callers and tests)
+from dfd.flows.registry_model import DFDNetModel  # noqa: F401  (re-exported: the model class, for callers and tests)
 
 DEFAULT_MODEL_NAME = "dfd-generator"
 PIP_REQUIREMENTS = ["dfd", "torch==2.14.1", "safetensors"]
@@ -34,7 +34,7 @@ def register_generator(generator: str | Path, dictionary: str | Path, name: str 
 
 def validation_tags(validation: dict, best_metric: str = "psnr") -> dict[str, str]:
     """Tags of a registered version from its validation figures (numbers as text, 4 decimals)."""
-    from dfdcore.evaluation import HIGHER_IS_BETTER
+    from dfdcore.evaluation.pairs import HIGHER_IS_BETTER
 
     tags = {key: f"{value:.4f}" if isinstance(value, float) else str(value) for key, value in validation.items()}
     model, bicubic = validation.get(f"val_{best_metric}"), validation.get(f"bicubic_{best_metric}")

@@ -25,7 +25,7 @@ class DFDNetModel(PythonModel):
         import torch
 
         from dfdcore.components import part_boxes
-        from dfdcore.faceset import to_unit_range
+        from dfdcore.data.faceset import to_unit_range
 
         faces = np.asarray(model_input["faces"], dtype=np.uint8)
         boxes = part_boxes(torch.as_tensor(np.asarray(model_input["landmarks68"], np.float64)),

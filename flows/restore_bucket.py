@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from dfdcore.restore import ModelSpec, RestoreOptions
+from dfdcore.restoration.restorer import ModelSpec, RestoreOptions
 
 EXPERIMENT = "dfd-restore-bucket"
 # Listing and reading objects are the steps that meet flaky storage; restoring is idempotent (outputs are atomic
@@ -42,7 +42,7 @@ def list_photos(source: str, leave_out: str | None = None) -> list:
 @task(cache_policy=NONE, **STORAGE_RETRIES)
 def restore_photos(sources: list, output: str, spec: ModelSpec, options: RestoreOptions, workers: int,
                    batch_size: int, chunk: int):
-    from tasks.restore import restore_parallel
+    from dfd.tasks.restore import restore_parallel
 
     return restore_parallel(sources, output, spec, options, workers=workers, batch_size=batch_size, chunk=chunk)
 
@@ -98,7 +98,7 @@ def restore_bucket(source: str, output: str, model: str = "dfdnet", weights: str
     """
     import mlflow
 
-    from flows.tracking import mlflow_experiment
+    from dfd.flows.tracking import mlflow_experiment
 
     started = time.perf_counter()
     spec = ModelSpec(model, weights, dictionary, random_weights, face_size=face_size, ngf=ngf, device=device)

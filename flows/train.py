@@ -23,8 +23,8 @@ def prepare_faceset(source: str, faceset: str, face_size: int, test_fraction: fl
 
     ``source``: a faceset ``.parquet`` (used as is), a dictionary build folder (its ``faces.parquet``: landmarks
     known, no detection), or photos (any folder/URL/glob: faces detected and aligned here)."""
-    from dfdcore.collection import read_table
-    from dfdcore.faceset import FaceSet, faces_from_photos, faces_from_table, write_faceset
+    from dfdcore.data.faceset import FaceSet, faces_from_photos, faces_from_table, write_faceset
+    from dfdcore.dictionary.collection import read_table
     from dfdcore.io.storage import list_images
 
     if exists(faceset):
@@ -44,7 +44,7 @@ def prepare_faceset(source: str, faceset: str, face_size: int, test_fraction: fl
 
 @task(cache_policy=NONE)
 def run_training(cfg: TrainConfig, tracking_uri: str, run_id: str, max_failures: int) -> None:
-    from tasks.train import Tracking, fit
+    from dfd.tasks.train import Tracking, fit
 
     fit(cfg, Tracking(tracking_uri, run_id), max_failures=max_failures)
 
@@ -68,8 +68,8 @@ class TrainSummary:
 
 def _local_copy(uri: str) -> str:
     """``uri`` itself when local, else a copy under the dfd home (MLflow logs artifacts from local files)."""
+    from dfd.flows.tracking import dfd_home
     from dfdcore.io.storage import is_local
-    from flows.tracking import dfd_home
 
     if is_local(uri):
         return uri
@@ -81,7 +81,7 @@ def _local_copy(uri: str) -> str:
 
 def chosen_generator(out: str) -> tuple[str, dict | None]:
     """The generator a finished training folder offers: its best validated one (and the figures), else the final."""
-    from tasks.train import best_uris
+    from dfd.tasks.train import best_uris
 
     generator, figures = best_uris(out)
     if exists(generator) and exists(figures):
@@ -116,9 +116,9 @@ def train(config: TrainConfig, source: str | None = None, test_fraction: float =
     ``max_failures``: Ray Train restarts of the workers from the latest checkpoint (``tasks.train.fit``)."""
     import mlflow
 
+    from dfd.flows.registry import register_generator
+    from dfd.flows.tracking import mlflow_experiment
     from dfdcore.training import latest_checkpoint
-    from flows.registry import register_generator
-    from flows.tracking import mlflow_experiment
 
     started = time.perf_counter()
     if not exists(config.faceset):

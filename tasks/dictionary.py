@@ -14,14 +14,14 @@ from dfdcore.io.storage import Source
 
 @ray.remote
 def scan_batch(sources: Sequence[Source]) -> list[dict]:
-    from dfdcore.collection import scan_image
+    from dfdcore.dictionary.collection import scan_image
 
     return [scan_image(source) for source in sources]
 
 
 @ray.remote
 def landmarks_batch(image_rows: Sequence[dict], upsample: int = 1) -> list[dict]:
-    from dfdcore.collection import detect_image_faces
+    from dfdcore.dictionary.collection import detect_image_faces
 
     return [row for image in image_rows for row in detect_image_faces(image, upsample=upsample)]
 
@@ -34,15 +34,15 @@ class FeatureWorker:
                  threads: int) -> None:
         import torch
 
+        from dfdcore.arch.vgg_weights import load_vgg
         from dfdcore.config import GeneratorConfig
-        from dfdcore.features import load_vgg
 
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers
         self.config = GeneratorConfig(face_size=face_size, ngf=ngf)
         self.vgg, self.checksum, self.random = load_vgg(vgg_weights, width=ngf, random_seed=random_seed)
 
     def extract(self, faces: Sequence[dict], root: str, shard: str, flip: bool) -> int:
-        from dfdcore.dictionary_features import extract_shard
+        from dfdcore.dictionary.extract import extract_shard
 
         return extract_shard(self.vgg, self.checksum, self.random, self.config, faces, root, shard, flip)
 

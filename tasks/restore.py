@@ -1,6 +1,6 @@
 """Ray actors that restore chunks of images in parallel; the driver owns the manifest.
 
-Each actor loads the model once and restores chunks of sources with ``dfdcore.bulk.restore_sources`` (outputs are
+Each actor loads the model once and restores chunks of sources with ``dfdcore.restoration.bulk.restore_sources`` (outputs are
 written by the actors, atomically); the driver plans the outputs for the whole list first (collisions, the
 output's own files), hands each chunk the manifest rows of its sources, and appends each finished chunk's rows as
 one manifest part — so recording costs one chunk, and an interrupted run resumes at chunk granularity. A worker
@@ -15,13 +15,12 @@ from collections.abc import Callable, Sequence
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from dfdcore.bulk import MANIFEST_NAME, BulkSummary, compact_quietly, prepare_run
+from dfd.tasks.runtime import ensure_ray, threads_per_worker
 from dfdcore.io.storage import Source, is_local, join_uri
-from dfdcore.manifest import append_rows
-from dfdcore.memory import default_max_pixels
-from dfdcore.restore import ModelSpec, Restorer, RestoreOptions, resolve_device
-
-from .runtime import ensure_ray, threads_per_worker
+from dfdcore.restoration.bulk import MANIFEST_NAME, BulkSummary, compact_quietly, prepare_run
+from dfdcore.restoration.manifest import append_rows
+from dfdcore.restoration.memory import default_max_pixels
+from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, resolve_device
 
 WORKER_RESTARTS = 2  # a worker killed twice more on one chunk: that chunk's images are failed rows
 CHUNKS_IN_FLIGHT_PER_WORKER = 2
@@ -36,7 +35,7 @@ class RestoreWorker:
         self.restorer = Restorer(spec.build(), options, batch_size=batch_size, device=resolve_device(spec.device))
 
     def restore(self, sources: list[Source], out: str, previous: dict, **kwargs) -> BulkSummary:
-        from dfdcore.bulk import restore_sources
+        from dfdcore.restoration.bulk import restore_sources
 
         return restore_sources(sources, out, self.restorer, previous=previous, record=False, **kwargs)
 

@@ -14,10 +14,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfd.tasks.runtime import ensure_ray, threads_per_worker, train_patience
 from dfdcore.io.storage import exists, join_uri, read_bytes, write_bytes_atomic
 from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
-
-from .runtime import ensure_ray, threads_per_worker, train_patience
 
 GENERATOR_NAME = "generator.safetensors"
 DEFAULT_MAX_FAILURES = 2  # worker-group restarts from the latest checkpoint within one fit()
@@ -146,7 +145,7 @@ class BestGenerator:
     its figures in ``out/best/validation.json`` (read back on resume)."""
 
     def __init__(self, cfg) -> None:
-        from dfdcore.evaluation import HIGHER_IS_BETTER
+        from dfdcore.evaluation.pairs import HIGHER_IS_BETTER
 
         self.metric, self.higher = f"val_{cfg.best_metric}", cfg.best_metric in HIGHER_IS_BETTER
         self.generator_uri, self.figures_uri = best_uris(cfg.out)

@@ -44,7 +44,7 @@ def prefect_server(tmp_path_factory):
     """One Prefect temporary server for the whole session, with its state in a temporary dfd home."""
     home = tmp_path_factory.mktemp("dfd-home")
     os.environ["DFD_HOME"] = str(home)
-    from flows.tracking import configure_prefect
+    from dfd.flows.tracking import configure_prefect
 
     configure_prefect()
     from prefect.testing.utilities import prefect_test_harness
@@ -57,7 +57,7 @@ def prefect_server(tmp_path_factory):
 def training_data(tmp_path_factory):
     """A 128-px faceset of the 9 portrait photos (2 held out) and a random K=8 dictionary for the small network."""
     root = tmp_path_factory.mktemp("training-data")
-    from dfdcore.faceset import faces_from_photos, write_faceset
+    from dfdcore.data.faceset import faces_from_photos, write_faceset
     from dfdcore.io.storage import list_images
 
     rows, skipped = faces_from_photos(list_images([str(SHARED / "data/faces/portraits")]), SMALL.face_size)

@@ -33,7 +33,7 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(photos, tmp_path_factory, prefect_server):
-    from flows.build_dictionary import DictionaryConfig, build_dictionary
+    from dfd.flows.build_dictionary import DictionaryConfig, build_dictionary
 
     out = tmp_path_factory.mktemp("dictionary-out")
     config = DictionaryConfig(k=4, select=8, face_size=128, ngf=8, random_weights=True, seed=1, niter=5,
@@ -88,7 +88,7 @@ def test_mlflow_run_records_the_build(built):
 
 
 def test_rerun_skips_and_changing_k_reruns_only_kmeans(built, photos):
-    from flows.build_dictionary import build_dictionary
+    from dfd.flows.build_dictionary import build_dictionary
 
     out, config, _ = built
     stamps = {name: (out / name).stat().st_mtime_ns for name in ("images.parquet", "faces.parquet",
@@ -108,8 +108,8 @@ def test_rerun_skips_and_changing_k_reruns_only_kmeans(built, photos):
 def test_kmeans_beats_random_centres_from_the_data(built):
     import numpy as np
 
-    from dfdcore.features import iter_feature_batches
-    from dfdcore.kmeans import kmeans_partition
+    from dfdcore.dictionary.kmeans import kmeans_partition
+    from dfdcore.dictionary.store import iter_feature_batches
 
     out, _, _ = built
     root = str(out / "features")
@@ -125,7 +125,7 @@ def test_kmeans_beats_random_centres_from_the_data(built):
 
 def test_interrupted_feature_step_resumes_at_the_missing_shard(built, photos):
     """Delete one shard's coarsest-mouth file and the feature marker: only that shard is extracted again."""
-    from flows.build_dictionary import build_dictionary
+    from dfd.flows.build_dictionary import build_dictionary
 
     out, config, _ = built
     partition = out / "features" / "scale=8" / "part=mouth"

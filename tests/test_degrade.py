@@ -1,4 +1,4 @@
-"""The synthetic degradation model (dfdcore.degrade): steps alone, then the sampled pipeline and its presets."""
+"""The synthetic degradation model (dfdcore.data.degrade): steps alone, then the sampled pipeline and its presets."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,22 @@ import cv2
 import numpy as np
 import pytest
 
-from dfdcore.degrade import (PRESETS, DegradationConfig, Degraded, add_noise, color_jitter, degrade, downsample,
-                             gaussian_blur, gaussian_kernel, jpeg, motion_blur, motion_kernel, to_gray, upsample)
+from dfdcore.data.degrade import (
+    PRESETS,
+    DegradationConfig,
+    Degraded,
+    add_noise,
+    color_jitter,
+    degrade,
+    downsample,
+    gaussian_blur,
+    gaussian_kernel,
+    jpeg,
+    motion_blur,
+    motion_kernel,
+    to_gray,
+    upsample,
+)
 
 
 def textured(size: int = 128, seed: int = 0) -> np.ndarray:
@@ -274,9 +288,9 @@ def test_bad_config_and_preset_raise():
 
 
 def test_degraded_photo_is_smaller_reproducible_and_worse():
-    from dfdcore.degrade import degrade_photo
+    from dfdcore.data.degrade import degrade_photo
+    from dfdcore.evaluation.metrics import psnr
     from dfdcore.face.paste import upscale_image
-    from dfdcore.metrics import psnr
 
     rng = np.random.default_rng(0)
     photo = cv2.GaussianBlur(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), (0, 0), 2)

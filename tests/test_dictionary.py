@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dfdcore import OFFICIAL, PARTS, ComponentDictionary, DictionaryError, random_generator
-from dfdcore.dictionary import official_file_name
+from dfdcore.dictionary.format import official_file_name
 
 OFFICIAL_SHAPES = {  # reference §2 table
     (256, "left_eye"): (512, 128, 40, 40), (256, "nose"): (512, 128, 25, 25), (256, "mouth"): (512, 128, 55, 55),

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from dfdcore.evaluation import METRIC_COLUMNS, make_pairs, read_pairs
-from dfdcore.metrics import psnr, ssim
-from dfdcore.restore import ModelSpec
+from dfdcore.evaluation.metrics import psnr, ssim
+from dfdcore.evaluation.pairs import METRIC_COLUMNS, make_pairs, read_pairs
+from dfdcore.restoration.restorer import ModelSpec
 
 
 def test_pairs_are_reproducible_from_held_out_faces(training_data, tmp_path):
@@ -29,7 +29,7 @@ def test_pairs_are_reproducible_from_held_out_faces(training_data, tmp_path):
 
 def test_evaluate_identity_equals_bicubic_and_a_random_model_is_worse(prefect_server, training_data, tmp_path):
     from dfd.cli import main
-    from flows.evaluate import evaluate
+    from dfd.flows.evaluate import evaluate
 
     testset = str(tmp_path / "testset")
     identity = evaluate(ModelSpec(name="identity"), testset, faceset=str(training_data / "faceset.parquet"))

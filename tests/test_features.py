@@ -8,11 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dfdcore.arch.vgg_weights import load_vgg
 from dfdcore.components import part_boxes, scale_boxes
 from dfdcore.config import PARTS, GeneratorConfig
-from dfdcore.features import (FEATURE_FORMAT, FeatureStoreError, component_features, count_rows, flip_faces,
-                              iter_feature_batches, list_shards, load_vgg, read_feature_schema, valid_rows,
-                              write_feature_partition)
+from dfdcore.dictionary.crops import component_features, valid_rows
+from dfdcore.dictionary.store import (
+    FEATURE_FORMAT,
+    FeatureStoreError,
+    count_rows,
+    iter_feature_batches,
+    list_shards,
+    read_feature_schema,
+    write_feature_partition,
+)
+from dfdcore.face.flip import flip_faces
 
 CFG = GeneratorConfig(face_size=128, ngf=8)
 

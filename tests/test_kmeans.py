@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dfdcore.config import PARTS, GeneratorConfig
-from dfdcore.dictionary import ComponentDictionary
-from dfdcore.features import write_feature_partition
-from dfdcore.kmeans import build_dictionary, kmeans_partition, kmeans_plus_plus, sample_size
+from dfdcore.dictionary.format import ComponentDictionary
+from dfdcore.dictionary.kmeans import build_dictionary, kmeans_partition, kmeans_plus_plus, sample_size
+from dfdcore.dictionary.store import write_feature_partition
 
 CFG = GeneratorConfig(face_size=128, ngf=8)
 SCALE, PART = 32, "nose"  # (32, 3, 3) entries for CFG: d = 288

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dfdcore.arch.vgg import VGGFeatures
-from dfdcore.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, pixel_loss, tv_loss
+from dfdcore.training.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, pixel_loss, tv_loss
 
 SIZE = 32
 

@@ -9,8 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from dfdcore.io import join_uri, read_bytes, write_bytes_atomic
-from dfdcore.manifest import (COLUMNS, SCHEMA, append_rows, compact, is_current, manifest_parts, merge_rows,
-                              read_manifest, sha256_bytes, write_manifest)
+from dfdcore.io.hashing import sha256_bytes
+from dfdcore.restoration.manifest import (
+    COLUMNS,
+    SCHEMA,
+    append_rows,
+    compact,
+    is_current,
+    manifest_parts,
+    merge_rows,
+    read_manifest,
+    write_manifest,
+)
 
 from .s3server import create_bucket, s3_server  # noqa: F401  (fixture)
 

@@ -13,7 +13,7 @@ from skimage import color
 from skimage import metrics as skm
 from skimage.io import imread
 
-from dfdcore import metrics
+from dfdcore.evaluation import metrics
 from dfdcore.face import landmarks
 from tests.conftest import SHARED
 

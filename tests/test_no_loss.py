@@ -19,8 +19,8 @@ from PIL import Image
 
 from dfd.cli import main
 from dfdcore.io.atomic import remove_stale_parts
-from dfdcore.manifest import manifest_parts, read_manifest
-from dfdcore.memory import bytes_per_pixel, default_max_pixels, machine_memory_bytes
+from dfdcore.restoration.manifest import manifest_parts, read_manifest
+from dfdcore.restoration.memory import bytes_per_pixel, default_max_pixels, machine_memory_bytes
 
 from .conftest import SHARED
 
@@ -317,10 +317,10 @@ def test_a_dead_ray_worker_is_replaced_and_its_chunk_retried(tmp_path):
     import psutil
     import ray
 
+    from dfd.tasks.restore import restore_parallel
+    from dfd.tasks.runtime import ensure_ray
     from dfdcore.io.storage import list_images
-    from dfdcore.restore import ModelSpec, RestoreOptions
-    from tasks.restore import restore_parallel
-    from tasks.runtime import ensure_ray
+    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions
 
     folder = tmp_path / "in"
     small_photos(folder, 16)

@@ -1,12 +1,12 @@
-"""Head pose, expression descriptors and balanced selection (dfdcore.pose)."""
+"""Head pose, expression descriptors and balanced selection (dfdcore.face.pose / dfdcore.dictionary.selection)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from dfdcore import pose
-from dfdcore.face import detect_faces, landmarks
+from dfdcore.dictionary import selection
+from dfdcore.face import detect_faces, landmarks, pose
 from dfdcore.io.images import read_rgb
 
 from .conftest import SHARED
@@ -141,10 +141,10 @@ def skewed_set(n: int = 1000, seed: int = 0) -> np.ndarray:
     return np.stack([yaw, rng.normal(0, 8, n), rng.gamma(1.5, 0.05, n)], axis=1)
 
 
-@pytest.mark.parametrize("method", pose.METHODS)
+@pytest.mark.parametrize("method", selection.METHODS)
 def test_selection_flattens_histogram(method):
     d = skewed_set()
-    sel, bin_id, stats = pose.select_balanced(d, 150, method=method, bins=(5, 3, 3), seed=4)
+    sel, bin_id, stats = selection.select_balanced(d, 150, method=method, bins=(5, 3, 3), seed=4)
     assert sel.shape == (150,) and len(np.unique(sel)) == 150 and sel.dtype.kind == "i"
     assert bin_id.shape == (1000,)
     assert stats["counts_before"].sum() == 1000 and stats["counts_after"].sum() == 150
@@ -156,44 +156,44 @@ def test_selection_flattens_histogram(method):
 
 def test_stratified_is_as_flat_as_possible():
     d = skewed_set()
-    _, _, stats = pose.select_balanced(d, 60, bins=(5, 3, 3), seed=0)
+    _, _, stats = selection.select_balanced(d, 60, bins=(5, 3, 3), seed=0)
     before, after = stats["counts_before"], stats["counts_after"]
     level = after.max()
     # Every bin got min(count, level) or one less; no bin left behind while another holds 2+ more.
     assert (after >= np.minimum(before, level - 1)).all()
 
 
-@pytest.mark.parametrize("method", pose.METHODS)
+@pytest.mark.parametrize("method", selection.METHODS)
 def test_selection_deterministic_and_complete(method):
     d = skewed_set(300)
-    a = pose.select_balanced(d, 40, method=method, seed=7)[0]
-    assert np.array_equal(a, pose.select_balanced(d, 40, method=method, seed=7)[0])
-    assert not np.array_equal(a, pose.select_balanced(d, 40, method=method, seed=8)[0])
-    everything = pose.select_balanced(d, 500, method=method)[0]
+    a = selection.select_balanced(d, 40, method=method, seed=7)[0]
+    assert np.array_equal(a, selection.select_balanced(d, 40, method=method, seed=7)[0])
+    assert not np.array_equal(a, selection.select_balanced(d, 40, method=method, seed=8)[0])
+    everything = selection.select_balanced(d, 500, method=method)[0]
     assert np.array_equal(everything, np.arange(300))
 
 
 def test_selection_errors():
     d = skewed_set(50)
     with pytest.raises(ValueError, match="method"):
-        pose.select_balanced(d, 5, method="quantile")
+        selection.select_balanced(d, 5, method="quantile")
     with pytest.raises(ValueError, match="one entry per descriptor column"):
-        pose.select_balanced(d, 5, bins=(5, 3))
+        selection.select_balanced(d, 5, bins=(5, 3))
     with pytest.raises(ValueError, match="NaN"):
-        pose.select_balanced(np.r_[d, [[np.nan, 0, 0]]], 5)
+        selection.select_balanced(np.r_[d, [[np.nan, 0, 0]]], 5)
 
 
 def test_farthest_handles_duplicates():
     d = np.zeros((20, 2))
     d[10:] = 1.0
-    sel = pose.select_balanced(d, 12, method="farthest")[0]
+    sel = selection.select_balanced(d, 12, method="farthest")[0]
     assert len(np.unique(sel)) == 12
 
 
 def test_selection_histogram_png(tmp_path):
     d = skewed_set(300)
-    sel = pose.select_balanced(d, 50, seed=1)[0]
-    out = pose.selection_histogram(d, sel, ["yaw", "pitch", "mouth_open"], tmp_path / "hist.png")
+    sel = selection.select_balanced(d, 50, seed=1)[0]
+    out = selection.selection_histogram(d, sel, ["yaw", "pitch", "mouth_open"], tmp_path / "hist.png")
     assert out.stat().st_size > 1000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -202,7 +202,7 @@ def test_balanced_subset_beats_a_random_subset_on_max_min_bin_ratio():
     """Max/min count over the yaw bins the data occupies: balanced selection vs a random subset of the same size."""
     d = skewed_set(seed=3)
     n = 120
-    selected, bin_id, _ = pose.select_balanced(d, n, bins=(5, 1, 1), seed=0)
+    selected, bin_id, _ = selection.select_balanced(d, n, bins=(5, 1, 1), seed=0)
     random_pick = np.random.default_rng(0).choice(len(d), n, replace=False)
     occupied = np.unique(bin_id)
 

@@ -10,7 +10,7 @@ import torch
 from mlflow.models import Model
 
 import dfdcore
-from dfdcore.faceset import to_unit_range
+from dfdcore.data.faceset import to_unit_range
 
 
 @pytest.fixture()
@@ -29,7 +29,7 @@ def sqlite_mlflow(tmp_path, monkeypatch):
 
 def test_registered_model_is_code_not_pickle_and_restores_like_the_generator(sqlite_mlflow, small_generator,
                                                                              small_dictionary, tmp_path):
-    from flows.registry import register_generator, registered_files
+    from dfd.flows.registry import register_generator, registered_files
 
     weights = dfdcore.save_checkpoint(small_generator, tmp_path / "generator.safetensors")
     dictionary = small_dictionary.save(tmp_path / "dictionary.safetensors")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dfd.cli import main
-from dfdcore.manifest import read_manifest
+from dfdcore.restoration.manifest import read_manifest
 
 from .conftest import SHARED
 from .s3server import s3_server  # noqa: F401  (fixture)
@@ -132,7 +132,7 @@ def test_identity_model_reproduces_the_photo_in_face_regions(upscale, bar):
     """Restorer end to end with the identity model: face regions match the (upscaled) input."""
     from dfdcore.face import face_to_image_matrix, paste_faces, upscale_image
     from dfdcore.io import decode_image
-    from dfdcore.restore import IdentityModel, Restorer, RestoreOptions
+    from dfdcore.restoration.restorer import IdentityModel, RestoreOptions, Restorer
 
     restorer = Restorer(IdentityModel(512), RestoreOptions(upscale=upscale), batch_size=4)
     images = [(p.name, decode_image(p.read_bytes())) for p in sorted(PORTRAITS.iterdir())]
@@ -164,10 +164,10 @@ def test_a_small_face_pasted_back_unchanged_loses_nothing_against_a_plain_bicubi
     """Crop → paste of an unchanged face costs nothing: the small face is enlarged into its crop bicubically."""
     import cv2
 
+    from dfdcore.evaluation.metrics import psnr
     from dfdcore.face.paste import upscale_image
     from dfdcore.io.images import decode_image
-    from dfdcore.metrics import psnr
-    from dfdcore.restore import IdentityModel, Restorer, RestoreOptions
+    from dfdcore.restoration.restorer import IdentityModel, RestoreOptions, Restorer
 
     truth = cv2.resize(np.asarray(Image.open(PORTRAITS / "grace_hopper.jpg").convert("RGB")), (256, 256),
                        interpolation=cv2.INTER_AREA)

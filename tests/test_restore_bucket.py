@@ -7,7 +7,7 @@ import shutil
 import pytest
 from mlflow import MlflowClient
 
-from dfdcore.manifest import read_manifest
+from dfdcore.restoration.manifest import read_manifest
 from tests.conftest import SHARED
 
 
@@ -22,7 +22,7 @@ def bucket(tmp_path):
 
 
 def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server, bucket, tmp_path):
-    from flows.restore_bucket import restore_bucket
+    from dfd.flows.restore_bucket import restore_bucket
 
     out, failed = tmp_path / "out", tmp_path / "failed"
     first = restore_bucket(str(bucket), str(out), model="identity", workers=1, upscale=1, failed_prefix=str(failed))
@@ -44,7 +44,7 @@ def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server
 
 
 def test_failed_copies_inside_the_source_are_not_listed_again(bucket):
-    from flows.restore_bucket import list_photos
+    from dfd.flows.restore_bucket import list_photos
 
     failed = bucket / "failed"
     failed.mkdir()

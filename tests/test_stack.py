@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from dfdcore.io.storage import filesystem_for, read_bytes, write_bytes_atomic
-from dfdcore.manifest import read_manifest
+from dfdcore.restoration.manifest import read_manifest
 from tests.conftest import SHARED
 
 from .s3server import create_bucket, s3_server  # noqa: F401  (fixture)

@@ -19,7 +19,7 @@ def _checkpoint(uri: str) -> dict:
 
 
 def test_two_worker_ddp_matches_one_process_on_the_same_global_batch(training_data, tmp_path):
-    from tasks.train import Tracking, fit
+    from dfd.tasks.train import Tracking, fit
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("ddp", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -50,9 +50,9 @@ def test_two_worker_ddp_matches_one_process_on_the_same_global_batch(training_da
 
 
 def test_train_flow_records_the_run_and_registers_the_model(prefect_server, training_data, tmp_path):
+    from dfd.flows.registry import registered_files
+    from dfd.flows.train import train
     from dfdcore.api import load_generator
-    from flows.registry import registered_files
-    from flows.train import train
 
     cfg = small_train_config(training_data, tmp_path / "run", steps=4, batch_size=2, checkpoint_every=2,
                              sample_every=2, log_every=1, faceset=str(tmp_path / "run" / "faceset.parquet"))
@@ -93,8 +93,8 @@ def _dies_once_saving_step_3(config: dict) -> None:
     import os
     from pathlib import Path
 
+    from dfd.tasks.train import train_loop
     from dfdcore.training import Trainer
-    from tasks.train import train_loop
 
     marker = Path(config["train"]["out"]) / "died-once"
     original = Trainer.save
@@ -113,8 +113,8 @@ def test_a_dead_worker_is_restarted_from_the_latest_checkpoint_without_logging_t
     import os
     from pathlib import Path
 
-    from tasks.runtime import TRAIN_PATIENCE
-    from tasks.train import DEFAULT_MAX_FAILURES, Tracking, fit
+    from dfd.tasks.runtime import TRAIN_PATIENCE
+    from dfd.tasks.train import DEFAULT_MAX_FAILURES, Tracking, fit
 
     assert DEFAULT_MAX_FAILURES > 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dfdcore.faceset import FaceSet, assign_split, training_sample
-from dfdcore.degrade import DegradationConfig
+from dfdcore.data.degrade import DegradationConfig
+from dfdcore.data.faceset import FaceSet, assign_split, training_sample
 from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
 from tests.conftest import SMALL
 
@@ -179,7 +179,7 @@ def test_recipe_settings_are_checked(training_data, tmp_path):
 
 
 def test_augmented_faces_move_their_landmarks_with_them(training_data):
-    from dfdcore.faceset import augment_face
+    from dfdcore.data.faceset import augment_face
 
     faces = FaceSet(str(training_data / "faceset.parquet"), "train")
     image, lm68 = faces.face(0)
@@ -200,7 +200,7 @@ def test_restore_warns_when_the_models_own_validation_was_worse_than_bicubic(tra
 
     from dfd.cli import main
     from dfdcore.api import trained_validation
-    from dfdcore.evaluation import worse_than_bicubic
+    from dfdcore.evaluation.pairs import worse_than_bicubic
     from tests.conftest import SHARED
 
     trainer = Trainer(small_train_config(training_data, tmp_path, residual=True))

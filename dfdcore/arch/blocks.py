@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spectral_norm import SNConv2d
+from dfdcore.arch.spectral_norm import SNConv2d
 
 
 class InferenceInplaceLeakyReLU(nn.Module):

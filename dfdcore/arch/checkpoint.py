@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io import atomic_path
-from ..io.arrays import describe_torch_load_error
-from .vgg import VGG19_CONV_NAMES
+from dfdcore.arch.vgg import VGG19_CONV_NAMES
+from dfdcore.io import atomic_path
+from dfdcore.io.arrays import describe_torch_load_error
 
 # Unused parts of the official UNetDictFace: the VGG classifier (123.6 M parameters) and to_rgb0..3.
 IGNORED_KEY_PREFIXES = ("VggExtract.model.classifier.", "to_rgb0.", "to_rgb1.", "to_rgb2.", "to_rgb3.")

@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import OFFICIAL, PART_PREFIXES, PARTS, GeneratorConfig
-from ..dictionary import ComponentDictionary
-from .blocks import MSDilateBlock, StyledUpBlock, attention_block, output_head
-from .spectral_norm import SNConv2d
-from .tiling import rowwise
-from .transfer import DictionaryBank, transfer_scale
-from .vgg import VGGFeatures
+from dfdcore.arch.blocks import MSDilateBlock, StyledUpBlock, attention_block, output_head
+from dfdcore.arch.spectral_norm import SNConv2d
+from dfdcore.arch.tiling import rowwise
+from dfdcore.arch.transfer import DictionaryBank, transfer_scale
+from dfdcore.arch.vgg import VGGFeatures
+from dfdcore.config import OFFICIAL, PART_PREFIXES, PARTS, GeneratorConfig
+from dfdcore.dictionary.format import ComponentDictionary
 
 
 class DFDNet(nn.Module):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import PARTS
-from ..dictionary import ComponentDictionary
-from .generator import DFDNet
-from .transfer import adain
+from dfdcore.arch.generator import DFDNet
+from dfdcore.arch.transfer import adain
+from dfdcore.config import PARTS
+from dfdcore.dictionary.format import ComponentDictionary
 
 RawDictionary = dict[tuple[int, str], torch.Tensor]
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..components import scale_boxes
-from ..config import PARTS, GeneratorConfig
-from ..dictionary import ComponentDictionary
-from ..runtime import release_free_memory
+from dfdcore.components import scale_boxes
+from dfdcore.config import PARTS, GeneratorConfig
+from dfdcore.dictionary.format import ComponentDictionary
+from dfdcore.runtime import release_free_memory
 
 ADAIN_EPS = 1e-5
 _RERANK = 8  # candidates re-scored in float32 when the dictionary is stored in 16-bit

@@ -6,7 +6,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .tiling import rowwise
+from dfdcore.arch.tiling import rowwise
 
 # VGG19 "E" layout up to conv5_4, in units of the first conv width (64 for ImageNet VGG19); "M" = max-pool.
 _VGG19_PLAN = (1, 1, "M", 2, 2, "M", 4, 4, 4, 4, "M", 8, 8, 8, 8, "M", 8, 8, 8, 8)

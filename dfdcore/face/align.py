@@ -54,3 +54,15 @@ def align_face(rgb: np.ndarray, points5: np.ndarray, face_size: int = 512) -> tu
     crop = cv2.warpAffine(rgb, matrix, (face_size, face_size), flags=interpolation,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return crop, matrix
+
+
+def photo_to_face_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 2) photo pixels → aligned-face pixels through the (2, 3) photo → face matrix."""
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def aligned_from_landmarks(rgb: np.ndarray, lm5: np.ndarray, lm68: np.ndarray, face_size: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """A face of a photo whose landmarks are known (photo pixels) → (S, S, 3) crop, (68, 2) landmarks on it."""
+    crop, matrix = align_face(rgb, np.asarray(lm5, np.float64).reshape(5, 2), face_size)
+    return crop, photo_to_face_points(matrix, np.asarray(lm68, np.float64).reshape(68, 2))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import dlib
 import numpy as np
 
-from .models import cnn_detector, frontal_detector, shape_predictor
+from dfdcore.face.models import cnn_detector, frontal_detector, shape_predictor
 
 
 @dataclass(frozen=True)

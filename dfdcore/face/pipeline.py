@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..components import part_boxes
-from .align import align_face
-from .detect import DetectedFace, detect_faces, landmarks
+from dfdcore.components import part_boxes
+from dfdcore.face.align import align_face
+from dfdcore.face.detect import DetectedFace, detect_faces, landmarks
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .storage import is_local, read_bytes, write_bytes_atomic
+from dfdcore.io.storage import is_local, read_bytes, write_bytes_atomic
 
 # PIL's own hard limit: Image.open refuses images over twice MAX_IMAGE_PIXELS before we see their size.
 DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
@@ -446,3 +446,20 @@ def _png_with_text(png: bytes, text: dict[str, str]) -> bytes:
         chunks.append(struct.pack(">I", len(body)) + b"tEXt" + body
                       + struct.pack(">I", zlib.crc32(b"tEXt" + body) & 0xFFFFFFFF))
     return png[:ihdr_end] + b"".join(chunks) + png[ihdr_end:]
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 RGB → PNG bytes (lossless; faceset and test-set storage)."""
+    import cv2
+
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return data.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes of ``encode_png`` → (H, W, 3) uint8 RGB."""
+    import cv2
+
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

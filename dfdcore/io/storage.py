@@ -18,7 +18,7 @@ import fsspec
 from fsspec.core import split_protocol, url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from .atomic import atomic_path
+from dfdcore.io.atomic import atomic_path
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "jpe", "jfif", "png", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm")
 _S3_PROTOCOLS = frozenset({"s3", "s3a"})

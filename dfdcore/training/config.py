@@ -4,13 +4,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from ..config import GeneratorConfig
-from ..degrade import DegradationConfig
-
+from dfdcore.config import GeneratorConfig
+from dfdcore.data.degrade import DegradationConfig
 
 LR_SCHEDULES = ("linear", "cosine")
 PIXEL_CRITERIA = ("mse", "l1", "psnr")
-# Validation figures a run can keep its best generator by (direction: dfdcore.evaluation.HIGHER_IS_BETTER).
+# Validation figures a run can keep its best generator by (direction: dfdcore.evaluation.pairs.HIGHER_IS_BETTER).
 VALIDATION_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "identity_distance", "landmark_distance")
 
 

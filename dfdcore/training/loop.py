@@ -18,20 +18,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..api import load_weights
-from ..arch.checkpoint import save_checkpoint
-from ..arch.discriminator import MultiScaleSNDiscriminator
-from ..arch.generator import DFDNet
-from ..degrade import DegradationConfig
-from ..dictionary import ComponentDictionary
-from ..evaluation import aggregate, degraded_pairs, metric_rows, restore_pairs
-from ..faceset import FaceSet, to_unit_range, training_batch, training_sample
-from ..features import extractor_checksum, load_vgg
-from ..io.storage import exists, filesystem_for, join_uri, read_bytes, write_bytes_atomic
-from ..losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, l1_loss, log_mse_loss, pixel_loss
-from ..metrics import IdentityEncoder
-from ..viz import side_by_side
-from .config import TrainConfig
+from dfdcore.api import load_weights
+from dfdcore.arch.checkpoint import save_checkpoint
+from dfdcore.arch.discriminator import MultiScaleSNDiscriminator
+from dfdcore.arch.generator import DFDNet
+from dfdcore.arch.vgg_weights import extractor_checksum, load_vgg
+from dfdcore.data.degrade import DegradationConfig
+from dfdcore.data.faceset import FaceSet, to_unit_range, training_batch, training_sample
+from dfdcore.dictionary.format import ComponentDictionary
+from dfdcore.evaluation.metrics import IdentityEncoder
+from dfdcore.evaluation.pairs import aggregate, degraded_pairs, metric_rows, restore_pairs
+from dfdcore.io.storage import exists, filesystem_for, join_uri, read_bytes, write_bytes_atomic
+from dfdcore.training.config import TrainConfig
+from dfdcore.training.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, l1_loss, log_mse_loss, pixel_loss
+from dfdcore.viz import side_by_side
 
 STATE_FORMAT = "dfd-train-state"
 _CHECKPOINT = re.compile(r"step_(\d{8})\.pt$")

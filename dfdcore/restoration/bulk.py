@@ -19,15 +19,33 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from .face.pipeline import to_photo_points
-from .io.atomic import remove_stale_parts
-from .io.images import encode_image
-from .io.storage import (DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, Source, UnreadableInput, filesystem_for,
-                         is_local, join_uri, read_input, write_bytes_atomic)
-from .manifest import append_rows, compact, is_current, printable, read_manifest, sha256_bytes
-from .plan import MANIFEST_NAME, OUTPUT_FOLDERS, check_left_out, plan_outputs
-from .restore import ImageResult, Restorer, decode_or_error, encode_result, model_identity, model_label, output_name
-from .viz import side_by_side
+from dfdcore.face.pipeline import to_photo_points
+from dfdcore.io.atomic import remove_stale_parts
+from dfdcore.io.hashing import sha256_bytes
+from dfdcore.io.images import encode_image
+from dfdcore.io.storage import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_READ_TIMEOUT_S,
+    Source,
+    UnreadableInput,
+    filesystem_for,
+    is_local,
+    join_uri,
+    read_input,
+    write_bytes_atomic,
+)
+from dfdcore.restoration.manifest import append_rows, compact, is_current, printable, read_manifest
+from dfdcore.restoration.plan import MANIFEST_NAME, OUTPUT_FOLDERS, check_left_out, plan_outputs
+from dfdcore.restoration.restorer import (
+    ImageResult,
+    Restorer,
+    decode_or_error,
+    encode_result,
+    model_identity,
+    model_label,
+    output_name,
+)
+from dfdcore.viz import side_by_side
 
 __all__ = ["BulkSummary", "MANIFEST_NAME", "OUTPUT_FOLDERS", "OutputStorageError", "restore_sources"]
 
@@ -79,7 +97,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
     (default: this call prepares the run itself). With ``record=False`` nothing is appended to the manifest: the
     rows are returned for the caller to record — how parallel workers share one.
     """
-    from .memory import default_max_pixels
+    from dfdcore.restoration.memory import default_max_pixels
 
     started = time.perf_counter()
     manifest_uri = join_uri(out, MANIFEST_NAME)
@@ -256,7 +274,7 @@ def _write_outputs(out: str, source: Source, image, result: ImageResult, restore
                 write_bytes_atomic(uri, encode_image(pixels.astype(np.float32) / 255.0, ext="png", text=text))
                 outputs.append(uri)
     if cmp:
-        from .face.paste import upscale_image
+        from dfdcore.face.paste import upscale_image
 
         before = (np.clip(upscale_image(image.rgb, restorer.options.upscale), 0, 1) * 255).round().astype(np.uint8)
         after = (result.restored * 255).round().astype(np.uint8)

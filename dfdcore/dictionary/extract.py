@@ -6,21 +6,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .components import part_boxes
-from .config import PARTS, GeneratorConfig
-from .face.align import align_face
-from .face.pipeline import to_tensor
-from .features import component_features, flip_faces, write_feature_partition
-from .io.images import decode_image
-from .io.storage import read_bytes
+from dfdcore.components import part_boxes
+from dfdcore.config import PARTS, GeneratorConfig
+from dfdcore.dictionary.crops import component_features
+from dfdcore.dictionary.store import write_feature_partition
+from dfdcore.face.align import aligned_from_landmarks
+from dfdcore.face.flip import flip_faces
+from dfdcore.face.pipeline import to_tensor
+from dfdcore.io.images import decode_image
+from dfdcore.io.storage import read_bytes
 
 
 def aligned_face(face_row: dict, face_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Re-align one ``faces.parquet`` row from its photo: (S, S, 3) uint8 face and its 68 landmarks on it."""
     image = decode_image(read_bytes(face_row["uri"]), name=face_row["uri"])
-    crop, matrix = align_face(image.rgb8, np.asarray(face_row["lm5"], dtype=np.float64).reshape(5, 2), face_size)
-    lm68 = np.asarray(face_row["lm68"], dtype=np.float64).reshape(68, 2)
-    return crop, lm68 @ matrix[:, :2].T + matrix[:, 2]
+    return aligned_from_landmarks(image.rgb8, face_row["lm5"], face_row["lm68"], face_size)
 
 
 @torch.inference_mode()

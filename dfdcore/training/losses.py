@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .arch.vgg import VGGFeatures
+from dfdcore.arch.vgg import VGGFeatures
 
 # torchvision VGG19 indices of relu1_1, relu2_1, relu3_1, relu4_1.
 PERCEPTUAL_TAPS = (1, 6, 11, 20)

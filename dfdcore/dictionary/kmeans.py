@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import PARTS, GeneratorConfig
-from .dictionary import ComponentDictionary
-from .features import iter_feature_batches, partition_schema
+from dfdcore.config import PARTS, GeneratorConfig
+from dfdcore.dictionary.format import ComponentDictionary, Key
+from dfdcore.dictionary.store import iter_feature_batches, partition_schema
 
-Key = tuple[int, str]
 Progress = Callable[[int, int, Key, "KMeansResult"], None]
 
 

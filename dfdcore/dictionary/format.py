@@ -17,9 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import OFFICIAL, PARTS, GeneratorConfig
-from .io.arrays import describe_torch_load_error
-from .io import ArraySource, MemoryArray, atomic_path, read_npy_header, read_safetensors_header, write_safetensors
+from dfdcore.config import OFFICIAL, PARTS, GeneratorConfig
+from dfdcore.io import (
+    ArraySource,
+    MemoryArray,
+    atomic_path,
+    read_npy_header,
+    read_safetensors_header,
+    write_safetensors,
+)
+from dfdcore.io.arrays import describe_torch_load_error
 
 Key = tuple[int, str]
 FORMAT_NAME = "dfd-component-dictionary"

@@ -17,7 +17,6 @@ surrogateescape) are stored percent-encoded with ``names_escaped`` set and come 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import posixpath
 import urllib.parse
@@ -27,7 +26,7 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io.storage import filesystem_for, is_local, join_uri, read_bytes, uri_of, write_bytes_atomic
+from dfdcore.io.storage import filesystem_for, is_local, join_uri, read_bytes, uri_of, write_bytes_atomic
 
 STATUSES = ("ok", "failed", "no_face", "skipped")
 
@@ -85,11 +84,6 @@ SCHEMA = pa.schema([pa.field(name, kind, nullable=nullable, metadata={"doc": doc
 
 _REQUIRED = ("source_uri", "relpath", "status")
 _DEFAULTS = {"n_faces": None, "faces": (), "outputs": (), "random_weights": False, "names_escaped": False}
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def normalise_row(row: Mapping[str, object]) -> dict[str, object]:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .face import AlignedFace, align_faces, to_images, to_tensor
-from .face.paste import face_to_image_matrix, paste_faces, upscale_image
-from .io.images import DecodedImage, ImageDecodeError, decode_image, encode_image
+from dfdcore.face import AlignedFace, align_faces, to_images, to_tensor
+from dfdcore.face.paste import face_to_image_matrix, paste_faces, upscale_image
+from dfdcore.io.images import DecodedImage, ImageDecodeError, decode_image, encode_image
 
 
 class IdentityModel(nn.Module):
@@ -62,7 +62,7 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         """The model on its device. Raises CheckpointError / DictionaryError for bad weights or dictionaries."""
-        from .api import load_generator, random_generator
+        from dfdcore.api import load_generator, random_generator
 
         if self.name == "identity":
             return IdentityModel(self.face_size)

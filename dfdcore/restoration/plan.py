@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 
-from .io.storage import Source, is_local, join_uri
+from dfdcore.io.storage import Source, is_local, join_uri
 
 MANIFEST_NAME = "manifest.parquet"
 OUTPUT_FOLDERS = ("restored_imgs", "cmp", "cropped_faces", "restored_faces", MANIFEST_NAME)

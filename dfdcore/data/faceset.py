@@ -21,14 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .components import part_boxes
-from .degrade import DegradationConfig, degrade
-from .face import align_faces
-from .face.align import align_face
-from .features import flip_faces
-from .io.images import decode_image
-from .io.storage import Source, filesystem_for, read_bytes, write_bytes_atomic
-from .manifest import sha256_bytes
+from dfdcore.components import part_boxes
+from dfdcore.data.degrade import DegradationConfig, degrade
+from dfdcore.face import align_faces
+from dfdcore.face.align import aligned_from_landmarks
+from dfdcore.face.flip import flip_faces
+from dfdcore.io.hashing import sha256_bytes
+from dfdcore.io.images import decode_image, decode_png, encode_png
+from dfdcore.io.storage import Source, filesystem_for, read_bytes, write_bytes_atomic
 
 FACESET_SCHEMA = pa.schema([
     ("image_id", pa.string()),
@@ -39,29 +39,6 @@ FACESET_SCHEMA = pa.schema([
     ("lm68", pa.list_(pa.float32())),       # 68 × (x, y) on the crop
 ])
 ROW_GROUP_ROWS = 64
-
-
-def photo_to_face_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(N, 2) photo pixels → aligned-face pixels through the (2, 3) photo → face matrix."""
-    return points @ matrix[:, :2].T + matrix[:, 2]
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return data.tobytes()
-
-
-def _unpng(data: bytes) -> np.ndarray:
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
-def aligned_from_landmarks(rgb: np.ndarray, lm5: np.ndarray, lm68: np.ndarray, face_size: int
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """A face of a photo whose landmarks are known (photo pixels) → (S, S, 3) crop, (68, 2) landmarks on it."""
-    crop, matrix = align_face(rgb, np.asarray(lm5, np.float64).reshape(5, 2), face_size)
-    return crop, photo_to_face_points(matrix, np.asarray(lm68, np.float64).reshape(68, 2))
 
 
 def faces_from_table(face_rows: Iterable[dict], face_size: int) -> Iterable[dict]:
@@ -75,7 +52,7 @@ def faces_from_table(face_rows: Iterable[dict], face_size: int) -> Iterable[dict
         for row in rows:
             crop, lm68 = aligned_from_landmarks(rgb, row["lm5"], row["lm68"], face_size)
             yield {"image_id": row["image_id"], "face_index": int(row["face_index"]), "uri": uri,
-                   "face": _png(crop), "lm68": lm68.reshape(-1).tolist()}
+                   "face": encode_png(crop), "lm68": lm68.reshape(-1).tolist()}
 
 
 def faces_from_photos(sources: Sequence[Source], face_size: int, upsample: int = 1, min_score: float = 0.2
@@ -94,7 +71,7 @@ def faces_from_photos(sources: Sequence[Source], face_size: int, upsample: int =
             skipped.append({"uri": source.uri, "reason": "no face found"})
         for i, face in enumerate(faces):
             rows.append({"image_id": sha256_bytes(data), "face_index": i, "uri": source.uri,
-                         "face": _png(face.image), "lm68": face.landmarks68.reshape(-1).tolist()})
+                         "face": encode_png(face.image), "lm68": face.landmarks68.reshape(-1).tolist()})
     return rows, skipped
 
 
@@ -155,7 +132,7 @@ class FaceSet:
         group = int(np.searchsorted(self._group_starts, row, side="right") - 1)
         if self._cached is None or self._cached[0] != group:
             self._cached = (group, self._file.read_row_group(group, columns=["face"]).column("face").to_pylist())
-        image = _unpng(self._cached[1][row - self._group_starts[group]])
+        image = decode_png(self._cached[1][row - self._group_starts[group]])
         return image, np.asarray(self._index[row]["lm68"], np.float64).reshape(68, 2)
 
 

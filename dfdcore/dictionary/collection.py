@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .face import align_faces
-from .face.pipeline import to_photo_points
-from .io.images import ImageDecodeError, decode_image
-from .io.storage import Source, read_bytes, write_bytes_atomic
-from .manifest import sha256_bytes
-from .pose import EXPRESSION_NAMES, expressions, head_poses
+from dfdcore.face import align_faces
+from dfdcore.face.pipeline import to_photo_points
+from dfdcore.face.pose import EXPRESSION_NAMES, expressions, head_poses
+from dfdcore.io.hashing import sha256_bytes
+from dfdcore.io.images import ImageDecodeError, decode_image
+from dfdcore.io.storage import Source, read_bytes, write_bytes_atomic
 
 IMAGES_SCHEMA = pa.schema([
     ("image_id", pa.string()),      # sha256 of the file's bytes ("" when unreadable)

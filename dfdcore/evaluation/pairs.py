@@ -17,11 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .components import part_boxes
-from .degrade import DegradationConfig, degrade
-from .faceset import FaceSet, _png, _unpng, to_unit_range
-from .io.storage import read_bytes, write_bytes_atomic
-from .metrics import LPIPS, IdentityEncoder, MetricUnavailable, face_metrics
+from dfdcore.components import part_boxes
+from dfdcore.data.degrade import DegradationConfig, degrade
+from dfdcore.data.faceset import FaceSet, to_unit_range
+from dfdcore.evaluation.metrics import LPIPS, IdentityEncoder, MetricUnavailable, face_metrics
+from dfdcore.io.images import decode_png, encode_png
+from dfdcore.io.storage import read_bytes, write_bytes_atomic
 
 PAIRS_SCHEMA = pa.schema([
     ("pair", pa.int32()),
@@ -61,7 +62,7 @@ def make_pairs(faceset: str, uri: str, *, count: int | None = None, seed: int = 
     if len(faces) == 0:
         raise ValueError(f"{faceset}: no held-out (test) faces to make a test set from")
     pairs = degraded_pairs(faces, count or len(faces), seed, DegradationConfig.preset(degradation))
-    rows = [p | {"lq": _png(p["lq"]), "hq": _png(p["hq"]), "lm68": p["lm68"].reshape(-1).tolist()} for p in pairs]
+    rows = [p | {"lq": encode_png(p["lq"]), "hq": encode_png(p["hq"]), "lm68": p["lm68"].reshape(-1).tolist()} for p in pairs]
     schema = PAIRS_SCHEMA.with_metadata({"face_size": str(faces.face_size), "seed": str(seed),
                                          "degradation": degradation, "faceset": faceset})
     sink = pa.BufferOutputStream()
@@ -76,7 +77,7 @@ def read_pairs(uri: str) -> tuple[list[dict], dict[str, str]]:
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     rows = table.to_pylist()
     for row in rows:
-        row["lq"], row["hq"] = _unpng(row["lq"]), _unpng(row["hq"])
+        row["lq"], row["hq"] = decode_png(row["lq"]), decode_png(row["hq"])
         row["lm68"] = np.asarray(row["lm68"], np.float64).reshape(68, 2)
     return rows, meta
 

@@ -63,19 +63,19 @@ def child(args) -> dict:
     """Measure one configuration in this process."""
     import dfdcore
     from dfdcore.arch import literal_forward, raw_dictionary
-    from dfdcore.face import to_tensor
+    from dfdcore.io.pixels import images_to_tensor
 
     torch.set_num_threads(args.threads)
     tag = f"{args.face_size}_{args.ngf}_{args.k}"
     data = np.load(args.cache / f"faces_{args.face_size}.npz")
     reps = -(-args.batch // len(data["images"]))
-    faces = to_tensor(list(np.concatenate([data["images"]] * reps)[: args.batch])).to(args.device)
+    faces = images_to_tensor(list(np.concatenate([data["images"]] * reps)[: args.batch])).to(args.device)
     boxes = torch.from_numpy(np.concatenate([data["boxes"]] * reps)[: args.batch])
     started = time.perf_counter()
     model = dfdcore.load_generator(args.cache / f"weights_{args.face_size}_{args.ngf}.pth",
                                    args.cache / f"dictionary_{tag}.safetensors", device=args.device,
                                    dict_dtype=getattr(torch, args.dtype))
-    all_faces = to_tensor(list(data["images"])).to(args.device)
+    all_faces = images_to_tensor(list(data["images"])).to(args.device)
     all_boxes = torch.from_numpy(data["boxes"])
     if args.path == "literal":
         raw = raw_dictionary(dfdcore.ComponentDictionary.load(args.cache / f"dictionary_{tag}.safetensors"),

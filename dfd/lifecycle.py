@@ -138,7 +138,7 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
     click.echo(f"  generator  {summary.generator}")
     click.echo(f"  registered {summary.model_name} version {summary.model_version}")
     click.echo(f"  mlflow     run {summary.run_id}")
-    from dfd.cli import worse_than_bicubic_warning
+    from dfd.options import worse_than_bicubic_warning
 
     warning = worse_than_bicubic_warning(None, validation)
     if warning:
@@ -168,13 +168,13 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
              degradation, seed, label, device) -> None:
     """Evaluate a model on the paired test set: PSNR, SSIM (RGB and Y), LPIPS (when its backbone weights are on this
     machine), identity and landmark distance — per image in Parquet, means in MLflow beside the bicubic baseline."""
-    from dfd.cli import _check_spec
+    from dfd.options import check_spec
     from dfdcore.restoration.restorer import ModelSpec
 
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k=16, face_size=face_size, ngf=ngf,
                      device=device)
     if not registered:
-        _check_spec(spec)
+        check_spec(spec)
     _prefect()
     from dfd.flows.evaluate import evaluate as evaluate_flow
 
@@ -187,7 +187,7 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
     if summary.lpips_note:
         click.echo(f"  LPIPS      unavailable: {summary.lpips_note}")
     click.echo(f"  mlflow     run {summary.run_id}")
-    from dfd.cli import worse_than_bicubic_warning
+    from dfd.options import worse_than_bicubic_warning
 
     warning = worse_than_bicubic_warning(weights, _registered_validation(registered) if registered else None)
     if warning:
@@ -253,9 +253,9 @@ def demo(output, steps, vgg_weights, max_failures) -> None:
     evaluate it against bicubic on held-out faces → restore degraded copies of the held-out photos with it."""
     from dataclasses import replace
 
-    from dfd.cli import _use_all_cores
+    from dfd.options import use_all_cores
 
-    _use_all_cores()
+    use_all_cores()
     _prefect()
     from dfd.flows.demo import DemoConfig
     from dfd.flows.demo import demo as demo_flow

@@ -39,7 +39,7 @@ class Ports:
 
 
 def stack_dir() -> Path:
-    from dfd.flows.tracking import dfd_home
+    from dfdcore.runtime import dfd_home
 
     folder = dfd_home() / "stack"
     folder.mkdir(parents=True, exist_ok=True)

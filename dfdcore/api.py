@@ -1,7 +1,6 @@
 """The public entry points: build a ready-to-run generator from weights + dictionary, or a labelled random one."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,20 +21,8 @@ from dfdcore.arch.checkpoint import (
 from dfdcore.arch.generator import DFDNet
 from dfdcore.config import GeneratorConfig
 from dfdcore.dictionary.format import ComponentDictionary
+from dfdcore.io.hashing import sha256_path
 from dfdcore.runtime import release_free_memory
-
-
-def checksum(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of a folder's files (names and contents, sorted): identifies weights in manifests."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-        if file.is_file():
-            digest.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
-            with open(file, "rb") as handle:
-                while block := handle.read(1 << 22):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 def _as_dictionary(dictionary: ComponentDictionary | str | os.PathLike) -> ComponentDictionary:
@@ -63,7 +50,7 @@ def load_weights(checkpoint: str | os.PathLike, face_size: int = 512, *, device:
     release_free_memory()
     model.to(device).eval().requires_grad_(False)
     model.provenance = {"random_weights": False, "checkpoint": str(Path(checkpoint).resolve()),
-                        "checkpoint_sha256": checksum(checkpoint)}
+                        "checkpoint_sha256": sha256_path(checkpoint)}
     if model.residual:
         model.provenance["residual"] = True
     trained = _json_or_none(metadata.get("provenance"))
@@ -112,7 +99,7 @@ def load_generator(checkpoint: str | os.PathLike, dictionary: ComponentDictionar
     model.attach_dictionary(dictionary, dtype=dict_dtype)
     model.provenance["dictionary"] = dictionary.metadata
     if "source" in dictionary.metadata:
-        model.provenance["dictionary_sha256"] = checksum(dictionary.metadata["source"])
+        model.provenance["dictionary_sha256"] = sha256_path(dictionary.metadata["source"])
     return model
 
 

@@ -1,9 +1,11 @@
-"""Process-level helpers."""
+"""Process-level helpers: handing freed memory back to the OS, and the dfd home folder of embedded state."""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import os
+from pathlib import Path
 
 
 @functools.cache
@@ -25,3 +27,11 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def dfd_home() -> Path:
+    """The folder of dfd's embedded state (SQLite files, artifacts, Ray's session files, caches), created if missing:
+    ``DFD_HOME``, default ``./.dfd``. Nothing is written to the user's home or to /tmp outside it."""
+    home = Path(os.environ.get("DFD_HOME", ".dfd")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home

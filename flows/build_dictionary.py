@@ -6,7 +6,6 @@ and the feature step also skips shards already written, so a killed run resumes 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -22,8 +21,9 @@ from dfdcore.dictionary.collection import (
     IMAGES_SCHEMA,
     ok_rows,
     read_table,
-    write_table,
 )
+from dfdcore.io.hashing import sha256_json
+from dfdcore.io.parquet import write_parquet
 from dfdcore.io.storage import exists, join_uri, list_images, read_bytes, write_bytes_atomic
 
 
@@ -44,10 +44,6 @@ class DictionaryConfig:
     upsample: int = 1
     batch: int = 16
     workers: int = 2
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _done(out: str, step: str, key: str) -> bool:
@@ -90,14 +86,14 @@ def scan(source: str, out: str, cfg: DictionaryConfig) -> str:
     from dfd.tasks.runtime import ensure_ray
 
     sources = list_images([source])
-    key = _key("scan", [s.uri for s in sources])
+    key = sha256_json(["scan", [s.uri for s in sources]])
     uri = join_uri(out, "images.parquet")
     if not _done(out, "scan", key):
         ensure_ray()
         chunks = _chunks(sources, cfg.batch)
         rows = [r for part in _gather([scan_batch.remote(c) for c in chunks], "scan", [len(c) for c in chunks])
                 for r in part]
-        write_table(uri, rows, IMAGES_SCHEMA)
+        write_parquet(uri, rows, IMAGES_SCHEMA)
         _mark(out, "scan", key)
     return key
 
@@ -108,14 +104,14 @@ def landmarks(out: str, scan_key: str, cfg: DictionaryConfig) -> str:
     from dfd.tasks.dictionary import landmarks_batch
     from dfd.tasks.runtime import ensure_ray
 
-    key = _key("landmarks", scan_key, cfg.upsample)
+    key = sha256_json(["landmarks", scan_key, cfg.upsample])
     if not _done(out, "landmarks", key):
         ensure_ray()
         images = ok_rows(read_table(join_uri(out, "images.parquet")))
         chunks = _chunks(images, cfg.batch)
         parts = _gather([landmarks_batch.remote(c, cfg.upsample) for c in chunks], "landmarks",
                         [len(c) for c in chunks])
-        write_table(join_uri(out, "faces.parquet"), [r for part in parts for r in part], FACES_SCHEMA)
+        write_parquet(join_uri(out, "faces.parquet"), [r for part in parts for r in part], FACES_SCHEMA)
         _mark(out, "landmarks", key)
     return key
 
@@ -127,7 +123,7 @@ def select(out: str, faces_key: str, cfg: DictionaryConfig) -> str:
 
     from dfdcore.dictionary.selection import select_balanced, selection_histogram
 
-    key = _key("select", faces_key, cfg.select, cfg.selection_method, cfg.seed)
+    key = sha256_json(["select", faces_key, cfg.select, cfg.selection_method, cfg.seed])
     if not _done(out, "select", key):
         faces = ok_rows(read_table(join_uri(out, "faces.parquet")))
         names = ("yaw", "pitch", "roll", *EXPRESSION_COLUMNS)
@@ -139,7 +135,7 @@ def select(out: str, faces_key: str, cfg: DictionaryConfig) -> str:
         schema = pa.schema([("image_id", pa.string()), ("face_index", pa.int32()), ("uri", pa.string()),
                             ("lm5", pa.list_(pa.float32())), ("lm68", pa.list_(pa.float32())), ("bin", pa.int32()),
                             ("selected", pa.bool_())], metadata={"stats": _json(stats)})
-        write_table(join_uri(out, "selection.parquet"), rows, schema)
+        write_parquet(join_uri(out, "selection.parquet"), rows, schema)
         with tempfile.TemporaryDirectory() as tmp:
             plot = selection_histogram(descriptors, np.asarray(sorted(picked), dtype=np.int64), names,
                                        Path(tmp) / "selection.png")
@@ -155,8 +151,8 @@ def features(out: str, selection_key: str, cfg: DictionaryConfig) -> tuple[str, 
     from dfd.tasks.dictionary import FeatureWorker
     from dfd.tasks.runtime import ensure_ray, threads_per_worker
 
-    key = _key("features", selection_key, cfg.flip, cfg.face_size, cfg.ngf, cfg.vgg_weights, cfg.random_weights,
-               cfg.seed)
+    key = sha256_json(["features", selection_key, cfg.flip, cfg.face_size, cfg.ngf, cfg.vgg_weights,
+                       cfg.random_weights, cfg.seed])
     root = join_uri(out, "features")
     marker = join_uri(out, ".steps/features.json")
     if _done(out, "features", key):
@@ -187,7 +183,8 @@ def cluster_and_export(out: str, features_key: str, cfg: DictionaryConfig, check
     from dfdcore.config import GeneratorConfig
     from dfdcore.dictionary.kmeans import build_dictionary as kmeans_dictionary
 
-    key = _key("kmeans", features_key, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid, cfg.max_train_gib)
+    key = sha256_json(["kmeans", features_key, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid,
+                       cfg.max_train_gib])
     marker = join_uri(out, ".steps/kmeans.json")
     if _done(out, "kmeans", key):
         return json.loads(read_bytes(marker))["metrics"]

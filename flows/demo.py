@@ -148,6 +148,7 @@ def comparisons(copies: list[dict], restored_out: str, factor: int, label: str) 
     from dfdcore.evaluation.metrics import psnr
     from dfdcore.face.paste import upscale_image
     from dfdcore.io.images import decode_image, write_image
+    from dfdcore.io.pixels import uint8_to_unit, unit_to_uint8
     from dfdcore.io.storage import exists, read_bytes
     from dfdcore.viz import side_by_side
 
@@ -159,7 +160,7 @@ def comparisons(copies: list[dict], restored_out: str, factor: int, label: str) 
             continue
         original = decode_image(read_bytes(copy["original"])).rgb8
         lq = decode_image(read_bytes(copy["lq"])).rgb8
-        bicubic = (np.clip(upscale_image(lq.astype(np.float32) / 255, factor), 0, 1) * 255).round().astype(np.uint8)
+        bicubic = unit_to_uint8(upscale_image(uint8_to_unit(lq), factor))
         restored = decode_image(read_bytes(restored_uri)).rgb8
         h, w = (min(a.shape[i] for a in (original, bicubic, restored)) for i in (0, 1))
         original, bicubic, restored = original[:h, :w], bicubic[:h, :w], restored[:h, :w]

@@ -11,19 +11,11 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from dfdcore.io.parquet import write_parquet
 from dfdcore.io.storage import exists, join_uri, write_bytes_atomic
 from dfdcore.restoration.restorer import ModelSpec
 
 EXPERIMENT = "dfd-evaluate"
-
-
-def _write_rows(uri: str, rows: list[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows), sink)
-    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
 
 
 @task(cache_policy=NONE, retries=1)
@@ -53,7 +45,7 @@ def bicubic_baseline(pairs_uri: str, testset: str) -> dict:
     pairs, _ = read_pairs(pairs_uri)
     lpips, _ = lpips_or_reason()
     rows = metric_rows([p["lq"] for p in pairs], pairs, lpips)
-    _write_rows(join_uri(testset, "bicubic.parquet"), rows)
+    write_parquet(join_uri(testset, "bicubic.parquet"), rows)
     means = aggregate(rows)
     write_bytes_atomic(uri, json.dumps(means).encode())
     return means
@@ -71,7 +63,7 @@ def score(spec: ModelSpec, pairs_uri: str, rows_uri: str) -> tuple[dict, str, li
     outputs = list(restore_pairs(model, pairs, device=device))
     lpips, reason = lpips_or_reason(device)
     rows = metric_rows(outputs, pairs, lpips)
-    _write_rows(rows_uri, rows)
+    write_parquet(rows_uri, rows)
     return aggregate(rows), reason, outputs[:4]
 
 
@@ -110,8 +102,8 @@ def evaluate(spec: ModelSpec, testset: str, faceset: str | None = None, register
     import numpy as np
 
     from dfd.flows.tracking import mlflow_experiment
-    from dfdcore.api import checksum
     from dfdcore.evaluation.pairs import read_pairs
+    from dfdcore.io.hashing import sha256_path
     from dfdcore.io.images import write_image
     from dfdcore.viz import side_by_side
 
@@ -128,7 +120,7 @@ def evaluate(spec: ModelSpec, testset: str, faceset: str | None = None, register
         pairs, meta = read_pairs(pairs_uri)
         mlflow.log_params({"model": label, "testset": testset, "pairs": len(pairs), **meta,
                            **{f"spec_{k}": v for k, v in asdict(spec).items()}})
-        mlflow.set_tags({"testset_sha256": checksum(pairs_uri) if not pairs_uri.startswith(("s3:", "gs:")) else "",
+        mlflow.set_tags({"testset_sha256": sha256_path(pairs_uri) if not pairs_uri.startswith(("s3:", "gs:")) else "",
                          "lpips": "computed" if not lpips_note else f"unavailable: {lpips_note}",
                          "random_weights": str(spec.random_weights), **registry_tags})
         mlflow.log_metrics(means | {f"bicubic_{k}": v for k, v in bicubic.items()})

@@ -25,14 +25,14 @@ class DFDNetModel(PythonModel):
         import torch
 
         from dfdcore.components import part_boxes
-        from dfdcore.data.faceset import to_unit_range
+        from dfdcore.io.pixels import images_to_tensor, tensor_to_images
 
         faces = np.asarray(model_input["faces"], dtype=np.uint8)
         boxes = part_boxes(torch.as_tensor(np.asarray(model_input["landmarks68"], np.float64)),
                            face_size=self.generator.config.face_size)
         with torch.no_grad():
-            restored = self.generator(to_unit_range(list(faces)), boxes)
-        return ((restored.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            restored = self.generator(images_to_tensor(faces), boxes)
+        return tensor_to_images(restored)
 
 
 mlflow.models.set_model(DFDNetModel())

@@ -2,13 +2,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-
-def dfd_home() -> Path:
-    home = Path(os.environ.get("DFD_HOME", ".dfd")).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+from dfdcore.runtime import dfd_home
 
 
 def configure_prefect() -> None:

@@ -68,8 +68,8 @@ class TrainSummary:
 
 def _local_copy(uri: str) -> str:
     """``uri`` itself when local, else a copy under the dfd home (MLflow logs artifacts from local files)."""
-    from dfd.flows.tracking import dfd_home
     from dfdcore.io.storage import is_local
+    from dfdcore.runtime import dfd_home
 
     if is_local(uri):
         return uri

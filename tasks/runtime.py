@@ -5,6 +5,7 @@ import os
 
 import ray
 
+from dfdcore.runtime import dfd_home
 
 FORWARDED_ENV_PREFIXES = ("AWS_", "MLFLOW_", "DFD_", "PREFECT_API_URL")
 
@@ -57,7 +58,7 @@ def ensure_ray() -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 would otherwise write a token to $HOME
     address = os.environ.get("RAY_ADDRESS")
-    temp_dir = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray"))
+    temp_dir = str(dfd_home() / "ray")
     extra = {} if address or len(temp_dir) > 60 else {"_temp_dir": temp_dir}  # unix socket paths are short
     if not address:
         extra["_system_config"] = local_system_config()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dfd.tasks.runtime import ensure_ray, threads_per_worker, train_patience
 from dfdcore.io.storage import exists, join_uri, read_bytes, write_bytes_atomic
+from dfdcore.runtime import dfd_home
 from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
 
 GENERATOR_NAME = "generator.safetensors"
@@ -200,7 +201,7 @@ def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = D
     train_patience()
     ensure_ray()
     cfg = _with_absolute_paths(cfg)
-    storage = os.path.abspath(os.path.join(os.environ.get("DFD_HOME", ".dfd"), "ray-train"))
+    storage = str(dfd_home() / "ray-train")
     threads = 1 if cfg.use_gpu else threads_per_worker(cfg.workers)
     trainer = TorchTrainer(
         loop,

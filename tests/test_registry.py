@@ -10,7 +10,7 @@ import torch
 from mlflow.models import Model
 
 import dfdcore
-from dfdcore.data.faceset import to_unit_range
+from dfdcore.io.pixels import images_to_tensor
 
 
 @pytest.fixture()
@@ -57,7 +57,7 @@ def test_registered_model_is_code_not_pickle_and_restores_like_the_generator(sql
     landmarks = rng.random((2, 68, 2)) * 64 + 32
     restored = mlflow.pyfunc.load_model(uri).predict({"faces": faces, "landmarks68": landmarks})
     with torch.no_grad():
-        expected = small_generator(to_unit_range(list(faces)),
+        expected = small_generator(images_to_tensor(list(faces)),
                                    dfdcore.part_boxes(torch.as_tensor(landmarks), face_size=128))
     expected = ((expected.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     assert restored.shape == (2, 128, 128, 3) and restored.dtype == np.uint8

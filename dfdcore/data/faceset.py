@@ -28,7 +28,9 @@ from dfdcore.face.align import aligned_from_landmarks
 from dfdcore.face.flip import flip_faces
 from dfdcore.io.hashing import sha256_bytes
 from dfdcore.io.images import decode_image, decode_png, encode_png
-from dfdcore.io.storage import Source, filesystem_for, read_bytes, write_bytes_atomic
+from dfdcore.io.parquet import write_parquet
+from dfdcore.io.pixels import images_to_tensor
+from dfdcore.io.storage import Source, filesystem_for, read_bytes
 
 FACESET_SCHEMA = pa.schema([
     ("image_id", pa.string()),
@@ -92,9 +94,7 @@ def write_faceset(uri: str, rows: list[dict], face_size: int, test_fraction: flo
     split = assign_split((r["image_id"] for r in rows), test_fraction, seed)
     rows = sorted(({**r, "split": split[r["image_id"]]} for r in rows), key=lambda r: (r["uri"], r["face_index"]))
     schema = FACESET_SCHEMA.with_metadata({"face_size": str(face_size)})
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink, row_group_size=ROW_GROUP_ROWS)
-    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
+    write_parquet(uri, rows, schema, row_group_size=ROW_GROUP_ROWS)
     return {name: sum(r["split"] == name for r in rows) for name in ("train", "test")}
 
 
@@ -185,13 +185,8 @@ def training_sample(faces: FaceSet, position: int, seed: int, degradation: Degra
     return pair.lq, pair.target, part_boxes(landmarks, face_size=faces.face_size)[0]
 
 
-def to_unit_range(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """(S, S, 3) uint8 images → (B, 3, S, S) float32 in [-1, 1]."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def training_batch(faces: FaceSet, positions: Sequence[int], seed: int, degradation: DegradationConfig,
                    flip_probability: float = 0.5, augment: float = 0.0) -> Batch:
     samples = [training_sample(faces, p, seed, degradation, flip_probability, augment) for p in positions]
-    return Batch(lq=to_unit_range([s[0] for s in samples]), hq=to_unit_range([s[1] for s in samples]),
+    return Batch(lq=images_to_tensor([s[0] for s in samples]), hq=images_to_tensor([s[1] for s in samples]),
                  boxes=torch.stack([s[2] for s in samples]))

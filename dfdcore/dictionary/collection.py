@@ -3,7 +3,7 @@ row per detected face, landmarks in photo pixels, pose and expression). Failures
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +14,7 @@ from dfdcore.face.pipeline import to_photo_points
 from dfdcore.face.pose import EXPRESSION_NAMES, expressions, head_poses
 from dfdcore.io.hashing import sha256_bytes
 from dfdcore.io.images import ImageDecodeError, decode_image
-from dfdcore.io.storage import Source, read_bytes, write_bytes_atomic
+from dfdcore.io.storage import Source, read_bytes
 
 IMAGES_SCHEMA = pa.schema([
     ("image_id", pa.string()),      # sha256 of the file's bytes ("" when unreadable)
@@ -39,13 +39,6 @@ FACES_SCHEMA = pa.schema([
     ("status", pa.string()),                # ok | failed | no_face
     ("error", pa.string()),
 ])
-
-
-def write_table(uri: str, rows: Sequence[dict], schema: pa.Schema) -> None:
-    """Rows → Parquet at ``uri`` (atomically)."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), sink, compression="zstd")
-    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
 
 
 def read_table(uri: str) -> list[dict]:

@@ -12,8 +12,8 @@ from dfdcore.dictionary.crops import component_features
 from dfdcore.dictionary.store import write_feature_partition
 from dfdcore.face.align import aligned_from_landmarks
 from dfdcore.face.flip import flip_faces
-from dfdcore.face.pipeline import to_tensor
 from dfdcore.io.images import decode_image
+from dfdcore.io.pixels import images_to_tensor
 from dfdcore.io.storage import read_bytes
 
 
@@ -28,7 +28,7 @@ def extract_shard(vgg, checksum: str, random: bool, config: GeneratorConfig, fac
                   shard: str, flip: bool) -> int:
     """Write ``root/scale=S/part=P/<shard>.parquet`` for every (scale, part); returns the number of rows."""
     crops, landmarks = zip(*(aligned_face(row, config.face_size) for row in faces))
-    batch = to_tensor(list(crops))
+    batch = images_to_tensor(list(crops))
     lm = torch.from_numpy(np.stack(landmarks)).float()
     meta = [{"image_id": r["image_id"], "face_index": int(r["face_index"]), "flip": False} for r in faces]
     variants = [(batch, lm, meta)]

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 import torch
 
 from dfdcore.config import PARTS
-from dfdcore.io.storage import filesystem_for, join_uri, write_bytes_atomic
+from dfdcore.io.parquet import write_parquet
+from dfdcore.io.storage import filesystem_for, join_uri
 
 FEATURE_FORMAT = "dfd-component-features"
 FEATURE_COLUMNS = ("image_id", "face_index", "flip", "feature")
@@ -129,11 +130,9 @@ def write_feature_partition(root_uri: str, scale: int, part: str, rows_meta: Seq
                                                 type=schema.field("feature").type)
     table = pa.Table.from_arrays([pa.array(image_ids, pa.string()), pa.array(face_index, pa.int32()),
                                   pa.array(flip, pa.bool_()), feature], schema=schema)
-    sink = pa.BufferOutputStream()
     rows_per_group = max(1, ROW_GROUP_BYTES // max(1, 2 * channels * height * width))
-    pq.write_table(table, sink, row_group_size=rows_per_group, compression="zstd")
     uri = join_uri(partition_uri(root_uri, scale, part), f"{shard_name.removesuffix('.parquet')}.parquet")
-    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
+    write_parquet(uri, table, row_group_size=rows_per_group)
     return uri
 
 

@@ -19,10 +19,12 @@ import torch
 
 from dfdcore.components import part_boxes
 from dfdcore.data.degrade import DegradationConfig, degrade
-from dfdcore.data.faceset import FaceSet, to_unit_range
+from dfdcore.data.faceset import FaceSet
 from dfdcore.evaluation.metrics import LPIPS, IdentityEncoder, MetricUnavailable, face_metrics
 from dfdcore.io.images import decode_png, encode_png
-from dfdcore.io.storage import read_bytes, write_bytes_atomic
+from dfdcore.io.parquet import write_parquet
+from dfdcore.io.pixels import images_to_tensor, tensor_to_images
+from dfdcore.io.storage import read_bytes
 
 PAIRS_SCHEMA = pa.schema([
     ("pair", pa.int32()),
@@ -65,10 +67,7 @@ def make_pairs(faceset: str, uri: str, *, count: int | None = None, seed: int = 
     rows = [p | {"lq": encode_png(p["lq"]), "hq": encode_png(p["hq"]), "lm68": p["lm68"].reshape(-1).tolist()} for p in pairs]
     schema = PAIRS_SCHEMA.with_metadata({"face_size": str(faces.face_size), "seed": str(seed),
                                          "degradation": degradation, "faceset": faceset})
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
-    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
-    return len(rows)
+    return write_parquet(uri, rows, schema)
 
 
 def read_pairs(uri: str) -> tuple[list[dict], dict[str, str]]:
@@ -90,8 +89,8 @@ def restore_pairs(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], p
         chunk = pairs[start:start + batch_size]
         boxes = part_boxes(torch.from_numpy(np.stack([p["lm68"] for p in chunk])), face_size=size)
         with torch.no_grad():
-            out = model(to_unit_range([p["lq"] for p in chunk]).to(device), boxes)
-        yield from ((out.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            out = model(images_to_tensor([p["lq"] for p in chunk]).to(device), boxes)
+        yield from tensor_to_images(out)
 
 
 def lpips_or_reason(device: torch.device | str = "cpu") -> tuple[LPIPS | None, str]:

@@ -50,15 +50,3 @@ def align_faces(rgb: np.ndarray, face_size: int = 512, upsample: int = 1, min_sc
         boxes = part_boxes(torch.from_numpy(lm68)[None], face_size=face_size)[0].numpy()
         faces.append(AlignedFace(crop, matrix, lm68, boxes, detection, points5))
     return faces
-
-
-def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """(S, S, 3) uint8 images → (B, 3, S, S) float in [-1, 1]."""
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-    return batch / 127.5 - 1
-
-
-def to_images(batch: torch.Tensor) -> list[np.ndarray]:
-    """(B, 3, S, S) in [-1, 1] → uint8 images, rounded to nearest (the official code truncates)."""
-    pixels = ((batch.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return list(pixels.permute(0, 2, 3, 1).cpu().numpy())

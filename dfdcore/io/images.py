@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from dfdcore.io.pixels import unit_to_uint8
 from dfdcore.io.storage import is_local, read_bytes, write_bytes_atomic
 
 # PIL's own hard limit: Image.open refuses images over twice MAX_IMAGE_PIXELS before we see their size.
@@ -108,7 +109,7 @@ def decode_image(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXE
     samples = orient(samples, orientation)
     alpha = None if alpha is None else orient(alpha, orientation)
     rgb = np.repeat(samples, 3, axis=2) if samples.shape[2] == 1 else samples
-    rgb8 = rgb if rgb.dtype == np.uint8 else np.rint(rgb * 255).astype(np.uint8)
+    rgb8 = rgb if rgb.dtype == np.uint8 else unit_to_uint8(rgb)
     return DecodedImage(rgb8=np.ascontiguousarray(rgb8), rgb=_as_unit_float(rgb),
                         alpha=None if alpha is None else _as_unit_float(alpha), grey=grey, bit_depth=bit_depth,
                         format=fmt, size=(rgb.shape[1], rgb.shape[0]), frames=frames)
@@ -140,7 +141,7 @@ def encode_image(rgb: np.ndarray, *, alpha: np.ndarray | None = None, grey: bool
         channels = np.concatenate([channels, opacity[..., None]], axis=2)
     if bit_depth == 16 and fmt in _WIDE_FORMATS:
         return _encode_wide(channels, fmt, text)
-    return _encode_8bit(np.rint(np.clip(channels, 0, 1) * 255).astype(np.uint8), fmt, text, quality)
+    return _encode_8bit(unit_to_uint8(channels), fmt, text, quality)
 
 
 def image_format_for(ext: str) -> str:

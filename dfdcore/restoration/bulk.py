@@ -10,19 +10,17 @@ rows and a rerun redoes only them. A full or read-only output ends the run at on
 from __future__ import annotations
 
 import errno
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
-import numpy as np
-
 from dfdcore.face.pipeline import to_photo_points
 from dfdcore.io.atomic import remove_stale_parts
-from dfdcore.io.hashing import sha256_bytes
+from dfdcore.io.hashing import sha256_bytes, stable_json
 from dfdcore.io.images import encode_image
+from dfdcore.io.pixels import uint8_to_unit, unit_to_uint8
 from dfdcore.io.storage import (
     DEFAULT_MAX_BYTES,
     DEFAULT_READ_TIMEOUT_S,
@@ -134,7 +132,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
     def row(source: Source, digest: str | None, status: str, error: str | None, **extra) -> dict:
         record_ = {"source_uri": source.uri, "relpath": source.relpath, "content_sha256": digest,
                    "status": status, "error": error, "n_faces": 0, "faces": [], "outputs": [],
-                   "model_id": _stable_json(identity), "random_weights": bool(identity.get("random_weights", False)),
+                   "model_id": stable_json(identity), "random_weights": bool(identity.get("random_weights", False)),
                    "config_hash": config_hash, "updated_at": datetime.now(timezone.utc)}
         record_.update(extra)
         return record_
@@ -255,14 +253,10 @@ def _face_record(face) -> dict:
             "lm68": [float(v) for v in to_photo_points(face.matrix, face.landmarks68).reshape(-1)]}
 
 
-def _stable_json(value: dict) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
 def _write_outputs(out: str, source: Source, image, result: ImageResult, restorer: Restorer, identity: dict,
                    save_faces: bool, cmp: bool) -> list[str]:
     label = model_label(identity)
-    text = {"dfd:model": _stable_json(identity), "dfd:label": str(label), "dfd:source": printable(source.uri)}
+    text = {"dfd:model": stable_json(identity), "dfd:label": str(label), "dfd:source": printable(source.uri)}
     stem = source.stem or str(PurePosixPath(source.relpath).with_suffix(""))
     name = output_name(stem, image, restorer.options)
     outputs = [join_uri(out, f"restored_imgs/{name}")]
@@ -271,15 +265,15 @@ def _write_outputs(out: str, source: Source, image, result: ImageResult, restore
         for i, (face, restored) in enumerate(zip(result.faces, result.restored_faces)):
             for folder, pixels in (("cropped_faces", face.image), ("restored_faces", restored)):
                 uri = join_uri(out, f"{folder}/{stem}_{i:02d}.png")
-                write_bytes_atomic(uri, encode_image(pixels.astype(np.float32) / 255.0, ext="png", text=text))
+                write_bytes_atomic(uri, encode_image(uint8_to_unit(pixels), ext="png", text=text))
                 outputs.append(uri)
     if cmp:
         from dfdcore.face.paste import upscale_image
 
-        before = (np.clip(upscale_image(image.rgb, restorer.options.upscale), 0, 1) * 255).round().astype(np.uint8)
-        after = (result.restored * 255).round().astype(np.uint8)
+        before = unit_to_uint8(upscale_image(image.rgb, restorer.options.upscale))
+        after = unit_to_uint8(result.restored)
         pair = side_by_side([before, after], ["input", str(label) or "restored"])
         uri = join_uri(out, f"cmp/{stem}.png")
-        write_bytes_atomic(uri, encode_image(pair.astype(np.float32) / 255.0, ext="png", text=text))
+        write_bytes_atomic(uri, encode_image(uint8_to_unit(pair), ext="png", text=text))
         outputs.append(uri)
     return outputs

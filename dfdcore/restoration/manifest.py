@@ -26,7 +26,8 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dfdcore.io.storage import filesystem_for, is_local, join_uri, read_bytes, uri_of, write_bytes_atomic
+from dfdcore.io.parquet import write_parquet
+from dfdcore.io.storage import filesystem_for, is_local, join_uri, read_bytes, uri_of
 
 STATUSES = ("ok", "failed", "no_face", "skipped")
 
@@ -176,9 +177,7 @@ def append_rows(uri: str, rows: Iterable[Mapping[str, object]]) -> str | None:
     _migrate_single_file(uri)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     part = join_uri(uri, f"{PART_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}.parquet")
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    write_bytes_atomic(part, sink.getvalue().to_pybytes())
+    write_parquet(part, table)
     return part
 
 

@@ -7,7 +7,6 @@ Prefect flows and Ray actors all call these.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,9 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dfdcore.face import AlignedFace, align_faces, to_images, to_tensor
+from dfdcore.face import AlignedFace, align_faces
 from dfdcore.face.paste import face_to_image_matrix, paste_faces, upscale_image
+from dfdcore.io.hashing import sha256_json
 from dfdcore.io.images import DecodedImage, ImageDecodeError, decode_image, encode_image
+from dfdcore.io.pixels import images_to_tensor, tensor_to_images, uint8_to_unit
 
 
 class IdentityModel(nn.Module):
@@ -115,8 +116,7 @@ class RestoreOptions:
     suffix: str = ""
 
     def config_hash(self, model_id: dict) -> str:
-        payload = json.dumps({"options": asdict(self), "model": model_id}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return sha256_json({"options": asdict(self), "model": model_id})
 
 
 @dataclass
@@ -164,9 +164,9 @@ class Restorer:
         restored: list[np.ndarray] = []
         for start in range(0, len(faces), self.batch_size):
             chunk = faces[start:start + self.batch_size]
-            batch = to_tensor([f.image for f in chunk]).to(self.device)
+            batch = images_to_tensor([f.image for f in chunk]).to(self.device)
             boxes = torch.from_numpy(np.stack([f.boxes for f in chunk]))
-            restored += to_images(self.model(batch, boxes))
+            restored.extend(tensor_to_images(self.model(batch, boxes)))
         return restored
 
     def find_faces(self, image: DecodedImage) -> list[AlignedFace]:
@@ -178,7 +178,7 @@ class Restorer:
         """Paste restored faces into the upscaled photograph (full precision background, alpha upscaled too)."""
         scale = self.options.upscale
         background = upscale_image(image.rgb, scale).astype(np.float32)
-        pasted = paste_faces(background, [(r.astype(np.float32) / 255.0, face_to_image_matrix(f.matrix, scale))
+        pasted = paste_faces(background, [(uint8_to_unit(r), face_to_image_matrix(f.matrix, scale))
                                           for f, r in zip(faces, restored)]) if faces else background
         alpha = None if image.alpha is None else upscale_image(image.alpha, scale).astype(np.float32)
         return ImageResult(np.clip(pasted, 0.0, 1.0), alpha, faces, restored)

@@ -24,10 +24,11 @@ from dfdcore.arch.discriminator import MultiScaleSNDiscriminator
 from dfdcore.arch.generator import DFDNet
 from dfdcore.arch.vgg_weights import extractor_checksum, load_vgg
 from dfdcore.data.degrade import DegradationConfig
-from dfdcore.data.faceset import FaceSet, to_unit_range, training_batch, training_sample
+from dfdcore.data.faceset import FaceSet, training_batch, training_sample
 from dfdcore.dictionary.format import ComponentDictionary
 from dfdcore.evaluation.metrics import IdentityEncoder
 from dfdcore.evaluation.pairs import aggregate, degraded_pairs, metric_rows, restore_pairs
+from dfdcore.io.pixels import images_to_tensor, tensor_to_images
 from dfdcore.io.storage import exists, filesystem_for, join_uri, read_bytes, write_bytes_atomic
 from dfdcore.training.config import TrainConfig
 from dfdcore.training.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, l1_loss, log_mse_loss, pixel_loss
@@ -289,16 +290,16 @@ class Trainer:
     def validation_loss(self, count: int = 4) -> dict[str, float]:
         """Pixel and perceptual loss of the fixed pairs: comparable from step to step, unlike the batch losses."""
         pairs = self.fixed_pairs(count)
-        hq = to_unit_range([p[1] for p in pairs]).to(self.device)
-        restored = self.restore_eval(to_unit_range([p[0] for p in pairs]), torch.stack([p[2] for p in pairs]))
+        hq = images_to_tensor([p[1] for p in pairs]).to(self.device)
+        restored = self.restore_eval(images_to_tensor([p[0] for p in pairs]), torch.stack([p[2] for p in pairs]))
         content, _ = self.perceptual(restored, hq)
         return {"val_pixel": pixel_loss(restored, hq).item(), "val_perceptual": content.item()}
 
     def sample_grid(self) -> np.ndarray:
         """Rows of LQ | restored | HQ for the fixed pairs."""
         pairs = self.fixed_pairs(self.cfg.samples)
-        restored = self.restore_eval(to_unit_range([p[0] for p in pairs]), torch.stack([p[2] for p in pairs]))
-        images = ((restored + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        restored = self.restore_eval(images_to_tensor([p[0] for p in pairs]), torch.stack([p[2] for p in pairs]))
+        images = tensor_to_images(restored)
         rows = [side_by_side([p[0], images[i], p[1]], ["LQ", f"restored (step {self.step})", "HQ"])
                 for i, p in enumerate(pairs)]
         return np.concatenate(rows, axis=0)

@@ -1,0 +1,117 @@
+"""`dfd build-dictionary` and `dfd dictionary info|convert|random`: component dictionaries."""
+from __future__ import annotations
+
+import click
+
+from dfd.options import DTYPES, torch_dtype
+
+
+@click.command("build-dictionary")
+@click.argument("source")
+@click.option("-o", "--output", required=True, help="Output folder or URL for the tables, features and dictionary.")
+@click.option("--k", default=512, show_default=True, help="Dictionary entries (k-means centroids) per scale and part.")
+@click.option("--select", "select_n", default=10_000, show_default=True,
+              help="Faces in the pose/expression-balanced subset.")
+@click.option("--selection", type=click.Choice(["stratified", "farthest"]), default="stratified", show_default=True,
+              help="Balancing method: round-robin over pose/expression bins, or farthest-point sampling.")
+@click.option("--flip", is_flag=True, help="Also use each face mirrored (left/right parts swapped).")
+@click.option("--workers", default=2, show_default=True, help="Ray feature workers (RAY_ADDRESS selects a cluster).")
+@click.option("--vgg-weights", type=click.Path(dir_okay=False),
+              help="ImageNet VGG19 weights (torchvision's vgg19-dcbb9e9d.pth) or a DFDNet checkpoint.")
+@click.option("--random-weights", is_flag=True, help="Seeded random VGG19 (tests and demos; the run is tagged).")
+@click.option("--niter", default=20, show_default=True, help="k-means iterations.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--face-size", default=512, show_default=True)
+@click.option("--ngf", default=64, show_default=True, help="Channel width (64 = ImageNet VGG19).")
+@click.option("--batch", default=16, show_default=True, help="Images or faces per Ray task.")
+def build_dictionary_command(source, output, k, select_n, selection, flip, workers, vgg_weights, random_weights, niter,
+                             seed, face_size, ngf, batch) -> None:
+    """Build component dictionaries from the photos at SOURCE (folder, glob or fsspec URL).
+
+    A Prefect flow of Ray tasks: scan → landmarks, pose and expression → balanced selection → VGG features of the
+    component crops (Parquet) → FAISS k-means per (scale, part) → OUTPUT/dictionary.safetensors and
+    OUTPUT/DictionaryCenter512/. Tracked in MLflow (MLFLOW_TRACKING_URI, else SQLite under ./.dfd); Prefect uses
+    PREFECT_API_URL or a temporary local server. Reruns skip finished steps.
+    """
+    if not vgg_weights and not random_weights:
+        raise click.UsageError("give --vgg-weights PATH (ImageNet VGG19, e.g. torchvision's vgg19-dcbb9e9d.pth; "
+                               "nothing is downloaded) or --random-weights")
+    from dfd.flows.tracking import configure_prefect
+
+    configure_prefect()
+    from dfd.flows.build_dictionary import DictionaryConfig, build_dictionary
+
+    config = DictionaryConfig(k=k, select=select_n, selection_method=selection, flip=flip, face_size=face_size,
+                              ngf=ngf, vgg_weights=vgg_weights, random_weights=random_weights, seed=seed,
+                              niter=niter, batch=batch, workers=workers)
+    summary = build_dictionary(source, output, config)
+    click.echo("")
+    click.echo(f"  images     {summary.images} ({summary.failed_images} unreadable)")
+    click.echo(f"  faces      {summary.faces} found, {summary.selected} selected")
+    click.echo("  k-means    scale/part      rows   empty   final inertia")
+    for name, m in summary.kmeans.items():
+        click.echo(f"             {name:<14} {m['rows']:>6} {m['empty']:>7}   {m['objective'][-1]:.4g}")
+    click.echo(f"  dictionary {output.rstrip('/')}/dictionary.safetensors and DictionaryCenter{face_size}/")
+    click.echo(f"  mlflow     run {summary.run_id} ({summary.seconds:.0f} s)")
+    if random_weights:
+        click.echo("  note       random VGG weights: a pipeline check, not a usable dictionary")
+
+
+@click.group()
+def dictionary() -> None:
+    """Inspect, convert and create component dictionaries."""
+
+
+@dictionary.command("info")
+@click.argument("path", type=click.Path(exists=True))
+def dictionary_info(path) -> None:
+    """Show K, sizes and provenance of a dictionary (official folder, .safetensors or BasicSR .pth)."""
+    from dfdcore import ComponentDictionary, DictionaryError
+
+    try:
+        d = ComponentDictionary.load(path)
+    except DictionaryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(repr(d))
+    for scale in d.config.scales:
+        click.echo(f"  scale {scale:>3}: " + ", ".join(
+            f"{part} {'x'.join(map(str, d.shape(scale, part)[1:]))}" for part in ("left_eye", "right_eye", "nose",
+                                                                                   "mouth")))
+    if d.metadata:
+        click.echo(f"  metadata: {d.metadata}")
+
+
+@dictionary.command("convert")
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("target", type=click.Path())
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
+              help="Storage type of a .safetensors target.")
+def dictionary_convert(source, target, dtype) -> None:
+    """Convert between the official folder layout and one .safetensors file (TARGET ending in .safetensors
+    is a file, anything else a folder of 16 .npy files)."""
+    from dfdcore import ComponentDictionary, DictionaryError
+
+    try:
+        d = ComponentDictionary.load(source)
+    except DictionaryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if str(target).endswith(".safetensors"):
+        d.save(target, dtype=torch_dtype(dtype))
+    else:
+        d.save_official(target)
+    click.echo(f"wrote {target} ({d!r})")
+
+
+@dictionary.command("random")
+@click.argument("target", type=click.Path())
+@click.option("--k", default=512, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--face-size", default=512, show_default=True)
+@click.option("--ngf", default=64, show_default=True)
+def dictionary_random(target, k, seed, face_size, ngf) -> None:
+    """Write a random dictionary (labelled as random in its metadata) for tests and benchmarks."""
+    from dfdcore import ComponentDictionary, GeneratorConfig
+
+    d = ComponentDictionary.random(GeneratorConfig(face_size=face_size, ngf=ngf), k=k, seed=seed)
+    d.save(target) if str(target).endswith(".safetensors") else d.save_official(target)
+    click.echo(f"wrote {target} ({d!r}, random)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from dfd.options import DTYPES, torch_dtype
+from dfd.options import DTYPES, require_pipeline, torch_dtype
 
 
 @click.command("build-dictionary")
@@ -33,6 +33,7 @@ def build_dictionary_command(source, output, k, select_n, selection, flip, worke
     OUTPUT/DictionaryCenter512/. Tracked in MLflow (MLFLOW_TRACKING_URI, else SQLite under ./.dfd); Prefect uses
     PREFECT_API_URL or a temporary local server. Reruns skip finished steps.
     """
+    require_pipeline("dfd build-dictionary")
     if not vgg_weights and not random_weights:
         raise click.UsageError("give --vgg-weights PATH (ImageNet VGG19, e.g. torchvision's vgg19-dcbb9e9d.pth; "
                                "nothing is downloaded) or --random-weights")

@@ -5,6 +5,8 @@ import math
 
 import click
 
+from dfd.options import require_pipeline
+
 METRIC_LABELS = (("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("psnr_y", "PSNR-Y↑"), ("ssim_y", "SSIM-Y↑"),
                  ("lpips", "LPIPS↓"), ("identity_distance", "ID dist↓"), ("landmark_distance", "LM dist↓"))
 
@@ -99,6 +101,7 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
     checkpoints, and registers the final generator with its dictionary. Rerunning with the same OUTPUT resumes from
     the latest checkpoint (raise --steps to train longer).
     """
+    require_pipeline("dfd train")
     from dfdcore.io.storage import join_uri
     from dfdcore.training import TrainConfig
 
@@ -168,6 +171,7 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
              degradation, seed, label, device) -> None:
     """Evaluate a model on the paired test set: PSNR, SSIM (RGB and Y), LPIPS (when its backbone weights are on this
     machine), identity and landmark distance — per image in Parquet, means in MLflow beside the bicubic baseline."""
+    require_pipeline("dfd evaluate")
     from dfd.options import check_spec
     from dfdcore.restoration.restorer import ModelSpec
 
@@ -214,6 +218,7 @@ def _registered_validation(registered: str) -> dict:
 @click.argument("runs", nargs=-1, required=True)
 def compare(runs) -> None:
     """Print the evaluation metrics of MLflow RUNS (run ids of `dfd evaluate`) side by side, bicubic first."""
+    require_pipeline("dfd compare")
     import mlflow
     from mlflow import MlflowClient
 
@@ -251,6 +256,7 @@ def compare(runs) -> None:
 def demo(output, steps, vgg_weights, max_failures) -> None:
     """The whole life cycle on the bundled photos, in minutes on a CPU: build a dictionary → train a small model →
     evaluate it against bicubic on held-out faces → restore degraded copies of the held-out photos with it."""
+    require_pipeline("dfd demo")
     from dataclasses import replace
 
     from dfd.options import use_all_cores

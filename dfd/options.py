@@ -1,9 +1,12 @@
 """Options and checks shared by dfd's commands: one name and one help text per concept."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import click
+
+PIPELINE_MODULES = ("prefect", "ray", "mlflow")
 
 WEIGHTS_HELP = """\
 dfd needs generator weights and component dictionaries; nothing is downloaded.
@@ -86,3 +89,12 @@ def worse_than_bicubic_warning(weights: str | None, validation: dict | None = No
     step = f" at step {validation['step']}" if "step" in validation else ""
     return (f"this model's own validation{step} was worse than bicubic upsampling ({'; '.join(worse)}): its "
             f"outputs are likely worse than a plain resize")
+
+
+def require_pipeline(command: str) -> None:
+    """Refuse ``command`` with the install line when the pipeline extra (Prefect, Ray, MLflow) is missing: the library
+    and single-machine restoration work without it."""
+    missing = [name for name in PIPELINE_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(f"`{command}` runs on the pipeline ({', '.join(missing)} not installed): "
+                                   "pip install 'dfd[pipeline]'")

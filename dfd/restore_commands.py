@@ -10,6 +10,7 @@ from dfd.options import (
     build_model,
     check_spec,
     model_options,
+    require_pipeline,
     use_all_cores,
     worse_than_bicubic_warning,
 )
@@ -157,6 +158,7 @@ def restore(inputs, output, model_name, upscale, only_largest, only_center, min_
     with tqdm(total=len(sources), desc="restore", unit="file") as bar:
         try:
             if workers > 0:
+                require_pipeline("dfd restore --workers")
                 from dfd.tasks.restore import restore_parallel
 
                 check_spec(spec)  # before starting workers

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from dfd.options import require_pipeline
+
 SERVICES = ("prefect", "mlflow", "ray")
 
 
@@ -231,6 +233,7 @@ def stack() -> None:
 @click.option("--ray-client-port", default=10001, show_default=True, help="Ray Client server (ray://).")
 def stack_up(prefect_port, mlflow_port, ray_port, dashboard_port, ray_client_port) -> None:
     """Start the stack (services already running are left as they are) and wait until each one answers."""
+    require_pipeline("dfd stack up")
     state = up(Ports(prefect_port, mlflow_port, ray_port, dashboard_port, ray_client_port))
     ports = Ports(**state["ports"])
     for service, url in ports.urls().items():
@@ -285,6 +288,7 @@ def deploy(pool, prefect_file) -> None:
     """Register dfd's Prefect deployments (restore_bucket nightly, build_dictionary, train, evaluate) and their
     process work pool on the server in PREFECT_API_URL (`dfd stack up` prints it). Then run a worker:
     `prefect worker start --pool dfd-process`, and start runs with `prefect deployment run restore_bucket/nightly`."""
+    require_pipeline("dfd deploy")
     import asyncio
 
     if not os.environ.get("PREFECT_API_URL"):

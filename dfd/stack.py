@@ -258,11 +258,18 @@ def stack_status() -> None:
         click.echo(f"  {service:<8} {state:<22} {url}")
 
 
-def project_dir() -> Path:
-    """The dfd checkout holding flows/ and infra/ (deployments run from it)."""
+def flows_dir() -> Path:
+    """The folder of the installed ``dfd.flows`` package: the deployments' entrypoints are relative to it."""
     import dfd.flows
 
-    return Path(dfd.flows.__file__).resolve().parent.parent
+    return Path(dfd.flows.__file__).resolve().parent
+
+
+def infra_file(*parts: str) -> Path:
+    """A file of infra/ (installed as the package data ``dfd.infra``), e.g. ``infra_file("prefect", "prefect.yaml")``."""
+    from importlib.resources import files
+
+    return Path(str(files("dfd.infra").joinpath(*parts)))
 
 
 async def _ensure_work_pool(name: str) -> bool:
@@ -283,7 +290,7 @@ async def _ensure_work_pool(name: str) -> bool:
 @click.command()
 @click.option("--pool", default="dfd-process", show_default=True, help="Process work pool the deployments use.")
 @click.option("--prefect-file", type=click.Path(dir_okay=False), help="Deployments file "
-              "[default: infra/prefect/prefect.yaml of the dfd checkout].")
+              "[default: infra/prefect/prefect.yaml, installed with dfd].")
 def deploy(pool, prefect_file) -> None:
     """Register dfd's Prefect deployments (restore_bucket nightly, build_dictionary, train, evaluate) and their
     process work pool on the server in PREFECT_API_URL (`dfd stack up` prints it). Then run a worker:
@@ -294,13 +301,13 @@ def deploy(pool, prefect_file) -> None:
     if not os.environ.get("PREFECT_API_URL"):
         raise click.UsageError("PREFECT_API_URL is not set: deployments need a Prefect server that outlives this "
                                "command. Start one with `dfd stack up` and export what it prints.")
-    project = project_dir()
-    prefect_file = prefect_file or str(project / "infra" / "prefect" / "prefect.yaml")
+    flows = flows_dir()
+    prefect_file = str(Path(prefect_file).resolve()) if prefect_file else str(infra_file("prefect", "prefect.yaml"))
     created = asyncio.run(_ensure_work_pool(pool))
     click.echo(f"  work pool  {pool} ({'created' if created else 'exists'})")
-    env = dict(os.environ, DFD_PROJECT_DIR=str(project))
+    env = dict(os.environ, DFD_FLOWS_DIR=str(flows))
     result = subprocess.run([_bin("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", prefect_file],
-                            cwd=project, env=env, capture_output=True, text=True)
+                            cwd=flows, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise click.ClickException(f"prefect deploy failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     names = sorted(set(line.split("'")[1] for line in result.stdout.splitlines()

@@ -90,7 +90,7 @@ def synthetic_partition(root: str, scale: int, part: str, n: int, clusters: int,
     rows = (centres[labels] + 0.5 * torch.randn(n, c, h, w, generator=gen)).clamp_(min=0)
     meta = [{"image_id": f"synthetic-{i}", "face_index": 0, "flip": False} for i in range(n)]
     write_feature_partition(root, scale, part, meta, rows, "shard-00000", extractor_checksum="synthetic",
-                            random_weights=True)
+                            random_vgg=True)
 
 
 def kmeans_comparison(n: int, k: int) -> dict:
@@ -98,7 +98,7 @@ def kmeans_comparison(n: int, k: int) -> dict:
     import numpy as np
     from sklearn.cluster import KMeans
 
-    from dfdcore.dictionary.kmeans import kmeans_partition
+    from dfdcore.dictionary.kmeans import KMeansOptions, kmeans_partition
     from dfdcore.dictionary.store import iter_feature_batches
 
     comparison = {}
@@ -107,7 +107,7 @@ def kmeans_comparison(n: int, k: int) -> dict:
         synthetic_partition(root, scale, part, n, clusters=k)
         rows = np.concatenate(list(iter_feature_batches(root, scale, part))).astype(np.float32)
         started = time.perf_counter()
-        faiss_result = kmeans_partition(root, scale, part, k=k, niter=20, seed=0)
+        faiss_result = kmeans_partition(root, scale, part, KMeansOptions(k=k, niter=20, seed=0))
         faiss_seconds = time.perf_counter() - started
         started = time.perf_counter()
         sk = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(rows)
@@ -126,7 +126,7 @@ def memory_bench(args) -> dict:
     import torch
 
     from dfdcore.config import OFFICIAL, PARTS
-    from dfdcore.dictionary.kmeans import build_dictionary
+    from dfdcore.dictionary.kmeans import KMeansOptions, cluster_dictionary
     from dfdcore.dictionary.store import write_feature_partition
 
     with tempfile.TemporaryDirectory(dir=BENCH / ".cache") as root:
@@ -140,12 +140,12 @@ def memory_bench(args) -> dict:
                     rows = torch.randn(n, c, h, w, generator=gen).abs_()
                     meta = [{"image_id": f"synthetic-{shard + i}", "face_index": 0, "flip": False} for i in range(n)]
                     write_feature_partition(root, scale, part, meta, rows, f"shard-{shard:05d}",
-                                            extractor_checksum="synthetic", random_weights=True)
+                                            extractor_checksum="synthetic", random_vgg=True)
         write_seconds = time.perf_counter() - started
         rss_after_write = peak_rss_gib()
         started = time.perf_counter()
-        _, results = build_dictionary(root, OFFICIAL, k=args.k_memory, niter=args.niter, seed=0,
-                                      max_train_bytes=int(4 * 2**30))
+        _, results = cluster_dictionary(root, OFFICIAL, KMeansOptions(k=args.k_memory, niter=args.niter, seed=0,
+                                                                      max_train_bytes=4 * 2**30))
         seconds = time.perf_counter() - started
     return {"rows": args.rows, "k": args.k_memory, "niter": args.niter, "write_seconds": write_seconds,
             "kmeans_seconds": seconds, "peak_rss_gib": peak_rss_gib(), "peak_rss_gib_after_write": rss_after_write,

@@ -143,7 +143,7 @@ def test_parquet_schema_metadata_and_float16_round_trip(tmp_path):
     root = str(tmp_path / "features")
     values = torch.randn(5, 4, 3, 3) * 10
     uri = write_feature_partition(root, 64, "nose", meta(5), values, "shard-0", extractor_checksum="ab" * 32,
-                                  random_weights=True)
+                                  random_vgg=True)
     assert uri.endswith("scale=64/part=nose/shard-0.parquet")
     table = pq.read_table(uri)
     assert table.schema.field("image_id").type == pa.string()
@@ -152,10 +152,10 @@ def test_parquet_schema_metadata_and_float16_round_trip(tmp_path):
     feature = table.schema.field("feature").type
     assert pa.types.is_fixed_size_list(feature) and feature.list_size == 36 and feature.value_type == pa.float16()
     md = table.schema.metadata
-    assert md[b"dfd.format"] == FEATURE_FORMAT.encode() and md[b"dfd.random"] == b"true"
+    assert md[b"dfd.format"] == FEATURE_FORMAT.encode() and md[b"dfd.random_vgg"] == b"true"
     schema = read_feature_schema(uri)
     assert (schema.channels, schema.height, schema.width, schema.num_rows) == (4, 3, 3, 5)
-    assert schema.extractor_sha256 == "ab" * 32 and schema.random is True
+    assert schema.extractor_checksum == "ab" * 32 and schema.random_vgg is True
     assert (schema.scale, schema.part) == (64, "nose")
     assert table.column("image_id").to_pylist() == [m["image_id"] for m in meta(5)]
     (batch,) = list(iter_feature_batches(root, 64, "nose"))
@@ -167,18 +167,18 @@ def test_skipped_components_are_dropped_and_other_nan_rejected(tmp_path):
     root = str(tmp_path)
     values = torch.arange(12, dtype=torch.float32).reshape(3, 1, 2, 2)
     values[1] = float("nan")  # a skipped component: the whole row is NaN
-    write_feature_partition(root, 32, "mouth", meta(3), values, "s", extractor_checksum="x", random_weights=False)
+    write_feature_partition(root, 32, "mouth", meta(3), values, "s", extractor_checksum="x", random_vgg=False)
     assert count_rows(root, 32, "mouth") == 2
     assert pq.read_table(list_shards(root, 32, "mouth")[0]).column("image_id").to_pylist() == ["img0", "img1"]
     values[2, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        write_feature_partition(root, 32, "nose", meta(3), values, "s", extractor_checksum="x", random_weights=False)
+        write_feature_partition(root, 32, "nose", meta(3), values, "s", extractor_checksum="x", random_vgg=False)
     with pytest.raises(ValueError, match="float16"):
         write_feature_partition(root, 32, "nose", meta(1), torch.full((1, 1, 2, 2), 1e6), "s",
-                                extractor_checksum="x", random_weights=False)
+                                extractor_checksum="x", random_vgg=False)
     with pytest.raises(ValueError, match="rows_meta"):
         write_feature_partition(root, 32, "nose", meta(3), torch.ones(2, 1, 2, 2), "s",
-                                extractor_checksum="x", random_weights=False)
+                                extractor_checksum="x", random_vgg=False)
     assert list_shards(root, 32, "nose") == []
 
 
@@ -190,7 +190,7 @@ def test_shards_stream_in_order_in_bounded_batches(tmp_path):
         values = torch.arange(n * 8, dtype=torch.float32).reshape(n, 2, 2, 2) + 1000 * i
         expected.append(values.reshape(n, -1).numpy().astype(np.float16))
         write_feature_partition(root, 32, "left_eye", meta(n, f"s{i}-"), values, f"part-{i:03d}",
-                                extractor_checksum="c", random_weights=False)
+                                extractor_checksum="c", random_vgg=False)
     assert count_rows(root, 32, "left_eye") == sum(sizes)
     assert count_rows(root, 32, "right_eye") == 0
     batches = list(iter_feature_batches(root, 32, "left_eye", batch_rows=4))
@@ -202,6 +202,20 @@ def test_mixed_extractors_in_one_partition_are_refused(tmp_path):
     root = str(tmp_path)
     for name, checksum in (("a", "one"), ("b", "two")):
         write_feature_partition(root, 32, "nose", meta(2), torch.ones(2, 1, 2, 2), name, extractor_checksum=checksum,
-                                random_weights=False)
+                                random_vgg=False)
     with pytest.raises(FeatureStoreError, match="one extractor"):
         next(iter_feature_batches(root, 32, "nose"))
+
+
+def test_shards_written_with_the_old_metadata_keys_still_read(tmp_path):
+    """Shards from before the rename recorded ``dfd.extractor_sha256`` and ``dfd.random``."""
+    root = str(tmp_path)
+    uri = write_feature_partition(root, 32, "nose", meta(2), torch.ones(2, 1, 2, 2), "new", extractor_checksum="cc",
+                                  random_vgg=True)
+    table = pq.read_table(uri)
+    renamed = {b"dfd.extractor_checksum": b"dfd.extractor_sha256", b"dfd.random_vgg": b"dfd.random"}
+    old = table.replace_schema_metadata({renamed.get(k, k): v for k, v in table.schema.metadata.items()})
+    pq.write_table(old, uri)
+    assert b"dfd.extractor_checksum" not in pq.read_schema(uri).metadata
+    schema = read_feature_schema(uri)
+    assert schema.extractor_checksum == "cc" and schema.random_vgg is True and schema.num_rows == 2

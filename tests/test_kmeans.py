@@ -7,7 +7,8 @@ import torch
 
 from dfdcore.config import PARTS, GeneratorConfig
 from dfdcore.dictionary.format import ComponentDictionary
-from dfdcore.dictionary.kmeans import build_dictionary, kmeans_partition, kmeans_plus_plus, sample_size
+from dfdcore.dictionary.kmeans import (KMeansOptions, cluster_dictionary, kmeans_partition, kmeans_plus_plus,
+                                       sample_size)
 from dfdcore.dictionary.store import write_feature_partition
 
 CFG = GeneratorConfig(face_size=128, ngf=8)
@@ -27,7 +28,7 @@ def write_rows(root: str, scale: int, part: str, rows: np.ndarray, shards: int =
     for i, chunk in enumerate(np.array_split(rows, shards)):
         meta = [{"image_id": f"{i}-{j}", "face_index": 0, "flip": False} for j in range(len(chunk))]
         write_feature_partition(root, scale, part, meta, chunk, f"shard-{i}", extractor_checksum=checksum,
-                                random_weights=True)
+                                random_vgg=True)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def partition(tmp_path_factory):
 
 def test_recovers_well_separated_centres(partition):
     root, centres, n = partition
-    result = kmeans_partition(root, SCALE, PART, k=4, niter=10, seed=1, batch_rows=50)
+    result = kmeans_partition(root, SCALE, PART, KMeansOptions(k=4, niter=10, seed=1, batch_rows=50))
     assert result.centroids.shape == CFG.dict_shape(SCALE, PART, 4) and result.centroids.dtype == np.float32
     found = result.centroids.reshape(4, -1)
     dist = ((centres[:, None] - found[None]) ** 2).sum(-1)
@@ -48,7 +49,7 @@ def test_recovers_well_separated_centres(partition):
     assert sorted(match.tolist()) == [0, 1, 2, 3]  # a permutation
     assert np.abs(found[match] - centres).max() < 0.05  # noise 0.05 averaged over 60 rows, float16 storage
     assert result.cluster_sizes.sum() == result.n_rows == n and sorted(result.cluster_sizes.tolist()) == [60] * 4
-    assert result.empty_clusters == result.empty == 0 and result.n_train == n
+    assert result.empty_clusters == 0 and result.n_train == n
     obj = np.asarray(result.objective)
     assert 1 <= len(obj) <= 10 and np.all(np.diff(obj) <= 1e-6 * obj[0])
     assert result.inertia < 0.05 ** 2 * found.shape[1] * 1.5
@@ -56,8 +57,8 @@ def test_recovers_well_separated_centres(partition):
 
 def test_deterministic_per_seed_and_sample_is_bounded(partition):
     root, _, n = partition
-    a = kmeans_partition(root, SCALE, PART, k=4, niter=5, seed=3, max_points_per_centroid=20, batch_rows=32)
-    b = kmeans_partition(root, SCALE, PART, k=4, niter=5, seed=3, max_points_per_centroid=20, batch_rows=32)
+    options = KMeansOptions(k=4, niter=5, seed=3, max_points_per_centroid=20, batch_rows=32)
+    a, b = (kmeans_partition(root, SCALE, PART, options) for _ in range(2))
     assert a.n_train == 80 < n
     np.testing.assert_array_equal(a.centroids, b.centroids)
     np.testing.assert_array_equal(a.cluster_sizes, b.cluster_sizes)
@@ -68,9 +69,16 @@ def test_deterministic_per_seed_and_sample_is_bounded(partition):
 def test_fewer_rows_than_k_is_a_clear_error(partition):
     root, _, n = partition
     with pytest.raises(ValueError, match="at least k rows"):
-        kmeans_partition(root, SCALE, PART, k=n + 1)
+        kmeans_partition(root, SCALE, PART, KMeansOptions(k=n + 1))
     with pytest.raises(FileNotFoundError):
-        kmeans_partition(root, SCALE, "mouth", k=2)
+        kmeans_partition(root, SCALE, "mouth", KMeansOptions(k=2))
+
+
+def test_options_refuse_what_cannot_run():
+    with pytest.raises(ValueError, match="init must be one of"):
+        KMeansOptions(init="k-means")
+    with pytest.raises(ValueError, match="must be >= 1, got 0"):
+        KMeansOptions(k=0)
 
 
 def test_kmeans_plus_plus_seeds_distinct_clusters():
@@ -80,15 +88,15 @@ def test_kmeans_plus_plus_seeds_distinct_clusters():
     assert sorted(nearest.tolist()) == [0, 1, 2, 3]
 
 
-def test_build_dictionary_over_all_partitions(tmp_path):
+def test_cluster_dictionary_over_all_partitions(tmp_path):
     root = str(tmp_path)
     for i, scale in enumerate(CFG.scales):
         for j, part in enumerate(PARTS):
             _, rows = clustered(3, CFG.dict_shape(scale, part, 1)[1:], seed=10 + 4 * i + j)
             write_rows(root, scale, part, rows, shards=1)
     calls = []
-    dictionary, results = build_dictionary(root, CFG, k=4, niter=3, seed=0,
-                                           progress=lambda done, total, key, res: calls.append((done, total, key)))
+    dictionary, results = cluster_dictionary(root, CFG, KMeansOptions(k=4, niter=3, seed=0),
+                                             progress=lambda done, total, key, res: calls.append((done, total, key)))
     assert isinstance(dictionary, ComponentDictionary) and dictionary.k == 4
     for scale in CFG.scales:
         for part in PARTS:
@@ -97,7 +105,8 @@ def test_build_dictionary_over_all_partitions(tmp_path):
                                        torch.from_numpy(results[(scale, part)].centroids))
     assert [c[0] for c in calls] == list(range(1, 17)) and calls[-1][1] == 16
     provenance = dictionary.metadata["provenance"]
-    assert provenance["k"] == 4 and provenance["random_extractor"] is True
+    assert provenance["k"] == 4 and provenance["random_vgg"] is True
+    assert provenance["extractor_checksum"] == "c0" and provenance["niter"] == 3
     dictionary.save(tmp_path / "dictionary.safetensors")
     loaded = ComponentDictionary.load(tmp_path / "dictionary.safetensors")
     assert loaded.shape(32, "mouth") == CFG.dict_shape(32, "mouth", 4)

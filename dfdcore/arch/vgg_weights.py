@@ -19,7 +19,7 @@ from dfdcore.arch.vgg import VGG19_CONV_NAMES, VGGFeatures
 # ------------------------------------------------------------------------------------------------- extractor
 def load_vgg(weights: str | os.PathLike | None, width: int | None = None,
              random_seed: int | None = None) -> tuple[VGGFeatures, str, bool]:
-    """The frozen VGG19 extractor → (vgg in eval mode, checksum, random).
+    """The frozen VGG19 extractor → (vgg in eval mode, extractor_checksum, random_vgg).
 
     ``weights`` may be torchvision's ``vgg19-dcbb9e9d.pth`` (keys ``features.<idx>.*``; the classifier is ignored and
     RGB_mean/RGB_std keep the ImageNet values), or an official / BasicSR / dfd generator checkpoint (its
@@ -27,7 +27,7 @@ def load_vgg(weights: str | os.PathLike | None, width: int | None = None,
     read from the weights; when given it must agree. Random weights are made only when asked for explicitly
     (``weights=None`` and a ``random_seed``), so a missing path can never silently yield a random extractor.
 
-    The checksum is the sha256 of the conv weights and biases (in layer order, float32 little-endian) and of
+    ``extractor_checksum`` is the sha256 of the conv weights and biases (in layer order, float32 little-endian) and of
     RGB_mean/RGB_std, which change the features too; seeded random weights therefore get a stable checksum.
     """
     if weights is None:

@@ -24,9 +24,11 @@ def aligned_face(face_row: dict, face_size: int) -> tuple[np.ndarray, np.ndarray
 
 
 @torch.inference_mode()
-def extract_shard(vgg, checksum: str, random: bool, config: GeneratorConfig, faces: Sequence[dict], root: str,
-                  shard: str, flip: bool) -> int:
-    """Write ``root/scale=S/part=P/<shard>.parquet`` for every (scale, part); returns the number of rows."""
+def extract_shard(vgg, extractor_checksum: str, random_vgg: bool, config: GeneratorConfig, faces: Sequence[dict],
+                  root: str, shard: str, flip: bool) -> int:
+    """Write ``root/scale=S/part=P/<shard>.parquet`` for every (scale, part); returns the number of rows.
+
+    ``vgg``, ``extractor_checksum``, ``random_vgg``: as ``load_vgg`` returns them (recorded in every shard)."""
     crops, landmarks = zip(*(aligned_face(row, config.face_size) for row in faces))
     batch = images_to_tensor(list(crops))
     lm = torch.from_numpy(np.stack(landmarks)).float()
@@ -46,5 +48,5 @@ def extract_shard(vgg, checksum: str, random: bool, config: GeneratorConfig, fac
     for scale in config.scales:
         for part in PARTS:
             write_feature_partition(root, scale, part, rows, torch.cat(features[(scale, part)]), shard,
-                                    extractor_checksum=checksum, random_weights=random)
+                                    extractor_checksum=extractor_checksum, random_vgg=random_vgg)
     return len(rows)

@@ -7,13 +7,13 @@ whole partition.
 Notation for the memory formulas: n rows in the partition, d = C·h·w, m = training rows (≤ k·max_points_per_centroid,
 ≤ n), B = batch_rows, G = one Parquet row group (≤ features.ROW_GROUP_BYTES ≈ 64 MiB).
 For the official 512 model, mouth_256 has d = 387,200: m = 131,072 (k 512 × 256) would need 203 GB of float32 for
-the sample, so pass ``max_train_bytes`` (or a lower max_points_per_centroid) there.
+the sample, hence ``KMeansOptions.max_train_bytes`` (4 GiB by default).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -22,6 +22,35 @@ from dfdcore.dictionary.format import ComponentDictionary, Key
 from dfdcore.dictionary.store import iter_feature_batches, partition_schema
 
 Progress = Callable[[int, int, Key, "KMeansResult"], None]
+INITS = ("kmeans++", "random")
+
+
+@dataclass(frozen=True)
+class KMeansOptions:
+    """How every partition is clustered; carried whole from the command line to the library.
+
+    k: centres per (scale, part). niter: FAISS iterations. seed: sample, seeding and FAISS.
+    max_points_per_centroid, max_train_bytes: bounds of the training sample (``sample_size``); the default 4 GiB of
+    float32 keeps the official mouth_256 (1.5 MiB a row) at 2,773 rows instead of 131,072 (203 GB).
+    gpu: None → a GPU when FAISS sees one. batch_rows: rows per streamed batch (B in the memory formulas).
+    init: "kmeans++" (``kmeans_plus_plus``) or "random" (FAISS's own seeding with k random sample rows).
+    """
+
+    k: int = 512
+    niter: int = 20
+    seed: int = 0
+    max_points_per_centroid: int = 256
+    max_train_bytes: int | None = 4 * 2**30
+    gpu: bool | None = None
+    batch_rows: int = 4096
+    init: str = "kmeans++"
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if min(self.k, self.niter, self.max_points_per_centroid, self.batch_rows) < 1:
+            raise ValueError(f"k, niter, max_points_per_centroid and batch_rows must be >= 1, got {self.k}, "
+                             f"{self.niter}, {self.max_points_per_centroid}, {self.batch_rows}")
 
 
 @dataclass
@@ -45,16 +74,6 @@ class KMeansResult:
     inertia: float
     seconds: float
     params: dict = field(default_factory=dict)
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """Alias of ``cluster_sizes``."""
-        return self.cluster_sizes
-
-    @property
-    def empty(self) -> int:
-        """Alias of ``empty_clusters``."""
-        return self.empty_clusters
 
     def summary(self) -> dict:
         """JSON-friendly summary (no centroids), e.g. for run logs and dictionary provenance."""
@@ -128,71 +147,61 @@ def kmeans_plus_plus(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return centres
 
 
-def kmeans_partition(root_uri: str, scale: int, part: str, k: int, niter: int = 20, seed: int = 0,
-                     max_points_per_centroid: int = 256, gpu: bool | None = None, batch_rows: int = 4096,
-                     max_train_bytes: int | None = None, init: str = "kmeans++") -> KMeansResult:
+def kmeans_partition(root_uri: str, scale: int, part: str, options: KMeansOptions = KMeansOptions()) -> KMeansResult:
     """FAISS k-means of one feature partition → KMeansResult with (k, C, h, w) float32 centroids.
 
     Steps and peak memory (bytes):
     1. sample: m·d·4 + m·8 + G + B·d·2 (``sample_rows``).
     2. train: m·d·4 (sample) + 2·k·d·4 (centroids + FAISS's flat index copy) + m·12 (labels, distances)
-       + FAISS's distance blocks (≈ 1024·k·4 per thread-block on CPU).
+       + FAISS's distance blocks (≈ 1024·k·4 per thread-block on CPU); k-means++ seeding adds m·12 + k·d·4.
     3. assign all n rows: k·d·4 (index) + G + B·d·(2 + 4) (float16 batch + float32 copy) + B·(8 + 4) + B·k·4
        (distance block); the sample is freed before this step.
     FAISS warns when m < 39·k (too few points per centroid) but still runs.
-    ``init``: "kmeans++" (default, ``kmeans_plus_plus``: + m·12 + k·d·4 during seeding) or "random" (FAISS's own
-    seeding with k random sample rows).
 
     Fewer rows than ``k`` is an error (FAISS cannot seed k distinct centres from fewer points and padding with
     duplicates would make a dictionary of repeated entries); use a smaller k or extract more faces.
-    ``gpu`` None → use a GPU when FAISS sees one. Deterministic for a given seed, data and thread count.
+    Deterministic for a given seed, data and thread count.
     """
     import faiss  # imported lazily: feature extraction and inference do not need FAISS
 
-    if init not in ("kmeans++", "random"):
-        raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
-    if k < 1 or niter < 1 or max_points_per_centroid < 1:
-        raise ValueError(f"k, niter and max_points_per_centroid must be >= 1, got {k}, {niter}, "
-                         f"{max_points_per_centroid}")
+    o = options
     began = time.perf_counter()
     schema = partition_schema(root_uri, scale, part)
     n, dim = schema.num_rows, schema.dim
-    if n < k:
-        raise ValueError(f"scale={scale}/part={part}: {n} feature rows for k={k} centres; k-means needs at least "
+    if n < o.k:
+        raise ValueError(f"scale={scale}/part={part}: {n} feature rows for k={o.k} centres; k-means needs at least "
                          f"k rows — lower k or extract features from more faces")
-    gpu = default_gpu() if gpu is None else gpu
-    m = sample_size(n, k, dim, max_points_per_centroid, max_train_bytes)
-    sample = sample_rows(root_uri, scale, part, n, m, seed, batch_rows)
+    gpu = default_gpu() if o.gpu is None else o.gpu
+    m = sample_size(n, o.k, dim, o.max_points_per_centroid, o.max_train_bytes)
+    sample = sample_rows(root_uri, scale, part, n, m, o.seed, o.batch_rows)
     # min_points_per_centroid only decides when FAISS prints a "too few points" warning (once per partition,
     # to stderr); the run records the row counts instead.
-    km = faiss.Kmeans(dim, k, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid,
+    km = faiss.Kmeans(dim, o.k, niter=o.niter, seed=o.seed, max_points_per_centroid=o.max_points_per_centroid,
                       min_points_per_centroid=1, gpu=gpu, verbose=False)
-    km.train(sample, init_centroids=kmeans_plus_plus(sample, k, seed) if init == "kmeans++" else None)
+    km.train(sample, init_centroids=kmeans_plus_plus(sample, o.k, o.seed) if o.init == "kmeans++" else None)
     objective = [float(v) for v in km.obj]
     del sample  # step 3 must not hold the sample as well
 
-    sizes = np.zeros(k, dtype=np.int64)
+    sizes = np.zeros(o.k, dtype=np.int64)
     total_sq = 0.0
-    for batch in iter_feature_batches(root_uri, scale, part, batch_rows):
+    for batch in iter_feature_batches(root_uri, scale, part, o.batch_rows):
         dist, labels = km.index.search(np.ascontiguousarray(batch, dtype=np.float32), 1)
-        sizes += np.bincount(labels[:, 0], minlength=k)
+        sizes += np.bincount(labels[:, 0], minlength=o.k)
         total_sq += float(dist.sum(dtype=np.float64))
-    centroids = np.asarray(km.centroids, dtype=np.float32).reshape(k, schema.channels, schema.height, schema.width)
-    params = {"niter": niter, "seed": seed, "init": init, "max_points_per_centroid": max_points_per_centroid,
-              "gpu": gpu,
-              "extractor_sha256": schema.extractor_sha256, "random_extractor": schema.random}
+    centroids = np.asarray(km.centroids, dtype=np.float32).reshape(o.k, schema.channels, schema.height,
+                                                                   schema.width)
+    params = {"niter": o.niter, "seed": o.seed, "init": o.init, "max_points_per_centroid": o.max_points_per_centroid,
+              "gpu": gpu, "extractor_checksum": schema.extractor_checksum, "random_vgg": schema.random_vgg}
     return KMeansResult(scale=int(scale), part=part, centroids=centroids, objective=objective, cluster_sizes=sizes,
                         empty_clusters=int((sizes == 0).sum()), n_rows=n, n_train=m, inertia=total_sq / n,
                         seconds=time.perf_counter() - began, params=params)
 
 
-def build_dictionary(root_uri: str, config: GeneratorConfig, k: int, niter: int = 20, seed: int = 0,
-                     max_points_per_centroid: int = 256, gpu: bool | None = None, batch_rows: int = 4096,
-                     max_train_bytes: int | None = None, init: str = "kmeans++",
-                     progress: Progress | None = None) -> tuple[ComponentDictionary, dict[Key, KMeansResult]]:
+def cluster_dictionary(root_uri: str, config: GeneratorConfig, options: KMeansOptions = KMeansOptions(),
+                       progress: Progress | None = None) -> tuple[ComponentDictionary, dict[Key, KMeansResult]]:
     """k-means over all 16 partitions (scales × PARTS) → (ComponentDictionary, {(scale, part): KMeansResult}).
 
-    Partitions run one after another with the same ``seed``, so each entry equals ``kmeans_partition`` of that
+    Partitions run one after another with the same ``options``, so each entry equals ``kmeans_partition`` of that
     partition. Peak memory = the largest partition's ``kmeans_partition`` peak + the centroids kept so far
     (Σ k·d·4; ≈ 3 GiB for the official sizes with k = 512). All partitions must come from one extractor.
     ``progress(done, total, key, result)`` is called after each partition.
@@ -200,25 +209,21 @@ def build_dictionary(root_uri: str, config: GeneratorConfig, k: int, niter: int 
     keys = [(scale, part) for scale in config.scales for part in PARTS]
     schemas = {key: partition_schema(root_uri, *key) for key in keys}  # fail early, before hours of k-means
     for key, schema in schemas.items():
-        expected = config.dict_shape(*key, k)[1:]
+        expected = config.dict_shape(*key, options.k)[1:]
         if (schema.channels, schema.height, schema.width) != expected:
             found = (schema.channels, schema.height, schema.width)
             raise ValueError(f"scale={key[0]}/part={key[1]}: features of shape {found}, the configuration "
                              f"(face size {config.face_size}, ngf {config.ngf}) needs {expected}")
-    sources = {(s.extractor_sha256, s.random) for s in schemas.values()}
+    sources = {(s.extractor_checksum, s.random_vgg) for s in schemas.values()}
     if len(sources) != 1:
         raise ValueError(f"partitions come from {len(sources)} different extractors; rebuild the features with one")
     results: dict[Key, KMeansResult] = {}
     for done, key in enumerate(keys, start=1):
-        results[key] = kmeans_partition(root_uri, *key, k=k, niter=niter, seed=seed,
-                                        max_points_per_centroid=max_points_per_centroid, gpu=gpu,
-                                        batch_rows=batch_rows, max_train_bytes=max_train_bytes, init=init)
+        results[key] = kmeans_partition(root_uri, *key, options)
         if progress is not None:
             progress(done, len(keys), key, results[key])
-    checksum, random = sources.pop()
-    provenance = {"kind": "kmeans", "k": k, "niter": niter, "seed": seed, "init": init,
-                  "max_points_per_centroid": max_points_per_centroid, "max_train_bytes": max_train_bytes,
-                  "extractor_sha256": checksum, "random_extractor": random,
+    checksum, random_vgg = sources.pop()
+    provenance = {"kind": "kmeans", **asdict(options), "extractor_checksum": checksum, "random_vgg": random_vgg,
                   "partitions": {f"{s}/{p}": r.summary() for (s, p), r in results.items()}}
     entries = {key: result.centroids for key, result in results.items()}
     return ComponentDictionary(entries, config, {"provenance": provenance}), results

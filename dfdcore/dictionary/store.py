@@ -6,8 +6,8 @@ generator applies before matching, §1.4 of the reference) → ``write_feature_p
 
 Layout: ``<root>/scale=<S>/part=<P>/<shard>.parquet`` with columns ``image_id`` string, ``face_index`` int32,
 ``flip`` bool, ``feature`` fixed_size_list<float16>[C·h·w] (row-major C, h, w). The schema metadata records the
-feature shape and the extractor (sha256 checksum, random flag) so that features of different extractors are never
-clustered together.
+feature shape and the extractor (``extractor_checksum``, ``random_vgg``) so that features of different extractors
+are never clustered together.
 
 Memory (d = C·h·w, N rows in a shard, B = ``batch_rows``):
 - ``write_feature_partition``: N·d·(4 + 2 + 2) bytes — float32 input, its float16 copy in the Arrow table and the
@@ -36,6 +36,7 @@ FEATURE_COLUMNS = ("image_id", "face_index", "flip", "feature")
 # holds a whole row group while streaming it.
 ROW_GROUP_BYTES = 64 * 2**20
 _META_PREFIX = "dfd."
+_RENAMED_META = {"extractor_sha256": "extractor_checksum", "random": "random_vgg"}  # shards written before the rename
 
 
 class FeatureStoreError(ValueError):
@@ -52,8 +53,8 @@ class FeatureSchema:
     channels: int
     height: int
     width: int
-    extractor_sha256: str
-    random: bool
+    extractor_checksum: str
+    random_vgg: bool
     num_rows: int = 0
 
     @property
@@ -61,9 +62,9 @@ class FeatureSchema:
         return self.channels * self.height * self.width
 
     def same_source(self, other: FeatureSchema) -> bool:
-        return (self.scale, self.part, self.channels, self.height, self.width, self.extractor_sha256,
-                self.random) == (other.scale, other.part, other.channels, other.height, other.width,
-                                 other.extractor_sha256, other.random)
+        return (self.scale, self.part, self.channels, self.height, self.width, self.extractor_checksum,
+                self.random_vgg) == (other.scale, other.part, other.channels, other.height, other.width,
+                                     other.extractor_checksum, other.random_vgg)
 
 
 def partition_uri(root_uri: str, scale: int, part: str) -> str:
@@ -72,8 +73,8 @@ def partition_uri(root_uri: str, scale: int, part: str) -> str:
     return join_uri(str(root_uri), f"scale={int(scale)}/part={part}")
 
 
-def arrow_schema(channels: int, height: int, width: int, *, scale: int, part: str, extractor_sha256: str,
-                 random: bool) -> pa.Schema:
+def arrow_schema(channels: int, height: int, width: int, *, scale: int, part: str, extractor_checksum: str,
+                 random_vgg: bool) -> pa.Schema:
     """The Arrow schema of a shard, its metadata included (all values as UTF-8 bytes)."""
     dim = channels * height * width
     fields = [pa.field("image_id", pa.string(), nullable=False),
@@ -81,14 +82,14 @@ def arrow_schema(channels: int, height: int, width: int, *, scale: int, part: st
               pa.field("flip", pa.bool_(), nullable=False),
               pa.field("feature", pa.list_(pa.field("item", pa.float16(), nullable=False), dim), nullable=False)]
     meta = {"format": FEATURE_FORMAT, "scale": str(int(scale)), "part": part, "channels": str(channels),
-            "height": str(height), "width": str(width), "extractor_sha256": extractor_sha256,
-            "random": json.dumps(bool(random))}
+            "height": str(height), "width": str(width), "extractor_checksum": extractor_checksum,
+            "random_vgg": json.dumps(bool(random_vgg))}
     return pa.schema(fields, metadata={(_META_PREFIX + k).encode(): v.encode() for k, v in meta.items()})
 
 
 def write_feature_partition(root_uri: str, scale: int, part: str, rows_meta: Sequence[Mapping[str, object]],
                             features: torch.Tensor | np.ndarray, shard_name: str, *,
-                            extractor_checksum: str, random_weights: bool) -> str:
+                            extractor_checksum: str, random_vgg: bool) -> str:
     """Write one shard ``<root>/scale=S/part=P/<shard_name>.parquet`` atomically → its URI.
 
     Args:
@@ -96,7 +97,7 @@ def write_feature_partition(root_uri: str, scale: int, part: str, rows_meta: Seq
         features: (N, C, h, w) features, stored as float16. Rows that are entirely NaN — skipped components, see
             ``component_features`` — are dropped with their rows_meta; any other NaN/inf is an error.
         shard_name: file stem, unique per writer (e.g. a batch id) so that concurrent writers never collide.
-        extractor_checksum, random_weights: from ``load_vgg``; recorded in the schema metadata.
+        extractor_checksum, random_vgg: from ``load_vgg``; recorded in the schema metadata.
 
     The file is built in memory and written with one ``write_bytes_atomic``: readers never see half a shard (a
     shard may have 0 rows). Values beyond the float16 range (±65504) are rejected rather than stored as inf.
@@ -124,8 +125,8 @@ def write_feature_partition(root_uri: str, scale: int, part: str, rows_meta: Seq
         flip = np.asarray([bool(m["flip"]) for m in rows_meta], dtype=bool)
     except KeyError as exc:
         raise ValueError(f"rows_meta entries need image_id, face_index and flip; missing {exc}") from None
-    schema = arrow_schema(channels, height, width, scale=scale, part=part, extractor_sha256=extractor_checksum,
-                          random=random_weights)
+    schema = arrow_schema(channels, height, width, scale=scale, part=part, extractor_checksum=extractor_checksum,
+                          random_vgg=random_vgg)
     feature = pa.FixedSizeListArray.from_arrays(pa.array(half.reshape(-1), type=pa.float16()),
                                                 type=schema.field("feature").type)
     table = pa.Table.from_arrays([pa.array(image_ids, pa.string()), pa.array(face_index, pa.int32()),
@@ -144,12 +145,14 @@ def read_feature_schema(uri: str) -> FeatureSchema:
         schema = meta.schema.to_arrow_schema()
     raw = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
     values = {k.removeprefix(_META_PREFIX): v for k, v in raw.items() if k.startswith(_META_PREFIX)}
+    values = {_RENAMED_META.get(k, k): v for k, v in values.items()}
     if values.get("format") != FEATURE_FORMAT:
         raise FeatureStoreError(f"{uri}: not a dfd feature file (schema metadata 'dfd.format' is "
                                 f"{values.get('format')!r})")
     return FeatureSchema(scale=int(values["scale"]), part=values["part"], channels=int(values["channels"]),
                          height=int(values["height"]), width=int(values["width"]),
-                         extractor_sha256=values["extractor_sha256"], random=json.loads(values["random"]),
+                         extractor_checksum=values["extractor_checksum"],
+                         random_vgg=json.loads(values["random_vgg"]),
                          num_rows=meta.num_rows)
 
 

@@ -64,7 +64,7 @@ def build_generator(cfg: TrainConfig, device: torch.device) -> DFDNet:
     generator.VggExtract.RGB_std.requires_grad_(False)
     generator.set_spectral_norm_power_iteration(True)
     generator.provenance = {"random_weights": False, "trained_by": "dfd", "random_vgg": random_vgg,
-                            "vgg_checksum": extractor_checksum(generator.VggExtract),
+                            "extractor_checksum": extractor_checksum(generator.VggExtract),
                             "init_weights": cfg.init_weights, "dictionary": dictionary.metadata}
     return generator.train()
 

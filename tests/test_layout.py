@@ -160,3 +160,18 @@ def test_python_dash_m_lists_the_same_commands_as_the_script(argv):
     assert commands(module.stdout) == commands(script.stdout)
     assert {"restore", "sample", "build-dictionary", "dictionary", "train", "evaluate", "compare", "demo", "stack",
             "deploy"} <= set(commands(script.stdout))
+
+
+def test_wheel_installs_flows_tasks_and_infra_under_dfd(tmp_path):
+    """A regular (non-editable) install has dfd.flows, dfd.tasks and the deployment file, and no top-level
+    packages named flows or tasks."""
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    [wheel] = tmp_path.glob("dfd-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"dfd/flows/restore_bucket.py", "dfd/tasks/restore.py", "dfd/infra/prefect/prefect.yaml",
+            "dfdcore/restoration/bulk.py", "dfdcore/assets/obama.jpg"} <= names
+    assert not {name.split("/")[0] for name in names} & {"flows", "tasks", "infra", "tests", "bench"}

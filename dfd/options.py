@@ -1,6 +1,7 @@
 """Options and checks shared by dfd's commands: one name and one help text per concept."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
@@ -47,8 +48,16 @@ def build_model(spec):
         raise click.ClickException(str(exc)) from exc
 
 
+def _apply(func, options):
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def model_options(func):
-    options = [
+    """--weights, --dictionary, --random-weights (and its --k, --seed, --face-size, --ngf), --device, --dict-dtype,
+    --fidelity: the fields of a ``ModelSpec`` but its name (``model_spec`` builds it)."""
+    return _apply(func, [
         click.option("--weights", type=click.Path(exists=False, dir_okay=False),
                      help="Generator checkpoint: official latest_net_G.pth, BasicSR .pth or dfd .safetensors."),
         click.option("--dictionary", type=click.Path(exists=False),
@@ -65,10 +74,87 @@ def model_options(func):
                      help="Storage type of the dictionaries on the device (float16 halves their memory)."),
         click.option("--fidelity", type=click.FloatRange(0, 1), default=1.0, show_default=True,
                      help="Weight of the dictionary contribution: 1 = official DFDNet, 0 = none."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    ])
+
+
+def restore_options(func):
+    """The fields of a ``RestoreOptions``: what changes a restored photograph (``restore_options_of`` builds it)."""
+    return _apply(func, [
+        click.option("--upscale", default=2, show_default=True, type=click.IntRange(1, 8),
+                     help="Scale of the whole output image (the background is bicubic-upscaled)."),
+        click.option("--only-largest", is_flag=True, help="Restore only the largest face of each image."),
+        click.option("--only-center", is_flag=True, help="Restore only the face closest to the image centre."),
+        click.option("--min-face", default=0, show_default=True, type=click.IntRange(0),
+                     help="Ignore faces whose detection box is smaller (px)."),
+        click.option("--upsample", default=1, show_default=True, type=click.IntRange(0, 3),
+                     help="Detector upsampling steps (1 finds faces down to ~40 px; 0 is faster)."),
+        click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", show_default=True,
+                     help="dlib HOG (fast) or MMOD CNN (finds more profile faces; ~100x slower on a CPU)."),
+        click.option("--min-score", default=0.2, show_default=True,
+                     help="Detection score threshold (HOG score or CNN confidence)."),
+        click.option("--ext", type=click.Choice(["auto", "png", "jpg"]), default="auto", show_default=True,
+                     help="Output format; auto keeps JPEG for 8-bit opaque JPEG inputs and writes PNG otherwise."),
+        click.option("--suffix", default="", help="Appended to each output file name (before the extension)."),
+    ])
+
+
+RUN_OPTIONS = {
+    "batch_size": click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1),
+                               help="Faces per forward pass, across images."),
+    "workers": click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
+                            help="Ray workers, each with its own model (0 = this process). RAY_ADDRESS selects a "
+                                 "cluster."),
+    "chunk": click.option("--chunk", default=8, show_default=True, type=click.IntRange(1),
+                          help="Images handed to a Ray worker at a time (with --workers): a worker that dies "
+                               "redoes at most this many."),
+    "force": click.option("--force", is_flag=True,
+                          help="Redo images already in the manifest with the same content and config."),
+    "save_faces": click.option("--save-faces", is_flag=True, help="Also write cropped_faces/ and restored_faces/."),
+    "cmp": click.option("--cmp", is_flag=True, help="Also write cmp/: input | output side by side."),
+    "max_pixels": click.option("--max-pixels", type=click.IntRange(1), default=None,
+                               help="Refuse larger images (width × height) before decoding them. Default: what half "
+                                    "of this machine's memory holds at this --upscale (about 45 + 48·upscale² bytes "
+                                    "per pixel; see the summary), shared among --workers."),
+    "max_bytes": click.option("--max-bytes", default=512 * 2**20, show_default=True, type=click.IntRange(1),
+                              help="Refuse larger input files."),
+}
+
+
+def run_options(*names: str):
+    """Decorator adding the ``RunOptions`` fields ``names`` as options (all of them without names); the fields a
+    command leaves out are given to ``run_options_of`` instead."""
+    unknown = set(names) - set(RUN_OPTIONS)
+    if unknown:
+        raise ValueError(f"no run options {sorted(unknown)}; there are {list(RUN_OPTIONS)}")
+    return lambda func: _apply(func, [RUN_OPTIONS[name] for name in names or RUN_OPTIONS])
+
+
+def _take(cls, kwargs: dict, **fixed):
+    """A ``cls`` dataclass from the click ``kwargs`` named like its fields (taken out of ``kwargs``) and ``fixed``."""
+    values = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls) if f.name in kwargs}
+    return cls(**values, **fixed)
+
+
+def model_spec(kwargs: dict, name: str = "dfdnet"):
+    """The ``ModelSpec`` of ``model_options``' values in ``kwargs`` (taken out)."""
+    from dfdcore.restoration.restorer import ModelSpec
+
+    return _take(ModelSpec, kwargs, name=name)
+
+
+def restore_options_of(kwargs: dict):
+    """The ``RestoreOptions`` of ``restore_options``' values in ``kwargs`` (taken out)."""
+    from dfdcore.restoration.restorer import RestoreOptions
+
+    return _take(RestoreOptions, kwargs)
+
+
+def run_options_of(kwargs: dict, **fixed):
+    """The ``RunOptions`` of ``run_options``' values in ``kwargs`` (taken out) and ``fixed`` (those a command sets
+    itself, e.g. ``dfd sample`` always writing comparisons)."""
+    from dfdcore.restoration.bulk import RunOptions
+
+    return _take(RunOptions, kwargs, **fixed)
 
 
 def use_all_cores() -> None:

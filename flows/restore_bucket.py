@@ -2,20 +2,22 @@
 
 Incremental by content: the manifest under the output holds each input's sha256 and the configuration it was
 restored with, so a scheduled run restores only what is new or changed since the last one (and retries failures).
-Ray actors hold the model and take chunks; the driver merges each finished chunk into the manifest (rewritten
-atomically), so a run killed mid-way loses at most the chunks in flight and the next run redoes only those.
-One MLflow run per flow run: counts, throughput, failures, model identity.
+Ray actors hold the model and take chunks; the driver appends each finished chunk's rows to the manifest as a part
+of its own, so a run killed mid-way loses at most the chunks in flight and the next run redoes only those.
+The options travel whole: ``ModelSpec``, ``RestoreOptions`` and ``RunOptions`` are the flow's parameters (Prefect
+validates them), are handed as they are to the Ray workers and are all logged to the run's MLflow run.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from dfdcore.restoration.restorer import ModelSpec, RestoreOptions
+from dfdcore.restoration.bulk import BulkSummary, RunOptions, restore_sources
+from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer
 
 EXPERIMENT = "dfd-restore-bucket"
 # Listing and reading objects are the steps that meet flaky storage; restoring is idempotent (outputs are atomic
@@ -40,11 +42,16 @@ def list_photos(source: str, leave_out: str | None = None) -> list:
 
 
 @task(cache_policy=NONE, **STORAGE_RETRIES)
-def restore_photos(sources: list, output: str, spec: ModelSpec, options: RestoreOptions, workers: int,
-                   batch_size: int, chunk: int):
-    from dfd.tasks.restore import restore_parallel
+def restore_photos(sources: list, output: str, model: ModelSpec, restore: RestoreOptions, run: RunOptions
+                   ) -> BulkSummary:
+    """Restore every listed photo not already done (same content and configuration) into ``output``: on
+    ``run.workers`` Ray actors, or in this flow run's process with 0. Each finished chunk is recorded in the
+    manifest at once, so a retried or rerun task redoes only what was not recorded."""
+    if run.workers:
+        from dfd.tasks.restore import restore_parallel
 
-    return restore_parallel(sources, output, spec, options, workers=workers, batch_size=batch_size, chunk=chunk)
+        return restore_parallel(sources, output, model, restore, run)
+    return restore_sources(sources, output, Restorer.from_spec(model, restore, run.batch_size), run)
 
 
 @task(cache_policy=NONE, **STORAGE_RETRIES)
@@ -69,63 +76,55 @@ def copy_failures(failures: list[tuple[str, str]], sources: list, failed_prefix:
     return copied
 
 
-@dataclass
-class BucketSummary:
-    run_id: str = ""
-    listed: int = 0
-    restored: int = 0
-    no_face: int = 0
-    skipped: int = 0
-    not_read: int = 0
-    failed: int = 0
-    faces: int = 0
-    excluded: int = 0
-    seconds: float = 0.0
-    failures: list = field(default_factory=list)
-    storage_error: str | None = None
+def run_params(source: str, output: str, model: ModelSpec, restore: RestoreOptions, run: RunOptions) -> dict:
+    """Every option of a run as MLflow parameters: the model's as model_*, the restore and run options by name."""
+    return {"source": source, "output": output, **{f"model_{k}": v for k, v in asdict(model).items()},
+            **asdict(restore), **asdict(run)}
+
+
+@task(cache_policy=NONE)
+def record_results(summary: BulkSummary, copied: int) -> None:
+    """Log what the run did to its MLflow run: the counts, throughput, the failures (failures.json) and the
+    identity of the model that made the outputs (tag model_id)."""
+    import mlflow
+
+    counts = {k: v for k, v in asdict(summary).items() if isinstance(v, int) and not isinstance(v, bool)}
+    processed = summary.restored + summary.no_face + summary.failed
+    mlflow.log_metrics({**counts, "listed": summary.listed, "failures_copied": copied, "seconds": summary.seconds,
+                        "images_per_second": processed / summary.seconds if summary.seconds else 0.0})
+    model_id = next((row["model_id"] for row in summary.rows if row.get("model_id")), None)
+    if model_id:
+        mlflow.set_tag("model_id", model_id)
+    if summary.failures:
+        mlflow.log_text(json.dumps(summary.failures, indent=1), "failures.json")
 
 
 @flow(name="restore_bucket", log_prints=True)
-def restore_bucket(source: str, output: str, model: str = "dfdnet", weights: str | None = None,
-                   dictionary: str | None = None, random_weights: bool = False, face_size: int = 512,
-                   ngf: int = 64, upscale: int = 2, only_largest: bool = False, workers: int = 2,
-                   batch_size: int = 4, chunk: int = 8, failed_prefix: str | None = None,
-                   device: str = "auto") -> BucketSummary:
+def restore_bucket(source: str, output: str, model: ModelSpec = ModelSpec(), restore: RestoreOptions = RestoreOptions(),
+                   run: RunOptions = RunOptions(workers=2), failed_prefix: str | None = None) -> BulkSummary:
     """Restore the photos under ``source`` that are new or changed into ``output`` (restored_imgs/ + manifest).
 
-    ``model``: dfdnet (``weights`` + ``dictionary``, or ``random_weights``) or identity (faces pasted back unchanged:
-    checks the pipeline). ``failed_prefix``: where to copy inputs that failed, with their reasons.
+    ``model``: how to build the face model (``ModelSpec``: dfdnet with ``weights`` + ``dictionary`` or
+    ``random_weights``, or identity, which pastes faces back unchanged to check the pipeline; ``fidelity``,
+    ``dict_dtype``, ``device``). ``restore``: what changes the outputs (``RestoreOptions``: upscale, detector,
+    min_face, ...; part of each row's config hash). ``run``: how the run goes (``RunOptions``: workers, chunk,
+    batch_size, force, save_faces, cmp, input limits). Each is given whole: fields left out take the class
+    defaults. ``failed_prefix``: where to copy inputs that failed, with their reasons.
     """
     import mlflow
 
     from dfd.flows.tracking import mlflow_experiment
 
     started = time.perf_counter()
-    spec = ModelSpec(model, weights, dictionary, random_weights, face_size=face_size, ngf=ngf, device=device)
-    options = RestoreOptions(upscale=upscale, only_largest=only_largest)
-    with mlflow.start_run(experiment_id=mlflow_experiment(EXPERIMENT)) as run:
-        mlflow.log_params({"source": source, "output": output, "workers": workers, "batch_size": batch_size,
-                           **{f"model_{k}": v for k, v in asdict(spec).items()}, **asdict(options)})
+    with mlflow.start_run(experiment_id=mlflow_experiment(EXPERIMENT)) as tracked:
+        mlflow.log_params(run_params(source, output, model, restore, run))
         sources = list_photos(source, failed_prefix)
-        done = restore_photos(sources, output, spec, options, workers, batch_size, chunk)
+        done = restore_photos(sources, output, model, restore, run)
         copied = copy_failures(done.failures, sources, failed_prefix) if failed_prefix and done.failures else 0
-        seconds = time.perf_counter() - started
-        summary = BucketSummary(run_id=run.info.run_id, listed=len(sources), restored=done.restored,
-                                no_face=done.no_face, skipped=done.skipped, not_read=done.not_read,
-                                failed=done.failed, faces=done.faces, excluded=done.excluded, seconds=seconds,
-                                failures=[list(f) for f in done.failures], storage_error=done.storage_error)
-        processed = done.restored + done.no_face + done.failed
-        mlflow.log_metrics({"listed": len(sources), "restored": done.restored, "no_face": done.no_face,
-                            "skipped": done.skipped, "not_read": done.not_read, "failed": done.failed,
-                            "faces": done.faces, "excluded": done.excluded,
-                            "failures_copied": copied, "seconds": seconds,
-                            "images_per_second": processed / seconds if seconds else 0.0})
-        if done.rows:
-            mlflow.set_tag("model_id", done.rows[0]["model_id"])
-        if done.failures:
-            mlflow.log_text(json.dumps(summary.failures, indent=1), "failures.json")
-    print(f"restore_bucket: {len(sources)} listed, {done.restored} restored, {done.no_face} without a face, "
-          f"{done.skipped} unchanged, {done.not_read} not images, {done.failed} failed ({seconds:.1f} s)")
+        done = replace(done, seconds=time.perf_counter() - started, run_id=tracked.info.run_id)
+        record_results(done, copied)
+    print(f"restore_bucket: {done.listed} listed, {done.restored} restored, {done.no_face} without a face, "
+          f"{done.skipped} unchanged, {done.not_read} not images, {done.failed} failed ({done.seconds:.1f} s)")
     if done.storage_error:
         raise RuntimeError(f"restore_bucket stopped: {done.storage_error}")
-    return summary
+    return done

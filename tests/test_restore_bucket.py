@@ -2,6 +2,7 @@
 reasons and copies under failed_prefix; a rerun restores only what changed."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -23,9 +24,12 @@ def bucket(tmp_path):
 
 def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server, bucket, tmp_path):
     from dfd.flows.restore_bucket import restore_bucket
+    from dfdcore.restoration.bulk import RunOptions
+    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions
 
     out, failed = tmp_path / "out", tmp_path / "failed"
-    first = restore_bucket(str(bucket), str(out), model="identity", workers=1, upscale=1, failed_prefix=str(failed))
+    identity, same_size, one_worker = ModelSpec("identity"), RestoreOptions(upscale=1), RunOptions(workers=1)
+    first = restore_bucket(str(bucket), str(out), identity, same_size, one_worker, failed_prefix=str(failed))
     assert (first.listed, first.restored, first.failed, first.skipped) == (3, 2, 1, 0)
     assert first.failures[0][0].endswith("broken.jpg") and first.failures[0][1]
     assert (failed / "broken.jpg").read_bytes() == (bucket / "broken.jpg").read_bytes()  # the input, untouched
@@ -36,7 +40,7 @@ def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server
     # A changed photo is redone, unchanged ones are skipped, the failure is retried (and fails again).
     photo = sorted(p for p in bucket.iterdir() if p.name != "broken.jpg")[0]
     shutil.copy(sorted((SHARED / "data/faces/identities").glob("*/*.jpg"))[5], photo)
-    second = restore_bucket(str(bucket), str(out), model="identity", workers=1, upscale=1)
+    second = restore_bucket(str(bucket), str(out), identity, same_size, one_worker)
     assert (second.restored, second.skipped, second.failed) == (1, 1, 1)
     run = MlflowClient().get_run(second.run_id)
     assert run.data.metrics["restored"] == 1 and run.data.metrics["skipped"] == 1
@@ -56,3 +60,35 @@ def test_failed_copies_inside_the_source_are_not_listed_again(bucket):
     everything = {s.relpath: s.skip for s in list_photos.fn(str(bucket))}
     assert "failed/broken.jpg" in everything and "not an image file name (.txt)" in everything[
         "failed/broken.jpg.reason.txt"]
+
+
+def test_every_dfd_restore_option_is_a_field_of_the_flow_parameters():
+    """`dfd restore` and a restore_bucket run take the same options: the CLI's are the fields of the flow's typed
+    parameters (ModelSpec, RestoreOptions, RunOptions), and a misspelt or out-of-range field is refused."""
+    import dataclasses
+
+    from prefect.exceptions import ParameterTypeError
+
+    from dfd.flows.restore_bucket import restore_bucket
+    from dfd.restore_commands import restore
+    from dfdcore.restoration.bulk import RunOptions
+    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions
+
+    typed = {"model": ModelSpec, "restore": RestoreOptions, "run": RunOptions}
+    fields = {f.name: group for group, cls in typed.items() for f in dataclasses.fields(cls)}
+    cli = {p.name for p in restore.params} - {"inputs", "output", "allow_failures"}
+    assert {"name" if n == "model_name" else n for n in cli} == set(fields)
+    schema = restore_bucket.parameters.model_dump()
+    for group, cls in typed.items():
+        properties = schema["definitions"][cls.__name__]["properties"]
+        assert set(properties) == {f.name for f in dataclasses.fields(cls)}
+    given = {"source": "in/", "output": "out/", "model": {"name": "identity", "fidelity": 0.5},
+             "restore": {"detector": "cnn", "min_face": 90}, "run": {"workers": 3}}
+    values = restore_bucket.validate_parameters(given)
+    assert values["restore"] == RestoreOptions(detector="cnn", min_face=90)
+    assert values["model"] == ModelSpec("identity", fidelity=0.5) and values["run"] == RunOptions(workers=3)
+    for bad, says in (({"restore": {"detectr": "cnn"}}, "restore.detectr"), ({"restore": {"detector": "dnn"}},
+                      "restore.detector"), ({"model": {"fidelity": 2}}, "fidelity must be in [0, 1]"),
+                      ({"run": {"chunk": 0}}, "chunk must be at least 1")):
+        with pytest.raises(ParameterTypeError, match=re.escape(says)):
+            restore_bucket.validate_parameters({"source": "in/", "output": "out/", **bad})

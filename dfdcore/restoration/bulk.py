@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
@@ -32,7 +32,14 @@ from dfdcore.io.storage import (
     read_input,
     write_bytes_atomic,
 )
-from dfdcore.restoration.manifest import append_rows, compact, is_current, printable, read_manifest
+from dfdcore.restoration.manifest import (
+    append_rows,
+    compact,
+    is_current,
+    normalise_row,
+    printable,
+    read_manifest,
+)
 from dfdcore.restoration.plan import MANIFEST_NAME, OUTPUT_FOLDERS, check_left_out, plan_outputs
 from dfdcore.restoration.restorer import (
     ImageResult,
@@ -45,7 +52,7 @@ from dfdcore.restoration.restorer import (
 )
 from dfdcore.viz import side_by_side
 
-__all__ = ["BulkSummary", "MANIFEST_NAME", "OUTPUT_FOLDERS", "OutputStorageError", "restore_sources"]
+__all__ = ["BulkSummary", "MANIFEST_NAME", "OUTPUT_FOLDERS", "OutputStorageError", "RunOptions", "restore_sources"]
 
 # Errors of the output's storage that every later write would meet too: stop, don't spend hours restoring.
 _FATAL_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
@@ -56,11 +63,43 @@ class OutputStorageError(OSError):
     """The output cannot be written (full, read-only, no permission): the run stops, saying so."""
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a bulk run goes, beside what it makes (``RestoreOptions``) and with what (``ModelSpec``): none of these
+    change an output's pixels, so none is in ``config_hash``."""
+
+    batch_size: int = 4              # faces per forward pass, across images
+    workers: int = 0                 # Ray actors, each with its own model; 0 = the calling process
+    chunk: int = 8                   # images handed to a worker at a time (the unit of retry and of recording)
+    force: bool = False              # redo images the manifest records as done with this content and config
+    save_faces: bool = False         # also write cropped_faces/ and restored_faces/
+    cmp: bool = False                # also write cmp/ (input | output side by side)
+    max_pixels: int | None = None    # refuse larger images (width × height); None: memory.default_max_pixels
+    max_bytes: int = DEFAULT_MAX_BYTES  # refuse larger input files, before reading them
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "chunk", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RunOptions.{name} must be at least 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"RunOptions.workers must be 0 (this process) or more, got {self.workers}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"RunOptions.max_pixels must be at least 1 or None (the memory default), got "
+                             f"{self.max_pixels}")
+
+    def pixel_limit(self, upscale: int) -> int:
+        """``max_pixels``, or what each worker's share of this machine's memory holds at ``upscale``."""
+        from dfdcore.restoration.memory import default_max_pixels
+
+        return self.max_pixels or default_max_pixels(upscale, max(1, self.workers))
+
+
 @dataclass
 class BulkSummary:
-    """What a run did; ``rows`` are its manifest rows (skipped-as-current images keep their old row)."""
+    """What a bulk restore did; ``rows`` are its manifest rows (skipped-as-current images keep their old row).
+    Summaries of parts of one run (chunks, workers) add up: ``a + b``."""
 
-    images: int = 0
+    images: int = 0            # inputs worked on (the listing less the output's own files)
     restored: int = 0
     no_face: int = 0
     skipped: int = 0           # unchanged since the last run: not redone
@@ -68,42 +107,58 @@ class BulkSummary:
     failed: int = 0
     faces: int = 0
     excluded: int = 0          # files of the output itself found among the inputs, left out
-    seconds: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    unrecorded: int = 0        # rows that could not be appended to the manifest (their images are redone)
+    seconds: float = 0.0       # wall clock of the whole run (set by whoever ran it: parts run side by side)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source_uri, reason)
     rows: list[dict] = field(default_factory=list)
     storage_error: str | None = None  # why the run stopped early, or why rows could not be recorded
-    unrecorded: int = 0        # rows that could not be appended to the manifest (their images are redone)
+    run_id: str | None = None  # the tracking run (e.g. MLflow) that recorded this restore, when one did
 
-    def add(self, other: BulkSummary) -> None:
-        """Fold a chunk's summary into this one (counts, failures, rows; the first storage error is kept)."""
-        for name in ("restored", "no_face", "skipped", "not_read", "failed", "faces", "unrecorded"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.failures += other.failures
-        self.rows += other.rows
-        self.storage_error = self.storage_error or other.storage_error
+    @property
+    def listed(self) -> int:
+        """Every file the listing found, the output's own included."""
+        return self.images + self.excluded
+
+    def __add__(self, other: BulkSummary) -> BulkSummary:
+        """The summary of both parts: counts add, failures and rows concatenate, the first storage error and
+        tracking run are kept, seconds is the longer part's (parts run side by side; the caller sets the total)."""
+        merged = {}
+        for item in fields(self):
+            mine, theirs = getattr(self, item.name), getattr(other, item.name)
+            if item.name == "seconds":
+                merged[item.name] = max(mine, theirs)
+            elif isinstance(mine, (int, list)):
+                merged[item.name] = mine + theirs
+            else:  # optional text: the first one says what happened first
+                merged[item.name] = mine if mine is not None else theirs
+        return BulkSummary(**merged)
+
+    @classmethod
+    def all_failed(cls, sources: Sequence[Source], reason: str) -> BulkSummary:
+        """``sources`` that were not restored, each a failed row saying ``reason`` (a dead worker, a full disk)."""
+        rows = [{"source_uri": s.uri, "relpath": s.relpath, "status": "failed", "error": reason} for s in sources]
+        return cls(images=len(rows), failed=len(rows), rows=rows, failures=[(s.uri, reason) for s in sources])
 
 
-def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, force: bool = False,
-                    save_faces: bool = False, cmp: bool = False, max_pixels: int | None = None,
-                    max_bytes: int = DEFAULT_MAX_BYTES, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-                    on_image: Callable[[], None] | None = None, flush_every: int = 8, flush_seconds: float = 5.0,
+def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run: RunOptions = RunOptions(), *,
+                    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S, on_image: Callable[[], None] | None = None,
+                    flush_every: int = 8, flush_seconds: float = 5.0,
                     previous: Mapping[str, Mapping] | None = None, record: bool = True) -> BulkSummary:
-    """Restore every source not already done with the same content and configuration (unless ``force``).
+    """Restore every source not already done with the same content and configuration (unless ``run.force``).
 
-    ``max_pixels``: refuse larger images before decoding (default: ``memory.default_max_pixels``).
+    ``run``: what to write beside the restored images, the input limits (``batch_size``, ``workers`` and ``chunk``
+    are the caller's: the ``restorer`` batches, ``tasks.restore`` spreads over workers).
     ``previous``: manifest rows to decide what is current, for ``sources`` already planned by ``prepare_run``
     (default: this call prepares the run itself). With ``record=False`` nothing is appended to the manifest: the
     rows are returned for the caller to record — how parallel workers share one.
     """
-    from dfdcore.restoration.memory import default_max_pixels
-
     started = time.perf_counter()
     manifest_uri = join_uri(out, MANIFEST_NAME)
     if previous is None:  # this call is the whole run; otherwise the caller planned it (prepare_run)
         sources, excluded, old_rows = prepare_run(sources, out, on_image)
     else:
         excluded, old_rows = [], previous
-    max_pixels = max_pixels or default_max_pixels(restorer.options.upscale)
+    max_pixels = run.pixel_limit(restorer.options.upscale)
     identity = model_identity(restorer.model)
     config_hash = restorer.options.config_hash(identity)
     summary = BulkSummary(images=len(sources), excluded=len(excluded))
@@ -135,7 +190,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
                    "model_id": stable_json(identity), "random_weights": bool(identity.get("random_weights", False)),
                    "config_hash": config_hash, "updated_at": datetime.now(timezone.utc)}
         record_.update(extra)
-        return record_
+        return normalise_row(record_)  # a column or timing the schema lacks fails here, where it was made
 
     def finish(record_: dict) -> None:
         summary.rows.append(record_)
@@ -159,7 +214,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
                 continue
             t0 = time.perf_counter()
             try:
-                data = read_input(source.uri, max_bytes, read_timeout_s)
+                data = read_input(source.uri, run.max_bytes, read_timeout_s)
             except UnreadableInput as exc:
                 finish(row(source, None, "skipped" if exc.skipped else "failed", f"{exc.reason}: {exc.detail}"))
                 continue
@@ -167,7 +222,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
                 finish(row(source, None, "failed", f"cannot read: {printable(str(exc))}"))
                 continue
             digest = sha256_bytes(data)
-            if not force and is_current(old_rows.get(source.uri), digest, config_hash):
+            if not run.force and is_current(old_rows.get(source.uri), digest, config_hash):
                 summary.skipped += 1
                 if on_image:
                     on_image()
@@ -184,7 +239,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
             continue
         t0 = time.perf_counter()
         try:
-            outputs = _write_outputs(out, source, image, result, restorer, identity, save_faces, cmp)
+            outputs = _write_outputs(out, source, image, result, restorer, identity, run.save_faces, run.cmp)
         except OSError as exc:
             if exc.errno in _FATAL_STORAGE_ERRNOS or isinstance(exc, PermissionError):
                 summary.storage_error = f"output storage {out} refused a write: {exc.strerror or exc}"
@@ -202,8 +257,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, *, 
         note = f"first of {image.frames} frames restored" if image.frames > 1 else None
         finish(row(source, digest, "ok" if n_faces else "no_face", None if n_faces else "no face found",
                    note=note, n_faces=n_faces, faces=[_face_record(f) for f in result.faces], outputs=outputs,
-                   seconds={k: float(seconds.get(k, 0.0))
-                            for k in ("decode", "detect", "restore", "paste", "write", "total")}))
+                   seconds={k: float(v) for k, v in seconds.items()}))  # a key the schema lacks is refused
 
     flush(final=True)
     if record:

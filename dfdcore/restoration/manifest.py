@@ -31,20 +31,19 @@ from dfdcore.io.storage import filesystem_for, is_local, join_uri, read_bytes, u
 
 STATUSES = ("ok", "failed", "no_face", "skipped")
 
-# Coordinate lists are variable-size Arrow lists with their lengths checked by ``normalise_row``: pyarrow 25
-# cannot read back a nullable fixed-size list nested in a list of structs from Parquet ("Expected all lists to be
-# of size=136").
-FACE_LIST_SIZES = {"det_box": 4, "lm5": 10, "lm68": 136}
-
+# Coordinate lists are variable-size Arrow lists with their lengths (field metadata "size") checked by
+# ``normalise_row``: pyarrow 25 cannot read back a nullable fixed-size list nested in a list of structs from Parquet
+# ("Expected all lists to be of size=136").
 FACE_TYPE = pa.struct([
-    pa.field("det_box", pa.list_(pa.float32()), nullable=False,
-             metadata={"doc": "detector box (x0, y0, x1, y1) in source-image pixels, upright orientation"}),
+    pa.field("det_box", pa.list_(pa.float32()), nullable=False, metadata={
+        "doc": "detector box (x0, y0, x1, y1) in source-image pixels, upright orientation", "size": "4"}),
     pa.field("det_score", pa.float32(), nullable=False, metadata={"doc": "detector confidence"}),
-    pa.field("lm5", pa.list_(pa.float32()), nullable=False,
-             metadata={"doc": "5 landmarks (eyes, nose, mouth corners) as x0, y0, x1, y1, ... in source pixels"}),
-    pa.field("lm68", pa.list_(pa.float32()), nullable=True,
-             metadata={"doc": "68 landmarks as x0, y0, ... in source pixels; null when not computed"}),
+    pa.field("lm5", pa.list_(pa.float32()), nullable=False, metadata={
+        "doc": "5 landmarks (eyes, nose, mouth corners) as x0, y0, x1, y1, ... in source pixels", "size": "10"}),
+    pa.field("lm68", pa.list_(pa.float32()), nullable=True, metadata={
+        "doc": "68 landmarks as x0, y0, ... in source pixels; null when not computed", "size": "136"}),
 ])
+FACE_LIST_SIZES = {f.name: int(f.metadata[b"size"]) for f in FACE_TYPE if f.metadata and b"size" in f.metadata}
 
 SECONDS_TYPE = pa.struct([pa.field(name, pa.float32(), nullable=True, metadata={"doc": doc}) for name, doc in (
     ("decode", "reading and decoding the input"),
@@ -54,6 +53,7 @@ SECONDS_TYPE = pa.struct([pa.field(name, pa.float32(), nullable=True, metadata={
     ("write", "encoding and writing the outputs"),
     ("total", "everything for this image"),
 )])
+TIMINGS = tuple(f.name for f in SECONDS_TYPE)  # the stages whose seconds a row holds
 
 # name → (type, nullable, doc): the one definition of the manifest's columns.
 COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
@@ -83,8 +83,9 @@ PART_PREFIX = "part-"
 SCHEMA = pa.schema([pa.field(name, kind, nullable=nullable, metadata={"doc": doc})
                     for name, (kind, nullable, doc) in COLUMNS.items()])
 
-_REQUIRED = ("source_uri", "relpath", "status")
-_DEFAULTS = {"n_faces": None, "faces": (), "outputs": (), "random_weights": False, "names_escaped": False}
+_DEFAULTS = {"n_faces": None, "faces": (), "outputs": (), "random_weights": False, "names_escaped": False,
+             "updated_at": None}  # None: computed (n_faces = len(faces), updated_at = now)
+_REQUIRED = tuple(name for name, (_, nullable, _) in COLUMNS.items() if not nullable and name not in _DEFAULTS)
 
 
 def normalise_row(row: Mapping[str, object]) -> dict[str, object]:
@@ -102,6 +103,8 @@ def normalise_row(row: Mapping[str, object]) -> dict[str, object]:
     for name, default in _DEFAULTS.items():
         if full[name] is None:
             full[name] = list(default) if isinstance(default, tuple) else default
+    for name, (kind, _, _) in COLUMNS.items():
+        _check_keys(full[name], kind, f"{printable(str(full['source_uri']))}: {name}")
     for index, face in enumerate(full["faces"]):
         _check_face(face, index, str(full["source_uri"]))
     if full["n_faces"] is None:
@@ -109,6 +112,25 @@ def normalise_row(row: Mapping[str, object]) -> dict[str, object]:
     if full["updated_at"] is None:
         full["updated_at"] = dt.datetime.now(dt.timezone.utc)
     return full
+
+
+def _check_keys(value: object, kind: pa.DataType, where: str) -> None:
+    """Refuse keys of ``value`` that the struct ``kind`` (or the structs nested in it) lacks: pyarrow would drop
+    them without a word, and a measured value would be lost."""
+    if value is None:
+        return
+    if pa.types.is_struct(kind):
+        names = [f.name for f in kind]
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where} must be a mapping with keys among {names}, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; the manifest schema has {names}")
+        for f in kind:
+            _check_keys(value.get(f.name), f.type, f"{where}.{f.name}")
+    elif pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+        for index, item in enumerate(value):
+            _check_keys(item, kind.value_type, f"{where}[{index}]")
 
 
 def _check_face(face: Mapping[str, object], index: int, source_uri: str) -> None:

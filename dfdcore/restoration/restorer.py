@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
+from typing import Literal
 
 import numpy as np
 import torch
@@ -49,17 +50,23 @@ def resolve_device(device: str) -> str:
 class ModelSpec:
     """How to build the face model — in this process or inside a worker (paths travel, weights do not)."""
 
-    name: str = "dfdnet"           # dfdnet | identity
-    weights: str | None = None
-    dictionary: str | None = None
-    random_weights: bool = False
-    k: int = 512
-    seed: int = 0
-    face_size: int = 512
-    ngf: int = 64
-    device: str = "auto"
-    dict_dtype: str = "float32"
-    fidelity: float = 1.0
+    name: Literal["dfdnet", "identity"] = "dfdnet"  # identity: faces pasted back unchanged
+    weights: str | None = None     # generator checkpoint (official, BasicSR or dfd)
+    dictionary: str | None = None  # component dictionaries (official folder or dfd .safetensors)
+    random_weights: bool = False   # a seeded random network (tests, trying dfd; outputs are labelled)
+    k: int = 512                   # entries per random dictionary
+    seed: int = 0                  # seed of the random network
+    face_size: int = 512           # face size of a random network
+    ngf: int = 64                  # channel width of a random network
+    device: str = "auto"           # auto | cpu | cuda | cuda:1 | mps
+    dict_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dictionaries' storage type on the device
+    fidelity: float = 1.0          # weight of the dictionary contribution: 1 = official DFDNet, 0 = none
+
+    def __post_init__(self) -> None:
+        _check_choice("ModelSpec.name", self.name, ("dfdnet", "identity"))
+        _check_choice("ModelSpec.dict_dtype", self.dict_dtype, ("float32", "float16", "bfloat16"))
+        if not 0.0 <= self.fidelity <= 1.0:
+            raise ValueError(f"ModelSpec.fidelity must be in [0, 1], got {self.fidelity}")
 
     def build(self) -> nn.Module:
         """The model on its device. Raises CheckpointError / DictionaryError for bad weights or dictionaries."""
@@ -73,6 +80,11 @@ class ModelSpec:
                                     ngf=self.ngf, device=device, dict_dtype=dtype, fidelity=self.fidelity)
         return load_generator(self.weights, self.dictionary, device=device, dict_dtype=dtype,
                               fidelity=self.fidelity)
+
+
+def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
 
 
 def model_face_size(model: nn.Module) -> int:
@@ -105,15 +117,25 @@ def model_label(identity: dict) -> str:
 class RestoreOptions:
     """Everything that changes the output for a given input (hashed into ``config_hash``)."""
 
-    upscale: int = 2
+    upscale: int = 2            # scale of the whole output image (1-8; the background is bicubic-upscaled)
     only_largest: bool = False
     only_center: bool = False
     min_face: int = 0           # minimum detection box side in input pixels
-    upsample: int = 1           # detector upsampling steps (finds faces down to ~40 px)
+    upsample: int = 1           # detector upsampling steps (0-3; 1 finds faces down to ~40 px)
     min_score: float = 0.2      # detection score threshold (HOG score or CNN confidence)
-    detector: str = "hog"       # hog | cnn
-    ext: str = "auto"           # auto (keep the input's format family) | png | jpg
-    suffix: str = ""
+    detector: Literal["hog", "cnn"] = "hog"
+    ext: Literal["auto", "png", "jpg"] = "auto"  # auto: keep JPEG for 8-bit opaque JPEG inputs, else PNG
+    suffix: str = ""            # appended to each output file name (before the extension)
+
+    def __post_init__(self) -> None:
+        _check_choice("RestoreOptions.detector", self.detector, ("hog", "cnn"))
+        _check_choice("RestoreOptions.ext", self.ext, ("auto", "png", "jpg"))
+        for name, low, high in (("upscale", 1, 8), ("upsample", 0, 3), ("min_face", 0, None)):
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                raise ValueError(f"RestoreOptions.{name} must be in [{low}, {high or '∞'}], got {value}")
+        if "/" in self.suffix:
+            raise ValueError(f"RestoreOptions.suffix goes into file names: no '/', got {self.suffix!r}")
 
     def config_hash(self, model_id: dict) -> str:
         return sha256_json({"options": asdict(self), "model": model_id})
@@ -157,6 +179,11 @@ class Restorer:
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         self.face_size = model_face_size(model)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, options: RestoreOptions, batch_size: int = 4) -> Restorer:
+        """Build ``spec``'s model on its device (CheckpointError / DictionaryError for bad files) and wrap it."""
+        return cls(spec.build(), options, batch_size=batch_size, device=resolve_device(spec.device))
 
     @torch.inference_mode()
     def restore_faces(self, faces: Sequence[AlignedFace]) -> list[np.ndarray]:
@@ -233,7 +260,7 @@ def output_name(stem: str, image: DecodedImage, options: RestoreOptions) -> str:
     if options.ext == "auto":
         ext = ".jpg" if image.format == "JPEG" and image.alpha is None and image.bit_depth == 8 else ".png"
     else:
-        ext = "." + options.ext.lstrip(".").replace("jpeg", "jpg")
+        ext = "." + options.ext
     return f"{stem}{options.suffix}{ext}"
 
 

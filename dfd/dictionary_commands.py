@@ -18,14 +18,16 @@ from dfd.options import DTYPES, require_pipeline, torch_dtype
 @click.option("--workers", default=2, show_default=True, help="Ray feature workers (RAY_ADDRESS selects a cluster).")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False),
               help="ImageNet VGG19 weights (torchvision's vgg19-dcbb9e9d.pth) or a DFDNet checkpoint.")
-@click.option("--random-weights", is_flag=True, help="Seeded random VGG19 (tests and demos; the run is tagged).")
+@click.option("--random-vgg", is_flag=True, help="Seeded random VGG19 (tests and demos; the run is tagged).")
 @click.option("--niter", default=20, show_default=True, help="k-means iterations.")
+@click.option("--max-train-gib", default=4.0, show_default=True, help="Cap on each k-means training sample "
+              "(float32): the official mouth_256 rows are 1.5 MiB each.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--face-size", default=512, show_default=True)
 @click.option("--ngf", default=64, show_default=True, help="Channel width (64 = ImageNet VGG19).")
 @click.option("--batch", default=16, show_default=True, help="Images or faces per Ray task.")
-def build_dictionary_command(source, output, k, select_n, selection, flip, workers, vgg_weights, random_weights, niter,
-                             seed, face_size, ngf, batch) -> None:
+def build_dictionary_command(source, output, k, select_n, selection, flip, workers, vgg_weights, random_vgg, niter,
+                             max_train_gib, seed, face_size, ngf, batch) -> None:
     """Build component dictionaries from the photos at SOURCE (folder, glob or fsspec URL).
 
     A Prefect flow of Ray tasks: scan → landmarks, pose and expression → balanced selection → VGG features of the
@@ -34,27 +36,32 @@ def build_dictionary_command(source, output, k, select_n, selection, flip, worke
     PREFECT_API_URL or a temporary local server. Reruns skip finished steps.
     """
     require_pipeline("dfd build-dictionary")
-    if not vgg_weights and not random_weights:
-        raise click.UsageError("give --vgg-weights PATH (ImageNet VGG19, e.g. torchvision's vgg19-dcbb9e9d.pth; "
-                               "nothing is downloaded) or --random-weights")
+    if bool(vgg_weights) == random_vgg:
+        raise click.UsageError("give either --vgg-weights PATH (ImageNet VGG19, e.g. torchvision's "
+                               "vgg19-dcbb9e9d.pth; nothing is downloaded) or --random-vgg")
     from dfd.flows.tracking import configure_prefect
 
     configure_prefect()
     from dfd.flows.build_dictionary import DictionaryConfig, build_dictionary
+    from dfdcore.dictionary.kmeans import KMeansOptions
 
-    config = DictionaryConfig(k=k, select=select_n, selection_method=selection, flip=flip, face_size=face_size,
-                              ngf=ngf, vgg_weights=vgg_weights, random_weights=random_weights, seed=seed,
-                              niter=niter, batch=batch, workers=workers)
+    try:
+        kmeans = KMeansOptions(k=k, niter=niter, seed=seed, max_train_bytes=int(max_train_gib * 2**30))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    config = DictionaryConfig(kmeans=kmeans, select=select_n, selection_method=selection, flip=flip,
+                              face_size=face_size, ngf=ngf, vgg_weights=vgg_weights, random_vgg=random_vgg,
+                              seed=seed, batch=batch, workers=workers)
     summary = build_dictionary(source, output, config)
     click.echo("")
     click.echo(f"  images     {summary.images} ({summary.failed_images} unreadable)")
     click.echo(f"  faces      {summary.faces} found, {summary.selected} selected")
     click.echo("  k-means    scale/part      rows   empty   final inertia")
     for name, m in summary.kmeans.items():
-        click.echo(f"             {name:<14} {m['rows']:>6} {m['empty']:>7}   {m['objective'][-1]:.4g}")
+        click.echo(f"             {name:<14} {m['rows']:>6} {m['empty_clusters']:>7}   {m['objective'][-1]:.4g}")
     click.echo(f"  dictionary {output.rstrip('/')}/dictionary.safetensors and DictionaryCenter{face_size}/")
     click.echo(f"  mlflow     run {summary.run_id} ({summary.seconds:.0f} s)")
-    if random_weights:
+    if random_vgg:
         click.echo("  note       random VGG weights: a pipeline check, not a usable dictionary")
 
 

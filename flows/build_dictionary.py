@@ -1,58 +1,59 @@
 """build_dictionary: images → faces & landmarks → balanced selection → VGG features → k-means → dictionary.
 
-Each step writes its tables under OUT and a marker ``OUT/.steps/<step>.json`` holding the key of its inputs and
-configuration; a rerun skips every step whose key is unchanged (changing only K reruns only k-means and export),
-and the feature step also skips shards already written, so a killed run resumes where it stopped.
+Each step writes its tables under OUT and is recorded as done with a content key of its inputs and settings
+(``flows.steps``, keys from ``step_keys``); a rerun skips every step whose key is unchanged (changing only the
+k-means options reruns only k-means and export), and the feature step also skips shards already written, so a killed
+run resumes where it stopped.
 """
 from __future__ import annotations
 
 import json
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from dfdcore.dictionary.collection import (
-    EXPRESSION_COLUMNS,
-    FACES_SCHEMA,
-    IMAGES_SCHEMA,
-    ok_rows,
-    read_table,
-)
+from dfd.flows.steps import Summary, flat_params, flow_run, run_step
+from dfdcore.dictionary.collection import EXPRESSION_COLUMNS, FACES_SCHEMA, IMAGES_SCHEMA, ok_rows, read_table
+from dfdcore.dictionary.kmeans import KMeansOptions
 from dfdcore.io.hashing import sha256_json
 from dfdcore.io.parquet import write_parquet
-from dfdcore.io.storage import exists, join_uri, list_images, read_bytes, write_bytes_atomic
+from dfdcore.io.storage import Source, exists, join_uri, list_images, write_bytes_atomic
+
+EXPERIMENT = "dfd-build-dictionary"
 
 
 @dataclass(frozen=True)
 class DictionaryConfig:
-    k: int = 512
+    """A dictionary build: the k-means options, the balanced selection (``select`` faces, ``seed``), the VGG19
+    extractor (``vgg_weights`` or, for tests and demos, a seeded ``random_vgg``) at ``face_size``/``ngf``, and how the
+    work is cut (``batch`` images or faces per Ray task, ``workers`` feature actors)."""
+
+    kmeans: KMeansOptions = KMeansOptions()
     select: int = 10_000
     selection_method: str = "stratified"
     flip: bool = False
     face_size: int = 512
     ngf: int = 64
     vgg_weights: str | None = None
-    random_weights: bool = False
+    random_vgg: bool = False
     seed: int = 0
-    niter: int = 20
-    max_points_per_centroid: int = 256
-    max_train_gib: float = 4.0      # cap on each k-means training sample (float32); mouth_256 rows are 1.5 MiB
     upsample: int = 1
     batch: int = 16
     workers: int = 2
 
 
-def _done(out: str, step: str, key: str) -> bool:
-    marker = join_uri(out, f".steps/{step}.json")
-    return exists(marker) and json.loads(read_bytes(marker)).get("key") == key
-
-
-def _mark(out: str, step: str, key: str, **info) -> None:
-    write_bytes_atomic(join_uri(out, f".steps/{step}.json"), json.dumps({"key": key, **info}).encode())
+def step_keys(uris: list[str], cfg: DictionaryConfig) -> dict[str, str]:
+    """The content key of every step: each covers its own settings and the key of the step before it."""
+    keys = {"scan": sha256_json(["scan", uris])}
+    keys["landmarks"] = sha256_json(["landmarks", keys["scan"], cfg.upsample])
+    keys["select"] = sha256_json(["select", keys["landmarks"], cfg.select, cfg.selection_method, cfg.seed])
+    keys["features"] = sha256_json(["features", keys["select"], cfg.flip, cfg.face_size, cfg.ngf, cfg.vgg_weights,
+                                    cfg.random_vgg, cfg.seed])
+    keys["kmeans"] = sha256_json(["kmeans", keys["features"], asdict(cfg.kmeans)])
+    return keys
 
 
 def _json(value) -> str:
@@ -80,186 +81,146 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 @task(cache_policy=NONE, retries=1)
-def scan(source: str, out: str, cfg: DictionaryConfig) -> str:
-
+def scan(sources: list[Source], out: str, batch: int) -> dict:
+    """Read every photo's header (Ray tasks of ``batch`` photos) → OUT/images.parquet; → counts."""
     from dfd.tasks.dictionary import scan_batch
     from dfd.tasks.runtime import ensure_ray
 
-    sources = list_images([source])
-    key = sha256_json(["scan", [s.uri for s in sources]])
-    uri = join_uri(out, "images.parquet")
-    if not _done(out, "scan", key):
-        ensure_ray()
-        chunks = _chunks(sources, cfg.batch)
-        rows = [r for part in _gather([scan_batch.remote(c) for c in chunks], "scan", [len(c) for c in chunks])
-                for r in part]
-        write_parquet(uri, rows, IMAGES_SCHEMA)
-        _mark(out, "scan", key)
-    return key
+    ensure_ray()
+    chunks = _chunks(sources, batch)
+    rows = [r for part in _gather([scan_batch.remote(c) for c in chunks], "scan", [len(c) for c in chunks])
+            for r in part]
+    write_parquet(join_uri(out, "images.parquet"), rows, IMAGES_SCHEMA)
+    return {"images": len(rows), "failed_images": sum(r["status"] != "ok" for r in rows)}
 
 
 @task(cache_policy=NONE, retries=1)
-def landmarks(out: str, scan_key: str, cfg: DictionaryConfig) -> str:
-
+def landmarks(out: str, cfg: DictionaryConfig) -> dict:
+    """Faces, 5/68 landmarks, head pose and expression of every readable photo → OUT/faces.parquet; → counts."""
     from dfd.tasks.dictionary import landmarks_batch
     from dfd.tasks.runtime import ensure_ray
 
-    key = sha256_json(["landmarks", scan_key, cfg.upsample])
-    if not _done(out, "landmarks", key):
-        ensure_ray()
-        images = ok_rows(read_table(join_uri(out, "images.parquet")))
-        chunks = _chunks(images, cfg.batch)
-        parts = _gather([landmarks_batch.remote(c, cfg.upsample) for c in chunks], "landmarks",
-                        [len(c) for c in chunks])
-        write_parquet(join_uri(out, "faces.parquet"), [r for part in parts for r in part], FACES_SCHEMA)
-        _mark(out, "landmarks", key)
-    return key
+    ensure_ray()
+    images = ok_rows(read_table(join_uri(out, "images.parquet")))
+    chunks = _chunks(images, cfg.batch)
+    parts = _gather([landmarks_batch.remote(c, cfg.upsample) for c in chunks], "landmarks", [len(c) for c in chunks])
+    rows = [r for part in parts for r in part]
+    write_parquet(join_uri(out, "faces.parquet"), rows, FACES_SCHEMA)
+    return {"faces": len(ok_rows(rows))}
 
 
 @task(cache_policy=NONE)
-def select(out: str, faces_key: str, cfg: DictionaryConfig) -> str:
+def select(out: str, cfg: DictionaryConfig) -> dict:
+    """A pose/expression-balanced subset of the faces → OUT/selection.parquet and selection.png; → its statistics."""
     import numpy as np
     import pyarrow as pa
 
     from dfdcore.dictionary.selection import select_balanced, selection_histogram
 
-    key = sha256_json(["select", faces_key, cfg.select, cfg.selection_method, cfg.seed])
-    if not _done(out, "select", key):
-        faces = ok_rows(read_table(join_uri(out, "faces.parquet")))
-        names = ("yaw", "pitch", "roll", *EXPRESSION_COLUMNS)
-        descriptors = np.array([[f[n] for n in names] for f in faces], dtype=np.float64).reshape(len(faces), -1)
-        chosen, bins, stats = select_balanced(descriptors, cfg.select, method=cfg.selection_method, seed=cfg.seed)
-        picked = set(int(i) for i in chosen)
-        rows = [{"image_id": f["image_id"], "face_index": f["face_index"], "uri": f["uri"], "lm5": f["lm5"],
-                 "lm68": f["lm68"], "bin": int(bins[i]), "selected": i in picked} for i, f in enumerate(faces)]
-        schema = pa.schema([("image_id", pa.string()), ("face_index", pa.int32()), ("uri", pa.string()),
-                            ("lm5", pa.list_(pa.float32())), ("lm68", pa.list_(pa.float32())), ("bin", pa.int32()),
-                            ("selected", pa.bool_())], metadata={"stats": _json(stats)})
-        write_parquet(join_uri(out, "selection.parquet"), rows, schema)
-        with tempfile.TemporaryDirectory() as tmp:
-            plot = selection_histogram(descriptors, np.asarray(sorted(picked), dtype=np.int64), names,
-                                       Path(tmp) / "selection.png")
-            write_bytes_atomic(join_uri(out, "selection.png"), Path(plot).read_bytes())
-        _mark(out, "select", key, stats=json.loads(_json(stats)))
-    return key
+    faces = ok_rows(read_table(join_uri(out, "faces.parquet")))
+    names = ("yaw", "pitch", "roll", *EXPRESSION_COLUMNS)
+    descriptors = np.array([[f[n] for n in names] for f in faces], dtype=np.float64).reshape(len(faces), -1)
+    chosen, bins, stats = select_balanced(descriptors, cfg.select, method=cfg.selection_method, seed=cfg.seed)
+    picked = set(int(i) for i in chosen)
+    rows = [{"image_id": f["image_id"], "face_index": f["face_index"], "uri": f["uri"], "lm5": f["lm5"],
+             "lm68": f["lm68"], "bin": int(bins[i]), "selected": i in picked} for i, f in enumerate(faces)]
+    schema = pa.schema([("image_id", pa.string()), ("face_index", pa.int32()), ("uri", pa.string()),
+                        ("lm5", pa.list_(pa.float32())), ("lm68", pa.list_(pa.float32())), ("bin", pa.int32()),
+                        ("selected", pa.bool_())], metadata={"stats": _json(stats)})
+    write_parquet(join_uri(out, "selection.parquet"), rows, schema)
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = selection_histogram(descriptors, np.asarray(sorted(picked), dtype=np.int64), names,
+                                   Path(tmp) / "selection.png")
+        write_bytes_atomic(join_uri(out, "selection.png"), Path(plot).read_bytes())
+    return {"selected": len(picked), "stats": stats}
 
 
 @task(cache_policy=NONE, retries=1)
-def features(out: str, selection_key: str, cfg: DictionaryConfig) -> tuple[str, str, bool]:
+def features(out: str, shard_prefix: str, cfg: DictionaryConfig) -> dict:
+    """VGG19 features of the selected faces' component crops (``workers`` Ray actors) → OUT/features/, one shard per
+    batch named ``shard_prefix-<n>``; shards an interrupted call wrote are kept. → the extractor that made them."""
     import ray
 
     from dfd.tasks.dictionary import FeatureWorker
     from dfd.tasks.runtime import ensure_ray, threads_per_worker
 
-    key = sha256_json(["features", selection_key, cfg.flip, cfg.face_size, cfg.ngf, cfg.vgg_weights,
-                       cfg.random_weights, cfg.seed])
-    root = join_uri(out, "features")
-    marker = join_uri(out, ".steps/features.json")
-    if _done(out, "features", key):
-        info = json.loads(read_bytes(marker))
-        return key, info["checksum"], info["random"]
     ensure_ray()
+    root = join_uri(out, "features")
     selected = [r for r in read_table(join_uri(out, "selection.parquet")) if r["selected"]]
     workers = max(1, cfg.workers)
-    actors = [FeatureWorker.remote(cfg.vgg_weights, cfg.seed if cfg.random_weights else None, cfg.face_size,
+    actors = [FeatureWorker.remote(cfg.vgg_weights, cfg.seed if cfg.random_vgg else None, cfg.face_size,
                                    cfg.ngf, threads_per_worker(workers)) for _ in range(workers)]
     jobs, sizes = [], []
     for i, chunk in enumerate(_chunks(selected, cfg.batch)):
-        shard = f"{key}-{i:05d}"
+        shard = f"{shard_prefix}-{i:05d}"
         if exists(join_uri(root, f"scale={cfg.face_size // 16}/part=mouth/{shard}.parquet")):
             continue  # written by an earlier, interrupted run (extract_shard writes the coarsest mouth last)
         jobs.append(actors[i % workers].extract.remote(chunk, root, shard, cfg.flip))
         sizes.append(len(chunk))
     _gather(jobs, "features", sizes)
-    checksum, random = ray.get(actors[0].extractor.remote())
+    extractor_checksum, random_vgg = ray.get(actors[0].extractor.remote())
     for actor in actors:
         ray.kill(actor)
-    _mark(out, "features", key, checksum=checksum, random=random)
-    return key, checksum, random
+    return {"extractor_checksum": extractor_checksum, "random_vgg": random_vgg}
 
 
 @task(cache_policy=NONE)
-def cluster_and_export(out: str, features_key: str, cfg: DictionaryConfig, checksum: str, random: bool) -> dict:
+def cluster_and_export(out: str, cfg: DictionaryConfig) -> dict:
+    """k-means of every (scale, part) of OUT/features/ → OUT/dictionary.safetensors and the official
+    DictionaryCenter<size>/ layout; → per partition: objective per iteration, cluster sizes, row counts."""
     from dfdcore.config import GeneratorConfig
-    from dfdcore.dictionary.kmeans import build_dictionary as kmeans_dictionary
+    from dfdcore.dictionary.kmeans import cluster_dictionary
 
-    key = sha256_json(["kmeans", features_key, cfg.k, cfg.niter, cfg.seed, cfg.max_points_per_centroid,
-                       cfg.max_train_gib])
-    marker = join_uri(out, ".steps/kmeans.json")
-    if _done(out, "kmeans", key):
-        return json.loads(read_bytes(marker))["metrics"]
-    config = GeneratorConfig(face_size=cfg.face_size, ngf=cfg.ngf)
-    dictionary, results = kmeans_dictionary(join_uri(out, "features"), config, cfg.k, niter=cfg.niter,
-                                            seed=cfg.seed, max_points_per_centroid=cfg.max_points_per_centroid,
-                                            max_train_bytes=int(cfg.max_train_gib * 2**30))
-    dictionary.metadata.setdefault("provenance", {}).update(
-        {"extractor_checksum": checksum, "random_vgg": random, "k": cfg.k, "config": asdict(cfg)})
+    dictionary, results = cluster_dictionary(join_uri(out, "features"),
+                                             GeneratorConfig(face_size=cfg.face_size, ngf=cfg.ngf), cfg.kmeans)
+    dictionary.metadata["provenance"]["config"] = asdict(cfg)
     dictionary.save(join_uri(out, "dictionary.safetensors"))
     dictionary.save_official(join_uri(out, f"DictionaryCenter{cfg.face_size}"))
-    metrics = {f"{s}/{p}": {"objective": [float(v) for v in r.objective], "sizes": [int(v) for v in r.sizes],
-                            "empty": int(r.empty), "rows": int(r.n_rows), "train": int(r.n_train)}
-               for (s, p), r in results.items()}
-    _mark(out, "kmeans", key, metrics=metrics)
-    return metrics
+    return {f"{s}/{p}": {"objective": r.objective, "cluster_sizes": r.cluster_sizes.tolist(),
+                         "empty_clusters": r.empty_clusters, "rows": r.n_rows, "train": r.n_train}
+            for (s, p), r in results.items()}
 
 
 @dataclass
-class BuildSummary:
+class BuildSummary(Summary):
     images: int = 0
     failed_images: int = 0
     faces: int = 0
     selected: int = 0
-    seconds: float = 0.0
-    run_id: str = ""
-    kmeans: dict = field(default_factory=dict)
+    extractor_checksum: str = ""
+    random_vgg: bool = False
+    kmeans: dict = field(default_factory=dict)  # "scale/part" → what cluster_and_export returns for it
+
+
+ARTIFACTS = ["selection.png", "images.parquet", "faces.parquet", "selection.parquet", "dictionary.safetensors"]
 
 
 @flow(name="build_dictionary", log_prints=True)
 def build_dictionary(source: str, out: str, config: DictionaryConfig = DictionaryConfig()) -> BuildSummary:
     """Build component dictionaries from the photos at ``source`` into ``out`` and record an MLflow run."""
-    import mlflow
-
-    from dfd.flows.tracking import mlflow_experiment
-
-    started = time.perf_counter()
-    experiment = mlflow_experiment("dfd-build-dictionary")
-    with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.log_params({k: v for k, v in asdict(config).items()} | {"source": source, "out": out})
-        scan_key = scan(source, out, config)
-        faces_key = landmarks(out, scan_key, config)
-        selection_key = select(out, faces_key, config)
-        features_key, checksum, random = features(out, selection_key, config)
-        metrics = cluster_and_export(out, features_key, config, checksum, random)
-
-        images = read_table(join_uri(out, "images.parquet"))
-        faces = read_table(join_uri(out, "faces.parquet"))
-        selected = [r for r in read_table(join_uri(out, "selection.parquet")) if r["selected"]]
-        summary = BuildSummary(images=len(images), failed_images=sum(r["status"] != "ok" for r in images),
-                               faces=len(ok_rows(faces)), selected=len(selected), run_id=run.info.run_id,
-                               kmeans=metrics)
-        mlflow.set_tags({"extractor_checksum": checksum, "random_vgg": str(random)})
-        mlflow.log_metrics({"images": summary.images, "failed_images": summary.failed_images,
-                            "faces": summary.faces, "selected": summary.selected})
-        for name, m in metrics.items():
-            tag = name.replace("/", "_")
-            mlflow.log_metric(f"empty_clusters_{tag}", m["empty"])
-            for step, value in enumerate(m["objective"]):
-                mlflow.log_metric(f"inertia_{tag}", value, step=step)
-        _log_artifacts(out)
-        summary.seconds = time.perf_counter() - started
-        mlflow.log_metric("seconds", summary.seconds)
+    sources = list_images([source])
+    keys = step_keys([s.uri for s in sources], config)
+    with flow_run(EXPERIMENT) as run:
+        run.log(params=flat_params(config) | {"source": source, "out": out})
+        images = run_step(out, "scan", keys["scan"], scan, sources, out, config.batch)
+        faces = run_step(out, "landmarks", keys["landmarks"], landmarks, out, config)
+        selection = run_step(out, "select", keys["select"], select, out, config)
+        extractor = run_step(out, "features", keys["features"], features, out, keys["features"], config)
+        kmeans = run_step(out, "kmeans", keys["kmeans"], cluster_and_export, out, config)
+        summary = BuildSummary(run_id=run.run_id, **images, **faces, selected=selection["selected"], **extractor,
+                               kmeans=kmeans)
+        log_build(run, out, summary)
     return summary
 
 
-def _log_artifacts(out: str) -> None:
-    import mlflow
-
-    from dfdcore.io.storage import is_local
-
-    if not is_local(out):
-        mlflow.set_tag("outputs", out)
-        return
-    root = Path(out)
-    for name in ("selection.png", "images.parquet", "faces.parquet", "selection.parquet", "dictionary.safetensors"):
-        if (root / name).exists():
-            mlflow.log_artifact(str(root / name))
+def log_build(run, out: str, summary: BuildSummary) -> None:
+    """The build's figures, extractor and files in its MLflow run (``summary.seconds`` set here)."""
+    run.log(tags={"extractor_checksum": summary.extractor_checksum, "random_vgg": summary.random_vgg},
+            metrics={name: getattr(summary, name) for name in ("images", "failed_images", "faces", "selected")})
+    for name, partition in summary.kmeans.items():
+        tag = name.replace("/", "_")
+        run.log(metrics={f"empty_clusters_{tag}": partition["empty_clusters"]})
+        run.curve(f"inertia_{tag}", partition["objective"])
+    run.files(out, ARTIFACTS)
+    summary.seconds = run.seconds()
+    run.log(metrics={"seconds": summary.seconds})

@@ -14,6 +14,7 @@ from dfdcore.io.storage import Source
 
 @ray.remote
 def scan_batch(sources: Sequence[Source]) -> list[dict]:
+    """``images.parquet`` rows of ``sources`` (sha256, size, format; a failure is a row with its reason)."""
     from dfdcore.dictionary.collection import scan_image
 
     return [scan_image(source) for source in sources]
@@ -21,6 +22,7 @@ def scan_batch(sources: Sequence[Source]) -> list[dict]:
 
 @ray.remote
 def landmarks_batch(image_rows: Sequence[dict], upsample: int = 1) -> list[dict]:
+    """``faces.parquet`` rows of the faces found in ``image_rows`` (detector ``upsample``-times upsampled)."""
     from dfdcore.dictionary.collection import detect_image_faces
 
     return [row for image in image_rows for row in detect_image_faces(image, upsample=upsample)]
@@ -28,7 +30,8 @@ def landmarks_batch(image_rows: Sequence[dict], upsample: int = 1) -> list[dict]
 
 @ray.remote
 class FeatureWorker:
-    """Holds the VGG19 extractor; turns batches of selected faces into feature shards."""
+    """Holds the VGG19 extractor (``vgg_weights``, or seeded random weights when ``random_seed`` is given); turns
+    batches of selected faces into feature shards."""
 
     def __init__(self, vgg_weights: str | None, random_seed: int | None, face_size: int, ngf: int,
                  threads: int) -> None:
@@ -39,12 +42,14 @@ class FeatureWorker:
 
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers
         self.config = GeneratorConfig(face_size=face_size, ngf=ngf)
-        self.vgg, self.checksum, self.random = load_vgg(vgg_weights, width=ngf, random_seed=random_seed)
+        self.vgg, self.extractor_checksum, self.random_vgg = load_vgg(vgg_weights, width=ngf, random_seed=random_seed)
 
     def extract(self, faces: Sequence[dict], root: str, shard: str, flip: bool) -> int:
         from dfdcore.dictionary.extract import extract_shard
 
-        return extract_shard(self.vgg, self.checksum, self.random, self.config, faces, root, shard, flip)
+        return extract_shard(self.vgg, self.extractor_checksum, self.random_vgg, self.config, faces, root, shard,
+                             flip)
 
     def extractor(self) -> tuple[str, bool]:
-        return self.checksum, self.random
+        """(extractor_checksum, random_vgg) of the loaded VGG19."""
+        return self.extractor_checksum, self.random_vgg

@@ -34,10 +34,11 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(photos, tmp_path_factory, prefect_server):
     from dfd.flows.build_dictionary import DictionaryConfig, build_dictionary
+    from dfdcore.dictionary.kmeans import KMeansOptions
 
     out = tmp_path_factory.mktemp("dictionary-out")
-    config = DictionaryConfig(k=4, select=8, face_size=128, ngf=8, random_weights=True, seed=1, niter=5,
-                              workers=1, batch=4)
+    config = DictionaryConfig(kmeans=KMeansOptions(k=4, niter=5, seed=1), select=8, face_size=128, ngf=8,
+                              random_vgg=True, seed=1, workers=1, batch=4)
     summary = build_dictionary(str(photos), str(out), config)
     return out, config, summary
 
@@ -77,10 +78,15 @@ def test_tables_have_the_documented_schemas(built):
 
 
 def test_mlflow_run_records_the_build(built):
-    _, _, summary = built
+    out, _, summary = built
     run = mlflow.get_run(summary.run_id)
-    assert run.data.params["k"] == "4" and run.data.tags["random_vgg"] == "True"
-    assert run.data.tags["extractor_checksum"]
+    assert run.data.params["kmeans.k"] == "4" and run.data.params["kmeans.niter"] == "5"
+    assert run.data.tags["random_vgg"] == "True" and summary.random_vgg is True
+    # One name for the extractor's checksum: MLflow tag, dictionary metadata and feature shards agree.
+    assert len(run.data.tags["extractor_checksum"]) == 64
+    provenance = ComponentDictionary.load(out / "dictionary.safetensors").metadata["provenance"]
+    assert provenance["extractor_checksum"] == run.data.tags["extractor_checksum"] == summary.extractor_checksum
+    assert provenance["random_vgg"] is True and provenance["k"] == 4
     assert run.data.metrics["faces"] == 11 and run.data.metrics["selected"] == 8
     assert "inertia_64_mouth" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary.run_id)}
@@ -97,7 +103,7 @@ def test_rerun_skips_and_changing_k_reruns_only_kmeans(built, photos):
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
     from dataclasses import replace
 
-    build_dictionary(str(photos), str(out), replace(config, k=3))
+    build_dictionary(str(photos), str(out), replace(config, kmeans=replace(config.kmeans, k=3)))
     after = {name: (out / name).stat().st_mtime_ns for name in stamps}
     assert after["images.parquet"] == stamps["images.parquet"]
     assert after["selection.parquet"] == stamps["selection.parquet"]
@@ -108,13 +114,13 @@ def test_rerun_skips_and_changing_k_reruns_only_kmeans(built, photos):
 def test_kmeans_beats_random_centres_from_the_data(built):
     import numpy as np
 
-    from dfdcore.dictionary.kmeans import kmeans_partition
+    from dfdcore.dictionary.kmeans import KMeansOptions, kmeans_partition
     from dfdcore.dictionary.store import iter_feature_batches
 
     out, _, _ = built
     root = str(out / "features")
     rows = np.concatenate(list(iter_feature_batches(root, 64, "mouth"))).astype(np.float32)
-    result = kmeans_partition(root, 64, "mouth", k=4, niter=10, seed=0)
+    result = kmeans_partition(root, 64, "mouth", KMeansOptions(k=4, niter=10, seed=0))
     random_inertias = []
     for seed in range(5):
         centres = rows[np.random.default_rng(seed).choice(len(rows), 4, replace=False)]

@@ -77,6 +77,13 @@ def test_rows_are_checked(tmp_path):
         write_manifest(uri, [{**_rows()[0], "sha": "x"}])
     with pytest.raises(ValueError, match="lacks"):
         write_manifest(uri, [{"source_uri": "/in/a.jpg", "status": "ok"}])
+    with pytest.raises(ValueError, match=r"/in/a.jpg: seconds: unknown keys \['upload'\]; the manifest schema has "
+                                         r"\['decode', 'detect', 'restore', 'paste', 'write', 'total'\]"):
+        write_manifest(uri, [{**_rows()[0], "seconds": {**_rows()[0]["seconds"], "upload": 1.0}}])
+    with pytest.raises(ValueError, match=r"faces\[1\]: unknown keys \['yaw'\]"):
+        write_manifest(uri, [{**_rows()[0], "faces": [_face(0), {**_face(1), "yaw": 3.0}]}])
+    with pytest.raises(ValueError, match="seconds must be a mapping with keys among"):
+        write_manifest(uri, [{**_rows()[0], "seconds": 4.0}])
     with pytest.raises(ValueError, match="face 0: lm5 must hold 10 numbers, got 2 values"):
         write_manifest(uri, [{**_rows()[0], "faces": [{**_face(0), "lm5": [1.0, 2.0]}]}])
     assert not (tmp_path / "m.parquet").exists()

@@ -320,6 +320,7 @@ def test_a_dead_ray_worker_is_replaced_and_its_chunk_retried(tmp_path):
     from dfd.tasks.restore import restore_parallel
     from dfd.tasks.runtime import ensure_ray
     from dfdcore.io.storage import list_images
+    from dfdcore.restoration.bulk import RunOptions
     from dfdcore.restoration.restorer import ModelSpec, RestoreOptions
 
     folder = tmp_path / "in"
@@ -330,8 +331,8 @@ def test_a_dead_ray_worker_is_replaced_and_its_chunk_retried(tmp_path):
     ensure_ray()
     result = {}
     worker = threading.Thread(target=lambda: result.update(summary=restore_parallel(
-        list_images([str(folder)]), str(out), ModelSpec("identity"), RestoreOptions(upscale=1), workers=2,
-        chunk=2)))
+        list_images([str(folder)]), str(out), ModelSpec("identity"), RestoreOptions(upscale=1),
+        RunOptions(workers=2, chunk=2))))
     worker.start()
     killed = None
     deadline = time.monotonic() + 300
@@ -348,6 +349,7 @@ def test_a_dead_ray_worker_is_replaced_and_its_chunk_retried(tmp_path):
     summary = result["summary"]
     rows = rows_of(out)
     assert summary.failed == 0 and len(rows) == 16 and all(r["status"] == "ok" for r in rows.values())
+    assert (summary.images, summary.restored, summary.seconds > 0) == (16, 16, True)  # the chunks' sum
     assert len(list((out / "restored_imgs").iterdir())) == 16
 
 

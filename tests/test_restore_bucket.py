@@ -79,7 +79,7 @@ def test_every_dfd_restore_option_is_a_field_of_the_flow_parameters():
     cli = {p.name for p in restore.params} - {"inputs", "output", "allow_failures"}
     assert {"name" if n == "model_name" else n for n in cli} == set(fields)
     schema = restore_bucket.parameters.model_dump()
-    for group, cls in typed.items():
+    for cls in typed.values():
         properties = schema["definitions"][cls.__name__]["properties"]
         assert set(properties) == {f.name for f in dataclasses.fields(cls)}
     given = {"source": "in/", "output": "out/", "model": {"name": "identity", "fidelity": 0.5},

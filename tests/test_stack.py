@@ -1,8 +1,10 @@
 """Operations, end to end with real services: `dfd stack up` (Prefect server, MLflow server, Ray head), `dfd deploy`, a
 process worker, `prefect deployment run restore_bucket/nightly` on a bucket of a real S3 API (moto's server), an
-incremental second run, a worker killed mid-run and the rerun, and `dfd stack down` leaving no process behind."""
+incremental second run, a worker killed mid-run and the rerun, runs whose detector, min_face and fidelity reach the
+Ray workers, and `dfd stack down` leaving no process behind."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -65,10 +67,18 @@ def _kill_tree(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def _deployment_run(env: dict, source: str, output: str, *extra: str, watch: bool = True) -> str:
+IDENTITY = {"name": "identity"}
+SAME_SIZE = {"upscale": 1}
+ONE_WORKER = {"workers": 1}
+
+
+def _deployment_run(env: dict, source: str, output: str, model: dict = IDENTITY, restore: dict = SAME_SIZE,
+                    run: dict = ONE_WORKER, watch: bool = True) -> str:
+    """``prefect deployment run restore_bucket/nightly`` with ``model``, ``restore`` and ``run`` given whole (their
+    other fields take the class defaults) and no failed-copies prefix."""
     args = [BIN / "prefect", "deployment", "run", "restore_bucket/nightly", "-p", f"source={json.dumps(source)}",
-            "-p", f"output={json.dumps(output)}", "-p", "model=\"identity\"", "-p", "workers=1",
-            "-p", "failed_prefix=null", "-p", "upscale=1", *extra]
+            "-p", f"output={json.dumps(output)}", "-p", f"model={json.dumps(model)}",
+            "-p", f"restore={json.dumps(restore)}", "-p", f"run={json.dumps(run)}", "-p", "failed_prefix=null"]
     if watch:
         args += ["--watch", "--watch-timeout", "500"]
     return _run(*args, env=env).stdout
@@ -118,8 +128,8 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
         # A worker killed mid-run (with the flow run it started), then a rerun: every output once, manifest whole.
         # ×4 makes each one-photo chunk slow enough for the kill to land mid-run on a busy machine.
         _upload(PORTRAITS, f"{bucket}/portraits")
-        _deployment_run(stack_env, f"{bucket}/portraits", f"{bucket}/portraits-out", "-p", "chunk=1",
-                        "-p", "upscale=4", watch=False)
+        _deployment_run(stack_env, f"{bucket}/portraits", f"{bucket}/portraits-out", restore={"upscale": 4},
+                        run={"workers": 1, "chunk": 1}, watch=False)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             manifest_prefix = f"{bucket}/portraits-out/manifest.parquet/".removeprefix("s3://")
@@ -130,8 +140,8 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
         _kill_tree(worker)
         assert 1 <= done_before_kill < len(PORTRAITS), "the run should have been killed mid-way"
         worker = _start_worker(stack_env, tmp_path / "worker2.log")
-        _deployment_run(stack_env, f"{bucket}/portraits", f"{bucket}/portraits-out", "-p", "chunk=1",
-                        "-p", "upscale=4")
+        _deployment_run(stack_env, f"{bucket}/portraits", f"{bucket}/portraits-out", restore={"upscale": 4},
+                        run={"workers": 1, "chunk": 1})
         objects = _objects(f"{bucket}/portraits-out")
         outputs = [o for o in objects if "/restored_imgs/" in o]
         assert sorted(Path(o).name for o in outputs) == sorted(p.name for p in PORTRAITS)
@@ -143,6 +153,8 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
             assert all(read_bytes(o) for o in row["outputs"])
         last = _runs(exports["MLFLOW_TRACKING_URI"])[-1].data.metrics
         assert last["restored"] + last["skipped"] == len(PORTRAITS) and last["skipped"] >= done_before_kill
+
+        _options_reach_the_workers(stack_env, bucket)
     finally:
         if worker is not None and worker.poll() is None:
             _kill_tree(worker)
@@ -153,6 +165,50 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
         time.sleep(0.5)
     assert not leftovers, [(p, " ".join(psutil.Process(p).cmdline())[:120]) for p in leftovers]
     assert "stopped" in _run(BIN / "dfd", "stack", "status", env=env).stdout
+
+
+def _options_reach_the_workers(env: dict, bucket: str) -> None:
+    """Deployment runs with the CNN detector, a min_face between the two photos' face sizes and fidelity 0 or 1
+    (a small random network): the Ray workers restore with exactly these options."""
+    import numpy as np
+    from PIL import Image
+
+    from dfdcore.face.detect import detect_faces
+    from dfdcore.io.images import decode_image
+    from dfdcore.restoration.restorer import RestoreOptions
+
+    small = Image.open(IDENTITIES[0]).convert("RGB")  # 150 px, a face of ~115 px
+    large = small.resize((300, 300), Image.BICUBIC)   # the same face at ~235 px
+    for name, image in (("small.png", small), ("large.png", large)):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        write_bytes_atomic(f"{bucket}/sizes/{name}", buffer.getvalue())
+    restore = {"upscale": 1, "detector": "cnn", "upsample": 0, "min_face": 160}
+    rows, pixels = {}, {}
+    for fidelity in (0.0, 1.0):
+        model = {"name": "dfdnet", "random_weights": True, "face_size": 128, "ngf": 8, "k": 8, "fidelity": fidelity}
+        out = f"{bucket}/sizes-fidelity{fidelity:g}"
+        _deployment_run(env, f"{bucket}/sizes", out, model=model, restore=restore)
+        rows[fidelity] = {r["relpath"]: r for r in read_manifest(f"{out}/manifest.parquet").values()}
+        pixels[fidelity] = {name: decode_image(read_bytes(f"{out}/restored_imgs/{name}")).rgb8
+                            for name in ("small.png", "large.png")}
+    for fidelity, by_name in rows.items():
+        # min_face: the small photo's face is left out, the large one's restored
+        assert (by_name["small.png"]["status"], by_name["small.png"]["n_faces"]) == ("no_face", 0)
+        assert (by_name["large.png"]["status"], by_name["large.png"]["n_faces"]) == ("ok", 1)
+        # the detector: the box is the CNN's, not HOG's (they differ by tens of pixels here)
+        box = by_name["large.png"]["faces"][0]["det_box"]
+        [cnn] = detect_faces(np.asarray(large), upsample=0, detector="cnn")
+        [hog] = detect_faces(np.asarray(large), upsample=0, detector="hog")
+        assert np.allclose(box, cnn.box) and not np.allclose(box, hog.box, atol=5), (box, cnn.box, hog.box)
+        # the config hash is that of these options with this model, whose identity records the fidelity
+        model_id = json.loads(by_name["large.png"]["model_id"])
+        assert model_id["fidelity"] == fidelity and model_id["random_weights"] is True
+        assert by_name["large.png"]["config_hash"] == RestoreOptions(**restore).config_hash(model_id)
+    # fidelity changes the restored face, and nothing where no face was restored
+    assert np.array_equal(pixels[0.0]["small.png"], pixels[1.0]["small.png"])
+    difference = np.abs(pixels[0.0]["large.png"].astype(int) - pixels[1.0]["large.png"].astype(int))
+    assert difference.mean() > 1.0, difference.mean()
 
 
 def _belongs(proc: psutil.Process, state: dict) -> bool:

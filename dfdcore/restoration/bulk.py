@@ -52,7 +52,7 @@ from dfdcore.restoration.restorer import (
 )
 from dfdcore.viz import side_by_side
 
-__all__ = ["BulkSummary", "MANIFEST_NAME", "OUTPUT_FOLDERS", "OutputStorageError", "RunOptions", "restore_sources"]
+__all__ = ["MANIFEST_NAME", "OUTPUT_FOLDERS", "BulkSummary", "OutputStorageError", "RunOptions", "restore_sources"]
 
 # Errors of the output's storage that every later write would meet too: stop, don't spend hours restoring.
 _FATAL_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})

@@ -66,3 +66,15 @@ def test_restore_refuses_two_inputs_with_the_same_relative_path(tmp_path):
                                        str(tmp_path / "out"), "--model", "identity"])
     assert result.exit_code == 1 and "would write the same output" in result.output
     assert "common parent folder" in result.output and not (tmp_path / "out").exists()
+
+
+def test_sample_and_restore_declare_each_shared_option_once():
+    from dfd.restore_commands import restore, sample
+
+    restore_params = {p.name: p for p in restore.params}
+    shared = [p for p in sample.params if p.name in restore_params and p.name != "output"]
+    assert {p.name for p in shared} >= {"upscale", "detector", "min_face", "batch_size", "force", "fidelity",
+                                        "dict_dtype", "weights"}
+    for param in shared:
+        assert param.opts == restore_params[param.name].opts and param.help == restore_params[param.name].help
+        assert param.default == restore_params[param.name].default, param.name

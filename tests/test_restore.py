@@ -196,3 +196,21 @@ def test_the_manifest_keeps_every_timing_it_measures(tmp_path):
     assert seconds["paste"] > 0 and seconds["write"] > 0
     parts = sum(v for k, v in seconds.items() if k != "total")
     assert abs(seconds["total"] - parts) < 1e-3 * max(1.0, parts)
+
+
+def test_summaries_of_parts_add_up():
+    from dfdcore.io.storage import Source
+    from dfdcore.restoration.bulk import BulkSummary
+
+    first = BulkSummary(images=3, restored=2, no_face=1, faces=5, skipped=1, seconds=2.0, rows=[{"source_uri": "a"}])
+    failed = BulkSummary.all_failed([Source("s3://b/x.jpg", "x.jpg"), Source("s3://b/y.jpg", "y.jpg")], "disk full")
+    stopped = BulkSummary(storage_error="output storage refused a write", unrecorded=4, seconds=3.5, run_id="r1")
+    total = first + failed + stopped + BulkSummary(storage_error="later", run_id="r2")
+    assert (total.images, total.restored, total.no_face, total.failed, total.faces, total.skipped) == (5, 2, 1, 2, 5, 1)
+    assert (total.unrecorded, total.seconds, total.run_id) == (4, 3.5, "r1")
+    assert total.storage_error == "output storage refused a write"  # the first one says what happened first
+    assert total.failures == [("s3://b/x.jpg", "disk full"), ("s3://b/y.jpg", "disk full")]
+    assert [r["source_uri"] for r in total.rows] == ["a", "s3://b/x.jpg", "s3://b/y.jpg"]
+    assert failed.rows[0] == {"source_uri": "s3://b/x.jpg", "relpath": "x.jpg", "status": "failed",
+                              "error": "disk full"}
+    assert len(first.rows) == 1 and first.failures == []  # the parts are not changed

@@ -1,18 +1,26 @@
-"""Face detection (dlib HOG, scores exposed) and landmarks."""
+"""Face detection (dlib HOG, dlib CNN, OpenCV YuNet; scores exposed) and dlib landmarks."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import dlib
 import numpy as np
 
-from dfdcore.face.models import cnn_detector, frontal_detector, shape_predictor
+from dfdcore.face.models import YUNET_NMS, cnn_detector, frontal_detector, shape_predictor, yunet_detector
+
+Point = tuple[float, float]
 
 
 @dataclass(frozen=True)
 class DetectedFace:
-    box: tuple[int, int, int, int]  # x1, y1, x2, y2 in image pixels
+    """One detection. ``box``: x1, y1, x2, y2 in image pixels; ``score``: the detector's own scale (dlib HOG: SVM
+    margin, dlib CNN: confidence, YuNet: probability in [0, 1]); ``keypoints``: YuNet's 5 points in image pixels
+    (right eye, left eye, nose tip, right and left mouth corners, "right" as the person's), None for dlib."""
+
+    box: tuple[int, int, int, int]
     score: float
+    keypoints: tuple[Point, Point, Point, Point, Point] | None = None
 
     @property
     def area(self) -> int:
@@ -25,25 +33,106 @@ def _rgb_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-DETECTORS = ("hog", "cnn")
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 1) greyscale, or (H, W, 3) RGB, uint8 → (H, W, 3) uint8 RGB."""
+    if image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1)):
+        return np.ascontiguousarray(np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2))
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB or (H, W) greyscale uint8 image, got {image.shape} {image.dtype}")
+    return np.ascontiguousarray(image)
 
 
-def detect_faces(rgb: np.ndarray, upsample: int = 1, min_score: float = 0.2, detector: str = "hog"
+DETECTORS = ("hog", "cnn", "yunet")
+# dlib's scores are margins (HOG) or confidences (CNN) where 0.2 keeps its usual detections; YuNet's is a probability,
+# and 0.6 keeps every annotated face of the groups photos while dropping most dog faces and textures
+# (bench/RESULTS.md, "Face detectors"). OpenCV's demo uses 0.9, which loses blurred and small faces.
+DEFAULT_MIN_SCORE = {"hog": 0.2, "cnn": 0.2, "yunet": 0.6}
+
+# YuNet sees faces of about 10 to 300 px (its training scheme): one pass at (nearly) full resolution finds the small
+# ones, a second pass on a copy whose long side is YUNET_COARSE_SIDE finds faces that fill a large photo.
+YUNET_MAX_SIDE = 2560  # beyond this the full-resolution pass is downscaled: time grows with pixels, 10-px faces of
+#                        a 5000-px photo are not worth restoring
+YUNET_COARSE_SIDE = 640
+
+
+def detect_faces(rgb: np.ndarray, upsample: int = 1, min_score: float | None = None, detector: str = "hog"
                  ) -> list[DetectedFace]:
-    """Face detections with score ≥ ``min_score``, largest first. ``rgb``: (H, W, 3) uint8.
+    """Face detections with score ≥ ``min_score``, largest first. ``rgb``: (H, W, 3) RGB or (H, W) greyscale uint8.
 
-    ``detector``: "hog" (dlib's frontal HOG detector, its SVM score) or "cnn" (dlib's MMOD CNN, its confidence).
+    ``detector``: "hog" (dlib's frontal HOG detector, its SVM score), "cnn" (dlib's MMOD CNN, its confidence) or
+    "yunet" (OpenCV's YuNet, a probability; boxes clipped to the image, 5 keypoints; ``upsample`` is ignored, the
+    model finds ~10-px faces at full resolution). ``min_score`` None: DEFAULT_MIN_SCORE of the detector.
     """
-    image = _rgb_uint8(rgb)
-    if detector == "hog":
-        rects, scores, _ = frontal_detector().run(image, upsample, -1.0)
-        found = zip(rects, scores)
-    elif detector == "cnn":
-        found = [(d.rect, d.confidence) for d in cnn_detector()(image, upsample)]
-    else:
+    if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
-    faces = [DetectedFace((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in found if s >= min_score]
+    image = _as_rgb(rgb)
+    threshold = DEFAULT_MIN_SCORE[detector] if min_score is None else float(min_score)
+    if detector == "yunet":
+        faces = _yunet_faces(image, threshold)
+    else:
+        if detector == "hog":
+            rects, scores, _ = frontal_detector().run(image, upsample, -1.0)
+            found = zip(rects, scores)
+        else:
+            found = [(d.rect, d.confidence) for d in cnn_detector()(image, upsample)]
+        faces = [DetectedFace((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in found if s >= threshold]
     return sorted(faces, key=lambda f: f.area, reverse=True)
+
+
+def yunet_scales(height: int, width: int) -> list[float]:
+    """Resize factors of YuNet's passes over an (height, width) image, largest first (1.0 = full resolution)."""
+    long_side = max(height, width)
+    scales = [min(1.0, YUNET_MAX_SIDE / long_side)]
+    if long_side > YUNET_COARSE_SIDE * 1.5:  # below that the full-resolution pass already sees the largest faces
+        scales.append(YUNET_COARSE_SIDE / long_side)
+    return scales
+
+
+def _yunet_raw(rgb: np.ndarray, scale: float, min_score: float) -> np.ndarray:
+    """One YuNet pass on ``rgb`` resized by ``scale`` → (N, 15) float32 rows in ``rgb``'s pixels: x, y, w, h, five
+    (x, y) keypoints, score."""
+    import cv2
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    if scale != 1.0:
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    net = yunet_detector()
+    net.setInputSize((bgr.shape[1], bgr.shape[0]))  # the model was exported for 640x640; OpenCV infers any size
+    net.setScoreThreshold(min_score)
+    _, rows = net.detect(bgr)
+    if rows is None:
+        return np.zeros((0, 15), np.float32)
+    rows = rows.copy()
+    # back to source pixels: x and y with the factor of their own axis (rounding made the two differ slightly)
+    rows[:, 0:14:2] *= rgb.shape[1] / bgr.shape[1]
+    rows[:, 1:14:2] *= rgb.shape[0] / bgr.shape[0]
+    return rows
+
+
+def _box_from_xywh(row: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """YuNet's float x, y, w, h → integer x1, y1, x2, y2 clipped to the image: a face cut by the border gets the
+    visible part, so that ``rgb[y1:y2, x1:x2]`` never wraps around through negative indices."""
+    x1 = min(max(0, math.floor(row[0])), width - 1)
+    y1 = min(max(0, math.floor(row[1])), height - 1)
+    x2 = min(max(x1 + 1, math.ceil(row[0] + row[2])), width)
+    y2 = min(max(y1 + 1, math.ceil(row[1] + row[3])), height)
+    return x1, y1, x2, y2
+
+
+def _yunet_faces(rgb: np.ndarray, min_score: float) -> list[DetectedFace]:
+    import cv2
+    height, width = rgb.shape[:2]
+    rows = np.concatenate([_yunet_raw(rgb, s, min_score) for s in yunet_scales(height, width)])
+    if len(rows) == 0:
+        return []
+    # the same face seen by both passes: keep the more confident box (OpenCV's NMS, YuNet's own overlap)
+    keep = cv2.dnn.NMSBoxes(rows[:, :4].tolist(), rows[:, 14].tolist(), min_score, YUNET_NMS)
+    faces = []
+    for i in np.asarray(keep, dtype=int).reshape(-1):
+        row = rows[i]
+        points = tuple((float(row[4 + 2 * k]), float(row[5 + 2 * k])) for k in range(5))
+        faces.append(DetectedFace(_box_from_xywh(row, height, width), float(row[14]), points))
+    return faces
 
 
 def landmarks(rgb: np.ndarray, box: tuple[int, int, int, int], points: int = 68) -> np.ndarray:

@@ -26,6 +26,9 @@ the cores used by the training processes (their CPU seconds / wall seconds) and 
 
     python bench/bench_train.py --out bench/results/train.json             # small + official (about 30 min)
     python bench/bench_train.py --only small --small-steps 10              # smoke run (about 3 min)
+
+Over 400 lines on purpose: one self-contained script (parent, child rows and their measurements), run as a file;
+its parts share the row format and are read together with bench/RESULTS.md.
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from dfd.flows.steps import merged, run_step
+from dfdcore.io.hashing import sha256_json, sha256_path
 from dfdcore.io.storage import join_uri
 
 
@@ -55,6 +57,8 @@ class DemoConfig:
 
 @dataclass
 class DemoSummary:
+    """The demo's figures: those the train and evaluate summaries share by name (``merged``), and its own."""
+
     dictionary_run: str = ""
     train_run: str = ""
     evaluate_run: str = ""
@@ -80,8 +84,9 @@ def sample_photos() -> str:
 
 
 @task(cache_policy=NONE)
-def copy_training_photos(photos: str, folder: str, test_fraction: float, seed: int) -> str:
-    """Copy the photos that the train flow's split will not hold out into ``folder`` (the dictionary's source)."""
+def copy_training_photos(photos: str, folder: str, test_fraction: float, seed: int) -> dict:
+    """Copy the photos that the train flow's split will not hold out into ``folder`` (the dictionary's source)
+    → {"copied": n}."""
     from dfdcore.data.faceset import assign_split
     from dfdcore.io.hashing import sha256_bytes
     from dfdcore.io.storage import list_images, read_bytes, write_bytes_atomic
@@ -89,10 +94,10 @@ def copy_training_photos(photos: str, folder: str, test_fraction: float, seed: i
     contents = {source.relpath: read_bytes(source.uri) for source in list_images([photos])}
     ids = {relpath: sha256_bytes(data) for relpath, data in contents.items()}
     split = assign_split(ids.values(), test_fraction, seed)
-    for relpath, data in contents.items():
-        if split[ids[relpath]] == "train":
-            write_bytes_atomic(join_uri(folder, relpath), data)
-    return folder
+    kept = [relpath for relpath in contents if split[ids[relpath]] == "train"]
+    for relpath in kept:
+        write_bytes_atomic(join_uri(folder, relpath), contents[relpath])
+    return {"copied": len(kept)}
 
 
 def held_out_photos(faceset: str) -> list[str]:
@@ -108,9 +113,10 @@ def held_out_photos(faceset: str) -> list[str]:
 
 
 @task(cache_policy=NONE)
-def degraded_copies(photos: list[str], out: str, face_size: int, factor: int, seed: int) -> list[dict]:
+def degraded_copies(photos: list[str], out: str, face_size: int, factor: int, seed: int) -> dict:
     """Each photo scaled so that its largest face fills the model's ``face_size`` crop (the original shown), and
-    a degraded copy at 1/``factor`` of that (the input) → {name, original, lq, face_box} per photo with a face."""
+    a degraded copy at 1/``factor`` of that (the input) → {"copies": [{name, original, lq, face_box}, …]}, one per
+    photo with a face."""
     import cv2
     import numpy as np
 
@@ -136,7 +142,7 @@ def degraded_copies(photos: list[str], out: str, face_size: int, factor: int, se
         write_image(paths["lq"], degrade_photo(original, factor, seed=seed + index))
         box = tuple(int(round(v * scale)) for v in face.detection.box)
         made.append({"name": name, **paths, "face_box": box})
-    return made
+    return {"copies": made}
 
 
 @task(cache_policy=NONE)
@@ -175,32 +181,37 @@ def comparisons(copies: list[dict], restored_out: str, factor: int, label: str) 
     return rows
 
 
-@flow(name="demo", log_prints=True)
-def demo(out: str = "dfd-results/demo", config: DemoConfig = DemoConfig()) -> DemoSummary:
-    from dfd.flows.build_dictionary import DictionaryConfig, build_dictionary
-    from dfd.flows.evaluate import evaluate
-    from dfd.flows.train import train
+@task(cache_policy=NONE)
+def restore_photos(model, lq_folder: str, restored_out: str, factor: int) -> dict:
+    """Every face of the photos in ``lq_folder`` restored (×``factor``) and pasted back into ``restored_out``,
+    incrementally (its manifest) → {"restored": n, "label": the model's label}."""
     from dfdcore.io.storage import list_images
     from dfdcore.restoration.bulk import restore_sources
-    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, model_identity, model_label
+    from dfdcore.restoration.restorer import RestoreOptions, Restorer, model_identity, model_label
+
+    built = model.build()
+    restorer = Restorer(built, RestoreOptions(upscale=factor, upsample=2), batch_size=4)
+    restored = restore_sources(list_images([lq_folder]), restored_out, restorer, save_faces=True)
+    return {"restored": restored.restored, "label": model_label(model_identity(built))}
+
+
+def dictionary_config(config: DemoConfig):
+    """The demo's dictionary build: every face of the training photos, flipped too, k-means with ``config.k``."""
+    from dfd.flows.build_dictionary import DictionaryConfig
+    from dfdcore.dictionary.kmeans import KMeansOptions
+
+    return DictionaryConfig(kmeans=KMeansOptions(k=config.k, niter=10, seed=config.seed), select=10_000, flip=True,
+                            face_size=config.face_size, ngf=config.ngf, vgg_weights=config.vgg_weights,
+                            random_vgg=config.vgg_weights is None, seed=config.seed, workers=1)
+
+
+def train_config(config: DemoConfig, out: str, dictionary: str):
+    """The demo's training (its recipe: ``DemoConfig``), in ``out`` with ``dictionary``."""
     from dfdcore.training import TrainConfig
 
     random_vgg = config.vgg_weights is None
-    seconds, started = {}, time.perf_counter()
-    photos, dictionary_out = sample_photos(), join_uri(out, "dictionary")
-    # The held-out photos are chosen first (as the train flow splits: per photo, by content hash) and kept out of
-    # the dictionary too, so nothing of the test faces reaches the model.
-    training_photos = copy_training_photos(photos, join_uri(out, "photos/train"), config.test_fraction, config.seed)
-    built = build_dictionary(training_photos, dictionary_out, DictionaryConfig(
-        k=config.k, select=10_000, flip=True, face_size=config.face_size, ngf=config.ngf,
-        vgg_weights=config.vgg_weights, random_weights=random_vgg, seed=config.seed, niter=10, workers=1))
-    seconds["dictionary"] = time.perf_counter() - started
-
-    train_out = join_uri(out, "train")
-    dictionary = join_uri(dictionary_out, "dictionary.safetensors")
-    faceset = join_uri(train_out, "faceset.parquet")
-    trained = train(TrainConfig(
-        faceset=faceset, dictionary=dictionary, out=train_out,
+    return TrainConfig(
+        faceset=join_uri(out, "faceset.parquet"), dictionary=dictionary, out=out,
         face_size=config.face_size, ngf=config.ngf, vgg_weights=config.vgg_weights, random_vgg=random_vgg,
         steps=config.steps, batch_size=config.batch_size, workers=config.workers, d_dim=config.d_dim,
         degradation=config.degradation, lr=config.lr, lr_schedule="cosine", constant_fraction=0.0, residual=True,
@@ -210,28 +221,61 @@ def demo(out: str = "dfd-results/demo", config: DemoConfig = DemoConfig()) -> De
         adversarial_weight=config.adversarial_weight, adversarial_start=int(config.warmup_fraction * config.steps),
         ema_decay=config.ema_decay, val_every=config.val_every, val_pairs=config.val_pairs,
         checkpoint_every=max(1, config.steps // 3), sample_every=max(1, config.steps // 3),
-        log_every=10, seed=config.seed), source=photos, test_fraction=config.test_fraction,
-        register_as="dfd-demo-generator", max_failures=config.max_failures)
-    seconds["train"] = time.perf_counter() - started - sum(seconds.values())
+        log_every=10, seed=config.seed)
+
+
+@flow(name="demo", log_prints=True)
+def demo(out: str = "dfd-results/demo", config: DemoConfig = DemoConfig()) -> DemoSummary:
+    """The whole life cycle on the bundled photos into ``out``: each stage is its own flow and MLflow run."""
+    from dfd.flows.build_dictionary import build_dictionary
+    from dfd.flows.evaluate import evaluate
+    from dfd.flows.train import train
+    from dfdcore.restoration.restorer import ModelSpec
+
+    photos, clock = sample_photos(), _Clock()
+    # The held-out photos are chosen first (as the train flow splits: per photo, by content hash) and kept out of
+    # the dictionary too, so nothing of the test faces reaches the model.
+    training_photos = join_uri(out, "photos/train")
+    run_step(out, "training-photos", sha256_json([sha256_path(photos), config.test_fraction, config.seed]),
+             copy_training_photos, photos, training_photos, config.test_fraction, config.seed)
+    built = build_dictionary(training_photos, join_uri(out, "dictionary"), dictionary_config(config))
+    clock.lap("dictionary")
+
+    dictionary = join_uri(out, "dictionary/dictionary.safetensors")
+    cfg = train_config(config, join_uri(out, "train"), dictionary)
+    trained = train(cfg, source=photos, test_fraction=config.test_fraction, register_as="dfd-demo-generator",
+                    max_failures=config.max_failures)
+    clock.lap("train")
 
     model = ModelSpec(weights=trained.generator, dictionary=dictionary, face_size=config.face_size, ngf=config.ngf)
-    evaluated = evaluate(model, join_uri(out, "testset"), faceset=faceset,
+    evaluated = evaluate(model, join_uri(out, "testset"), faceset=cfg.faceset,
                          count=config.test_pairs_per_face * trained.test_faces, degradation=config.degradation,
                          label=f"demo model (best of {config.steps} steps)")
-    seconds["evaluate"] = time.perf_counter() - started - sum(seconds.values())
+    clock.lap("evaluate")
 
     # Restoration where restoration happens: degraded copies of the held-out photos, compared with the originals.
     photos_out, restored_out = join_uri(out, "photos"), join_uri(out, "restored")
-    copies = degraded_copies(held_out_photos(faceset), photos_out, config.face_size, config.photo_factor,
-                             config.seed)
-    built_model = model.build()
-    restorer = Restorer(built_model, RestoreOptions(upscale=config.photo_factor, upsample=2), batch_size=4)
-    restored = restore_sources(list_images([join_uri(photos_out, "lq")]), restored_out, restorer, save_faces=True)
-    label = model_label(model_identity(built_model))
-    photo_rows = comparisons(copies, restored_out, config.photo_factor, label)
-    seconds["restore"] = time.perf_counter() - started - sum(seconds.values())
-    return DemoSummary(dictionary_run=built.run_id, train_run=trained.run_id, evaluate_run=evaluated.run_id,
-                       model=f"{trained.model_name}/{trained.model_version}", train_faces=trained.train_faces,
-                       test_faces=trained.test_faces, pairs=evaluated.pairs, metrics=evaluated.metrics,
-                       bicubic=evaluated.bicubic, validation=trained.validation or {}, restored=restored.restored,
-                       photos=photo_rows, outputs=restored_out, label=label, random_vgg=random_vgg, seconds=seconds)
+    held_out = held_out_photos(cfg.faceset)
+    copies = run_step(out, "degraded-copies", sha256_json([held_out, config.face_size, config.photo_factor,
+                                                           config.seed]),
+                      degraded_copies, held_out, photos_out, config.face_size, config.photo_factor, config.seed)
+    restored = restore_photos(model, join_uri(photos_out, "lq"), restored_out, config.photo_factor)
+    photo_rows = comparisons(copies["copies"], restored_out, config.photo_factor, restored["label"])
+    clock.lap("restore")
+    return merged(DemoSummary, trained, evaluated, dictionary_run=built.run_id, train_run=trained.run_id,
+                  evaluate_run=evaluated.run_id, model=f"{trained.model_name}/{trained.model_version}",
+                  validation=trained.validation or {}, restored=restored["restored"], photos=photo_rows,
+                  outputs=restored_out, label=restored["label"], random_vgg=config.vgg_weights is None,
+                  seconds=clock.seconds)
+
+
+class _Clock:
+    """Seconds per stage, each lap measured from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage], self.last = now - self.last, now

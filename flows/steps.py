@@ -94,6 +94,18 @@ class FlowRun:
             if path.is_file():
                 mlflow.log_artifact(str(path), folder)
 
+    def image(self, name: str, rgb) -> None:
+        """An (H, W, 3) uint8 image as the artifact ``name`` (a .png)."""
+        import tempfile
+
+        import mlflow
+
+        from dfdcore.io.images import write_image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write_image(Path(tmp) / name, rgb)
+            mlflow.log_artifact(str(Path(tmp) / name))
+
     def name(self, label: str) -> None:
         """Rename the run (shown in the MLflow UI and by ``dfd compare``)."""
         import mlflow

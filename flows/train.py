@@ -1,17 +1,18 @@
 """train: photos (or a dictionary build, or a faceset) → aligned faces → Ray Train → checkpoints → registered model.
 
-Rerunning with the same ``out`` resumes from the latest checkpoint and continues the same MLflow run.
+Rerunning with the same ``out`` resumes from the latest checkpoint and continues the same MLflow run (``flows.steps``
+keeps its id in ``out``); the faceset is made once, so its held-out faces stay held out.
 """
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from dfdcore.io.storage import exists, join_uri, read_bytes, write_bytes_atomic
+from dfd.flows.steps import MADE_ONCE, Summary, flat_params, flow_run, run_step
+from dfdcore.io.storage import exists, join_uri, read_bytes
 from dfdcore.training import TrainConfig
 
 EXPERIMENT = "dfd-train"
@@ -19,15 +20,17 @@ EXPERIMENT = "dfd-train"
 
 @task(cache_policy=NONE, retries=1)
 def prepare_faceset(source: str, faceset: str, face_size: int, test_fraction: float = 0.1, seed: int = 0) -> dict:
-    """Make ``faceset`` from ``source`` unless it is there already → counts per split.
+    """Make ``faceset`` from ``source`` → counts per split (and photos without a usable face).
 
-    ``source``: a faceset ``.parquet`` (used as is), a dictionary build folder (its ``faces.parquet``: landmarks
+    ``source``: the faceset itself (used as is), a dictionary build folder (its ``faces.parquet``: landmarks
     known, no detection), or photos (any folder/URL/glob: faces detected and aligned here)."""
     from dfdcore.data.faceset import FaceSet, faces_from_photos, faces_from_table, write_faceset
     from dfdcore.dictionary.collection import read_table
     from dfdcore.io.storage import list_images
 
-    if exists(faceset):
+    if source == faceset:
+        if not exists(faceset):
+            raise ValueError(f"{faceset} does not exist: pass source= (photos, a dictionary build or a faceset)")
         return {"train": len(FaceSet(faceset, "train")), "test": len(FaceSet(faceset, "test")), "skipped": 0}
     table = join_uri(source, "faces.parquet")
     if exists(table):
@@ -43,20 +46,30 @@ def prepare_faceset(source: str, faceset: str, face_size: int, test_fraction: fl
 
 
 @task(cache_policy=NONE)
-def run_training(cfg: TrainConfig, tracking_uri: str, run_id: str, max_failures: int) -> None:
-    from dfd.tasks.train import Tracking, fit
+def run_training(cfg: TrainConfig, tracking_uri: str, run_id: str, max_failures: int) -> dict:
+    """Ray Train workers train the generator until ``cfg.steps`` (resuming from the latest checkpoint of
+    ``cfg.out``), rank 0 logging into the MLflow run ``run_id`` → {resumed_from (0: a new training),
+    train_seconds, images_per_second}."""
+    import time
 
+    from dfd.tasks.train import Tracking, fit
+    from dfdcore.training import latest_checkpoint
+
+    resumed = latest_checkpoint(cfg.out)
+    resumed_from = int(resumed.rsplit("step_", 1)[1][:8]) if resumed else 0
+    started = time.perf_counter()
     fit(cfg, Tracking(tracking_uri, run_id), max_failures=max_failures)
+    seconds = time.perf_counter() - started
+    return {"resumed_from": resumed_from, "train_seconds": seconds,
+            "images_per_second": (cfg.steps - resumed_from) * cfg.batch_size / seconds}
 
 
 @dataclass
-class TrainSummary:
-    run_id: str = ""
+class TrainSummary(Summary):
     steps: int = 0
     resumed_from: int = 0
     train_faces: int = 0
     test_faces: int = 0
-    seconds: float = 0.0
     images_per_second: float = 0.0
     final: dict | None = None
     validation: dict | None = None  # of the registered generator (the best validated one)
@@ -89,62 +102,40 @@ def chosen_generator(out: str) -> tuple[str, dict | None]:
     return join_uri(out, "generator.safetensors"), None
 
 
-def _run_id_file(out: str) -> str:
-    return join_uri(out, "mlflow_run.json")
-
-
-def _existing_run(out: str) -> str | None:
-    """The MLflow run an earlier, interrupted call on ``out`` opened (so a resume continues it)."""
-    import mlflow
-
-    if not exists(_run_id_file(out)):
-        return None
-    run_id = json.loads(read_bytes(_run_id_file(out)))["run_id"]
-    try:
-        mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return None
-    return run_id
-
-
 @flow(name="train", log_prints=True)
 def train(config: TrainConfig, source: str | None = None, test_fraction: float = 0.1,
           register_as: str = "dfd-generator", max_failures: int = 2) -> TrainSummary:
     """Train the generator described by ``config`` (faces from ``source`` when ``config.faceset`` is not made yet),
-    log it to MLflow and register the final generator with its dictionary.
+    log it to MLflow and register the chosen generator with its dictionary.
 
     ``max_failures``: Ray Train restarts of the workers from the latest checkpoint (``tasks.train.fit``)."""
     import mlflow
 
-    from dfd.flows.registry import register_generator
-    from dfd.flows.tracking import mlflow_experiment
-    from dfdcore.training import latest_checkpoint
-
-    started = time.perf_counter()
-    if not exists(config.faceset):
-        if source is None:
-            raise ValueError(f"{config.faceset} does not exist: pass source= (photos, a dictionary build or a faceset)")
-    counts = prepare_faceset(source or config.faceset, config.faceset, config.face_size, test_fraction, config.seed)
-    experiment = mlflow_experiment(EXPERIMENT)
-    resumed = latest_checkpoint(config.out)
-    resumed_step = int(resumed.rsplit("step_", 1)[1][:8]) if resumed else 0
-    with mlflow.start_run(run_id=_existing_run(config.out), experiment_id=experiment) as run:
-        write_bytes_atomic(_run_id_file(config.out), json.dumps({"run_id": run.info.run_id}).encode())
-        if not resumed:
-            mlflow.log_params(asdict(config) | {"source": source, "test_fraction": test_fraction,
-                                                "train_faces": counts["train"], "test_faces": counts["test"]})
-            mlflow.set_tags({"random_vgg": str(config.random_vgg), "dictionary": config.dictionary})
-        run_training(config, mlflow.get_tracking_uri(), run.info.run_id, max_failures)
+    with flow_run(EXPERIMENT, keep_in=config.out) as run:
+        counts = run_step(config.out, "faceset", MADE_ONCE, prepare_faceset, source or config.faceset,
+                          config.faceset, config.face_size, test_fraction, config.seed)
+        if not run.continued:
+            run.log(params=flat_params(config) | {"source": source, "test_fraction": test_fraction,
+                                                  "train_faces": counts["train"], "test_faces": counts["test"]},
+                    tags={"random_vgg": config.random_vgg, "dictionary": config.dictionary})
+        trained = run_training(config, mlflow.get_tracking_uri(), run.run_id, max_failures)
         generator, validation = chosen_generator(config.out)
-        seconds = time.perf_counter() - started
-        images = (config.steps - resumed_step) * config.batch_size
-        mlflow.log_metrics({"train_seconds": seconds, "images_per_second": images / seconds})
-        if validation:
-            mlflow.log_metrics({f"best_{k}": v for k, v in validation.items()})
-        version = register_generator(_local_copy(generator), _local_copy(config.dictionary), register_as,
-                                     validation=validation, best_metric=config.best_metric)
-        final = {k: v for k, v in mlflow.get_run(run.info.run_id).data.metrics.items()}
-    return TrainSummary(run_id=run.info.run_id, steps=config.steps, resumed_from=resumed_step,
-                        train_faces=counts["train"], test_faces=counts["test"], seconds=seconds,
-                        images_per_second=images / seconds, final=final, validation=validation, generator=generator,
-                        dictionary=config.dictionary, model_name=register_as, model_version=version)
+        version = register(run, config, generator, validation, register_as, trained)
+        summary = TrainSummary(run_id=run.run_id, seconds=run.seconds(), steps=config.steps,
+                               resumed_from=trained["resumed_from"], train_faces=counts["train"],
+                               test_faces=counts["test"], images_per_second=trained["images_per_second"],
+                               final=run.metrics(), validation=validation, generator=generator,
+                               dictionary=config.dictionary, model_name=register_as, model_version=version)
+    return summary
+
+
+def register(run, config: TrainConfig, generator: str, validation: dict | None, name: str, trained: dict) -> str:
+    """The training's speed and best validation figures in its run, ``generator`` registered as ``name`` → the
+    version."""
+    from dfd.flows.registry import register_generator
+
+    run.log(metrics={k: v for k, v in trained.items() if k != "resumed_from"})
+    if validation:
+        run.log(metrics={f"best_{k}": v for k, v in validation.items()})
+    return register_generator(_local_copy(generator), _local_copy(config.dictionary), name,
+                              validation=validation, best_metric=config.best_metric)

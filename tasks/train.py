@@ -185,6 +185,12 @@ def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
                    init_weights=absolute(cfg.init_weights), vgg_weights=absolute(cfg.vgg_weights))
 
 
+def ray_run_name(out: str) -> str:
+    """The Ray Train run (and folder) of the training folder ``out``: from a sha256 of its absolute URI, never
+    Python's per-process salted ``hash()``, so a resume in another process finds the same Ray folder."""
+    return f"train-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+
+
 def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = DEFAULT_MAX_FAILURES,
         loop=train_loop) -> None:
     """Run the training with ``cfg.workers`` Ray Train workers (GPUs when ``cfg.use_gpu``) until ``cfg.steps``,
@@ -210,7 +216,7 @@ def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = D
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=None if cfg.use_gpu else {"CPU": 1}),
-        run_config=RunConfig(name=f"train-{hashlib.sha256(cfg.out.encode()).hexdigest()[:8]}",  # stable on resume
-                             storage_path=storage, failure_config=FailureConfig(max_failures)),
+        run_config=RunConfig(name=ray_run_name(cfg.out), storage_path=storage,
+                             failure_config=FailureConfig(max_failures)),
     )
     trainer.fit()

@@ -144,3 +144,41 @@ def test_interrupted_feature_step_resumes_at_the_missing_shard(built, photos):
     build_dictionary(str(photos), str(out), config)
     assert kept.stat().st_mtime_ns == stamp  # the complete shard was not redone
     assert len(list(partition.glob("*.parquet"))) == 2
+
+
+def test_a_step_runs_once_per_key_and_hands_back_what_it_recorded(tmp_path):
+    from dataclasses import dataclass
+
+    import numpy as np
+
+    from dfd.flows.steps import MADE_ONCE, Summary, merged, run_step
+
+    calls = []
+
+    def work(value):
+        calls.append(value)
+        return {"value": value, "array": np.arange(3)}
+
+    first = run_step(str(tmp_path), "double", "key-1", work, 2)
+    again = run_step(str(tmp_path), "double", "key-1", work, 5)
+    assert first == again == {"value": 2, "array": [0, 1, 2]} and calls == [2]
+    assert run_step(str(tmp_path), "double", "key-2", work, 7)["value"] == 7 and calls == [2, 7]
+    assert run_step(str(tmp_path), "made", MADE_ONCE, work, 1) == run_step(str(tmp_path), "made", MADE_ONCE, work, 9)
+    assert calls == [2, 7, 1]
+
+    @dataclass
+    class Both:
+        run_id: str = ""
+        faces: int = 0
+        pairs: int = 0
+
+    @dataclass
+    class Faces(Summary):
+        faces: int = 0
+
+    @dataclass
+    class Pairs(Summary):
+        pairs: int = 0
+
+    both = merged(Both, Faces(run_id="a", faces=3), Pairs(run_id="b", pairs=8), run_id="c")
+    assert both == Both(run_id="c", faces=3, pairs=8)

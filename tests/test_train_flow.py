@@ -18,6 +18,21 @@ def _checkpoint(uri: str) -> dict:
     return torch.load(io.BytesIO(read_bytes(uri)), weights_only=True)
 
 
+def test_ray_run_name_is_the_same_in_every_process():
+    """A resume runs in a new process: the Ray folder's name must not depend on Python's salted str hash."""
+    import subprocess
+    import sys
+
+    from dfd.tasks.train import ray_run_name
+
+    out = "/data/runs/train-a"
+    code = f"from dfd.tasks.train import ray_run_name; print(ray_run_name({out!r}))"
+    names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout.strip() for seed in ("1", "2")}
+    assert names == {ray_run_name(out)}
+    assert ray_run_name(out).startswith("train-") and ray_run_name(out) != ray_run_name(out + "-b")
+
+
 def test_two_worker_ddp_matches_one_process_on_the_same_global_batch(training_data, tmp_path):
     from dfd.tasks.train import Tracking, fit
 

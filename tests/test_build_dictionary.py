@@ -182,3 +182,17 @@ def test_a_step_runs_once_per_key_and_hands_back_what_it_recorded(tmp_path):
 
     both = merged(Both, Faces(run_id="a", faces=3), Pairs(run_id="b", pairs=8), run_id="c")
     assert both == Both(run_id="c", faces=3, pairs=8)
+
+
+def test_the_command_asks_for_one_vgg_and_checks_the_kmeans_options(tmp_path):
+    from click.testing import CliRunner
+
+    from dfd.cli import main
+
+    out = ["-o", str(tmp_path / "out")]
+    neither = CliRunner().invoke(main, ["build-dictionary", str(tmp_path), *out])
+    both = CliRunner().invoke(main, ["build-dictionary", str(tmp_path), *out, "--random-vgg", "--vgg-weights", "v.pth"])
+    assert neither.exit_code == both.exit_code == 2 and "--random-vgg" in neither.output
+    bad_k = CliRunner().invoke(main, ["build-dictionary", str(tmp_path), *out, "--random-vgg", "--k", "0"])
+    assert bad_k.exit_code == 2 and "must be >= 1, got 0" in bad_k.output
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,147 @@
+"""YuNet ("yunet") against dlib's HOG on real photos, scored with the boxes of dlib's landmark XML files."""
+from __future__ import annotations
+
+import hashlib
+import xml.etree.ElementTree as ET
+from functools import cache
+
+import cv2
+import numpy as np
+import pytest
+
+from dfdcore.face import DetectedFace, detect_faces, landmarks
+from dfdcore.face.detect import yunet_scales
+from dfdcore.face.models import YUNET_SHA256, yunet_model
+from dfdcore.io.images import read_rgb
+
+from .conftest import SHARED
+
+GROUPS = SHARED / "data" / "faces" / "groups"
+PORTRAITS = SHARED / "data" / "faces" / "portraits"
+IOU = 0.4
+
+pytestmark = pytest.mark.skipif(not GROUPS.is_dir(), reason=f"needs the shared face photos in {GROUPS}")
+
+
+@cache
+def annotated() -> dict[str, list[tuple[float, float, float, float]]]:
+    """{photo name: its x1, y1, x2, y2 face boxes} from both XML files of groups/."""
+    boxes: dict[str, list] = {}
+    for xml in sorted(GROUPS.glob("*.xml")):
+        for image in ET.parse(xml).getroot().iter("image"):
+            boxes[image.get("file")] = [
+                (float(b.get("left")), float(b.get("top")), float(b.get("left")) + float(b.get("width")),
+                 float(b.get("top")) + float(b.get("height"))) for b in image.iter("box") if b.get("ignore") != "1"]
+    return boxes
+
+
+def iou(a, b) -> float:
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def true_found(truth, faces: list[DetectedFace]) -> int:
+    """Annotated faces matched one-to-one (greedy, best overlap first) by a detection with IoU >= 0.4."""
+    pairs = sorted(((iou(t, f.box), i, j) for i, t in enumerate(truth) for j, f in enumerate(faces)), reverse=True)
+    used_t, used_f = set(), set()
+    for overlap, i, j in pairs:
+        if overlap >= IOU and i not in used_t and j not in used_f:
+            used_t.add(i)
+            used_f.add(j)
+    return len(used_t)
+
+
+def photo(name: str, scale: float = 1.0):
+    rgb = read_rgb(GROUPS / name)
+    truth = annotated()[name]
+    if scale != 1.0:
+        rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        truth = [tuple(v * scale for v in box) for box in truth]
+    return rgb, truth
+
+
+def test_the_groups_photos_are_annotated():
+    assert len(annotated()) == 9 and sum(map(len, annotated().values())) == 43
+
+
+def test_yunet_finds_every_face_hog_finds_with_few_false_detections():
+    found_total = detections = 0
+    for name in sorted(annotated()):
+        rgb, truth = photo(name)
+        yunet = detect_faces(rgb, detector="yunet")
+        hog = detect_faces(rgb, upsample=1, detector="hog")
+        assert true_found(truth, yunet) >= true_found(truth, hog), name
+        found_total += true_found(truth, yunet)
+        detections += len(yunet)
+    assert found_total == 43  # measured: every annotated face, 37 px the smallest
+    assert found_total / detections >= 0.97  # measured: 43 of 44 (one unannotated box in 2008_004176.jpg)
+
+
+def test_yunet_finds_the_small_faces_hog_misses():
+    """The groups photos at 0.6 of their size: faces of 17 to 50 px (annotated widths), most below HOG's reach."""
+    hog_found = yunet_found = 0
+    smallest = np.inf
+    for name in sorted(annotated()):
+        rgb, truth = photo(name, scale=0.6)
+        yunet = detect_faces(rgb, detector="yunet")
+        found = true_found(truth, yunet)
+        assert found == len(truth), f"{name}: YuNet found {found} of {len(truth)} faces at 0.6x"
+        yunet_found += found
+        hog_found += true_found(truth, detect_faces(rgb, upsample=1, detector="hog"))
+        smallest = min(smallest, min(b[2] - b[0] for b in truth))
+    assert yunet_found == 43 and hog_found <= 43 // 2  # measured: HOG 14 of 43
+    assert smallest < 25
+
+
+def test_yunet_boxes_seed_dlib_landmarks_in_the_face():
+    rgb, truth = photo("2008_002470.jpg")
+    for face in detect_faces(rgb, detector="yunet"):
+        points = landmarks(rgb, face.box)
+        eyes = np.array(face.keypoints[:2])
+        # dlib's outer eye corners (36, 45) lie beside YuNet's eye centres, within a fifth of the box width
+        width = face.box[2] - face.box[0]
+        assert np.linalg.norm(points[[36, 45]].mean(0) - eyes.mean(0)) < 0.2 * width
+
+
+def test_yunet_box_at_the_border_is_clipped_and_keypoints_stay_in_source_pixels():
+    rgb = read_rgb(PORTRAITS / "grace_hopper.jpg")
+    [whole] = detect_faces(rgb, detector="yunet")
+    cut = whole.box[0] + (whole.box[2] - whole.box[0]) // 3  # a third of the face outside the frame
+    [face] = detect_faces(rgb[:, cut:], detector="yunet")
+    assert face.box[0] == 0 and 0 < face.box[2] <= rgb.shape[1] - cut and face.box[3] <= rgb.shape[0]
+    # the nose keypoint stays near where it was in the whole photo (measured: 9 px off on a 170-px face)
+    assert abs(face.keypoints[2][0] + cut - whole.keypoints[2][0]) < 0.08 * (whole.box[2] - whole.box[0])
+
+
+def test_yunet_on_greyscale_any_size_and_a_photo_without_faces():
+    rgb = read_rgb(PORTRAITS / "astronaut.png")
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    [colour] = detect_faces(rgb, detector="yunet")
+    [from_grey] = detect_faces(grey, detector="yunet")
+    assert iou(colour.box, from_grey.box) > 0.8
+    assert detect_faces(grey[..., None], detector="yunet")  # (H, W, 1) too
+    assert detect_faces(np.zeros((7, 5, 3), np.uint8), detector="yunet") == []
+    assert detect_faces(np.full((37, 301, 3), 128, np.uint8), detector="yunet") == []
+    with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) RGB or \(H, W\) greyscale uint8 image, got"):
+        detect_faces(rgb.astype(np.float32), detector="yunet")
+
+
+def test_yunet_score_threshold_and_defaults():
+    rgb, _ = photo("2008_002470.jpg")
+    default = detect_faces(rgb, detector="yunet")
+    assert all(f.score >= 0.6 for f in default) and all(len(f.keypoints) == 5 for f in default)
+    strict = detect_faces(rgb, min_score=0.95, detector="yunet")
+    assert len(strict) < len(default) and all(f.score >= 0.95 for f in strict)
+    assert [f.area for f in default] == sorted((f.area for f in default), reverse=True)
+    assert all(f.keypoints is None for f in detect_faces(rgb, detector="hog"))
+    assert DetectedFace((0, 0, 2, 2), 1.0).area == 4  # callers that build boxes positionally still can
+
+
+def test_yunet_passes_cover_large_photos():
+    assert yunet_scales(480, 640) == [1.0]
+    assert yunet_scales(2333, 1434) == [1.0, 640 / 2333]
+    assert yunet_scales(6000, 4000) == [2560 / 6000, 640 / 6000]
+
+
+def test_bundled_model_is_the_zoo_file():
+    assert hashlib.sha256(yunet_model()).hexdigest() == YUNET_SHA256 and len(yunet_model()) == 232589

@@ -207,8 +207,9 @@ def _options_reach_the_workers(env: dict, bucket: str) -> None:
         assert by_name["large.png"]["config_hash"] == RestoreOptions(**restore).config_hash(model_id)
     # fidelity changes the restored face, and nothing where no face was restored
     assert np.array_equal(pixels[0.0]["small.png"], pixels[1.0]["small.png"])
-    difference = np.abs(pixels[0.0]["large.png"].astype(int) - pixels[1.0]["large.png"].astype(int))
-    assert difference.mean() > 1.0, difference.mean()
+    # (same seed, same network but for fidelity: any change is fidelity's; a random network's is small in size)
+    changed = np.count_nonzero(pixels[0.0]["large.png"] != pixels[1.0]["large.png"])
+    assert changed > 100, changed
 
 
 def _belongs(proc: psutil.Process, state: dict) -> bool:

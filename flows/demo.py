@@ -186,12 +186,13 @@ def restore_photos(model, lq_folder: str, restored_out: str, factor: int) -> dic
     """Every face of the photos in ``lq_folder`` restored (×``factor``) and pasted back into ``restored_out``,
     incrementally (its manifest) → {"restored": n, "label": the model's label}."""
     from dfdcore.io.storage import list_images
-    from dfdcore.restoration.bulk import restore_sources
+    from dfdcore.restoration.bulk import RunOptions, restore_sources
     from dfdcore.restoration.restorer import RestoreOptions, Restorer, model_identity, model_label
 
     built = model.build()
-    restorer = Restorer(built, RestoreOptions(upscale=factor, upsample=2), batch_size=4)
-    restored = restore_sources(list_images([lq_folder]), restored_out, restorer, save_faces=True)
+    run = RunOptions(batch_size=4, save_faces=True)
+    restorer = Restorer(built, RestoreOptions(upscale=factor, upsample=2), batch_size=run.batch_size)
+    restored = restore_sources(list_images([lq_folder]), restored_out, restorer, run)
     return {"restored": restored.restored, "label": model_label(model_identity(built))}
 
 

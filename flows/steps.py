@@ -112,6 +112,13 @@ class FlowRun:
 
         mlflow.MlflowClient().update_run(self.run_id, name=label)
 
+    @property
+    def tracking_uri(self) -> str:
+        """Where the run lives (for processes that log into it, e.g. Ray Train's rank 0)."""
+        import mlflow
+
+        return mlflow.get_tracking_uri()
+
     def metrics(self) -> dict[str, float]:
         """The latest value of every metric the run holds (its ranks' logging included)."""
         import mlflow

@@ -109,8 +109,6 @@ def train(config: TrainConfig, source: str | None = None, test_fraction: float =
     log it to MLflow and register the chosen generator with its dictionary.
 
     ``max_failures``: Ray Train restarts of the workers from the latest checkpoint (``tasks.train.fit``)."""
-    import mlflow
-
     with flow_run(EXPERIMENT, keep_in=config.out) as run:
         counts = run_step(config.out, "faceset", MADE_ONCE, prepare_faceset, source or config.faceset,
                           config.faceset, config.face_size, test_fraction, config.seed)
@@ -118,7 +116,7 @@ def train(config: TrainConfig, source: str | None = None, test_fraction: float =
             run.log(params=flat_params(config) | {"source": source, "test_fraction": test_fraction,
                                                   "train_faces": counts["train"], "test_faces": counts["test"]},
                     tags={"random_vgg": config.random_vgg, "dictionary": config.dictionary})
-        trained = run_training(config, mlflow.get_tracking_uri(), run.run_id, max_failures)
+        trained = run_training(config, run.tracking_uri, run.run_id, max_failures)
         generator, validation = chosen_generator(config.out)
         version = register(run, config, generator, validation, register_as, trained)
         summary = TrainSummary(run_id=run.run_id, seconds=run.seconds(), steps=config.steps,

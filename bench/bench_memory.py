@@ -27,14 +27,14 @@ if not os.path.exists(path):
     Image.fromarray(small).resize((side, side), Image.BICUBIC).save(path, quality=90)
 import torch
 torch.set_num_threads(1)
-from dfdcore.restoration.bulk import restore_sources
+from dfdcore.restoration.bulk import RunOptions, restore_sources
 from dfdcore.io.storage import Source
 from dfdcore.restoration.restorer import IdentityModel, Restorer, RestoreOptions
 restorer = Restorer(IdentityModel(512), RestoreOptions(upscale=upscale))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 started = time.perf_counter()
 summary = restore_sources([Source(path, os.path.basename(path))], os.path.join(folder, f"out_{fmt}_{upscale}"),
-                          restorer, force=True, max_pixels=10**10)
+                          restorer, RunOptions(force=True, max_pixels=10**10))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print({"side": side, "format": fmt, "upscale": upscale, "status": summary.rows[0]["status"],
        "bytes_per_pixel": (peak - before) / side**2, "peak_rss_bytes": peak, "seconds": time.perf_counter() - started})

@@ -10,12 +10,12 @@ validates them), are handed as they are to the Ray workers and are all logged to
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, replace
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from dfd.flows.steps import FlowRun, flow_run
 from dfdcore.restoration.bulk import BulkSummary, RunOptions, restore_sources
 from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer
 
@@ -83,20 +83,18 @@ def run_params(source: str, output: str, model: ModelSpec, restore: RestoreOptio
 
 
 @task(cache_policy=NONE)
-def record_results(summary: BulkSummary, copied: int) -> None:
+def record_results(tracked: FlowRun, summary: BulkSummary, copied: int) -> None:
     """Log what the run did to its MLflow run: the counts, throughput, the failures (failures.json) and the
     identity of the model that made the outputs (tag model_id)."""
-    import mlflow
-
     counts = {k: v for k, v in asdict(summary).items() if isinstance(v, int) and not isinstance(v, bool)}
     processed = summary.restored + summary.no_face + summary.failed
-    mlflow.log_metrics({**counts, "listed": summary.listed, "failures_copied": copied, "seconds": summary.seconds,
-                        "images_per_second": processed / summary.seconds if summary.seconds else 0.0})
+    tracked.log(metrics={**counts, "listed": summary.listed, "failures_copied": copied, "seconds": summary.seconds,
+                         "images_per_second": processed / summary.seconds if summary.seconds else 0.0})
     model_id = next((row["model_id"] for row in summary.rows if row.get("model_id")), None)
     if model_id:
-        mlflow.set_tag("model_id", model_id)
+        tracked.log(tags={"model_id": model_id})
     if summary.failures:
-        mlflow.log_text(json.dumps(summary.failures, indent=1), "failures.json")
+        tracked.text("failures.json", json.dumps(summary.failures, indent=1))
 
 
 @flow(name="restore_bucket", log_prints=True)
@@ -111,18 +109,13 @@ def restore_bucket(source: str, output: str, model: ModelSpec = ModelSpec(), res
     batch_size, force, save_faces, cmp, input limits). Each is given whole: fields left out take the class
     defaults. ``failed_prefix``: where to copy inputs that failed, with their reasons.
     """
-    import mlflow
-
-    from dfd.flows.tracking import mlflow_experiment
-
-    started = time.perf_counter()
-    with mlflow.start_run(experiment_id=mlflow_experiment(EXPERIMENT)) as tracked:
-        mlflow.log_params(run_params(source, output, model, restore, run))
+    with flow_run(EXPERIMENT) as tracked:
+        tracked.log(params=run_params(source, output, model, restore, run))
         sources = list_photos(source, failed_prefix)
         done = restore_photos(sources, output, model, restore, run)
         copied = copy_failures(done.failures, sources, failed_prefix) if failed_prefix and done.failures else 0
-        done = replace(done, seconds=time.perf_counter() - started, run_id=tracked.info.run_id)
-        record_results(done, copied)
+        done = replace(done, seconds=tracked.seconds(), run_id=tracked.run_id)
+        record_results(tracked, done, copied)
     print(f"restore_bucket: {done.listed} listed, {done.restored} restored, {done.no_face} without a face, "
           f"{done.skipped} unchanged, {done.not_read} not images, {done.failed} failed ({done.seconds:.1f} s)")
     if done.storage_error:

@@ -106,6 +106,12 @@ class FlowRun:
             write_image(Path(tmp) / name, rgb)
             mlflow.log_artifact(str(Path(tmp) / name))
 
+    def text(self, name: str, text: str) -> None:
+        """``text`` as the artifact ``name`` (e.g. failures.json)."""
+        import mlflow
+
+        mlflow.log_text(text, name)
+
     def name(self, label: str) -> None:
         """Rename the run (shown in the MLflow UI and by ``dfd compare``)."""
         import mlflow

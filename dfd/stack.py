@@ -1,7 +1,12 @@
 """``dfd stack up|down|status``: a real Prefect server, MLflow server and Ray head on loopback, as background
-processes whose pid files and logs live under the dfd home (``.dfd/stack/``)."""
+processes whose pid files and logs live under the dfd home (``.dfd/stack/``); Prefect and MLflow keep their state in
+SQLite files there, or in PostgreSQL with ``--database``. `dfd deploy` registers dfd's deployments on that stack.
+
+This module is longer than 400 lines: it holds `dfd deploy` beside the stack it deploys onto; moving deploy (and
+flows_dir, infra_file) to a module of its own would bring it back under."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -40,6 +45,79 @@ class Ports:
                 "ray": f"http://127.0.0.1:{self.dashboard} (dashboard; jobs: ray job submit --address there)"}
 
 
+@dataclass(frozen=True)
+class Databases:
+    """SQLAlchemy URLs (with the password, if any) of the Prefect server's and MLflow's databases."""
+    prefect: str
+    mlflow: str
+
+    @classmethod
+    def sqlite(cls, folder: Path) -> Databases:
+        """The embedded default: two SQLite files in the stack folder (Prefect's is where PREFECT_HOME puts it)."""
+        return cls(f"sqlite+aiosqlite:///{folder / 'prefect' / 'prefect.db'}", f"sqlite:///{folder / 'mlflow.db'}")
+
+    @classmethod
+    def postgresql(cls, url: str) -> Databases:
+        """``postgresql://USER:PASSWORD@HOST:PORT/NAME`` → the databases ``NAME_prefect`` and ``NAME_mlflow`` on that
+        server (NAME defaults to ``dfd``). Two databases, not one: Prefect and MLflow each migrate their schema with
+        Alembic, and both keep the version in a table named ``alembic_version``."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            parsed = None
+        if parsed is None or parsed.get_backend_name() != "postgresql" or not parsed.host:
+            shown = parsed._replace(password=None).render_as_string() if parsed else url.split("@")[-1]
+            raise click.BadParameter(f"expected postgresql://USER:PASSWORD@HOST:PORT/NAME, got {shown!r}",
+                                     param_hint="--database")
+        name = parsed.database or "dfd"
+        # Prefect's server only runs on an async driver; MLflow's store on the default synchronous one (psycopg2).
+        return cls(parsed.set(drivername="postgresql+asyncpg", database=f"{name}_prefect").render_as_string(False),
+                   parsed.set(drivername="postgresql", database=f"{name}_mlflow").render_as_string(False))
+
+    def shown(self) -> dict[str, str]:
+        """The URLs without the password: what stack.json and `dfd stack status` show."""
+        from sqlalchemy.engine import make_url
+
+        return {k: make_url(v)._replace(password=None).render_as_string() for k, v in self.__dict__.items()}
+
+
+def prepare_postgresql(databases: Databases) -> None:
+    """Check both drivers, reach the server and create whichever of the two databases is missing. Done before any
+    service starts, so that a wrong URL is one clear error instead of two servers failing in their logs."""
+    for module, service, package in (("asyncpg", "Prefect", "asyncpg"), ("psycopg2", "MLflow", "psycopg2-binary")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise click.ClickException(f"{service}'s PostgreSQL database needs the {module} driver, which is not "
+                                       f"installed here: pip install {package}") from None
+    import psycopg2
+    from psycopg2 import sql
+    from sqlalchemy.engine import make_url
+
+    url = make_url(databases.mlflow)
+    where = f"PostgreSQL at {url.host}:{url.port or 5432} as {url.username or 'the current OS user'}"
+    try:  # the maintenance database: dfd's two may not exist yet
+        connection = psycopg2.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+                                      dbname="postgres", connect_timeout=10, **url.query)
+    except psycopg2.Error as error:
+        raise click.ClickException(f"cannot connect to {where}: {' '.join(str(error).split())}") from None
+    try:
+        connection.autocommit = True  # CREATE DATABASE refuses to run inside a transaction
+        with connection.cursor() as cursor:
+            for name in (make_url(databases.prefect).database, url.database):
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone() is None:
+                    cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg2.Error as error:
+        raise click.ClickException(f"cannot create the database {name} on {where} "
+                                   f"({' '.join(str(error).split())}): create it, or grant CREATEDB") from None
+    finally:
+        connection.close()
+
+
 def stack_dir() -> Path:
     from dfdcore.runtime import dfd_home
 
@@ -54,17 +132,16 @@ def _bin(name: str) -> str:
 
 def ray_temp_dir(folder: Path) -> str:
     """Ray's session folder: under the stack folder when its socket paths stay short enough, else a short one."""
-    candidate = folder / "ray"
-    if len(str(candidate)) <= 40:
-        return str(candidate)
-    return tempfile.mkdtemp(prefix="dfd-ray-")
+    candidate = str(folder / "ray")
+    return candidate if len(candidate) <= 40 else tempfile.mkdtemp(prefix="dfd-ray-")
 
 
 def commands(folder: Path, ports: Ports, ray_tmp: str) -> dict[str, list[str]]:
+    """The services' command lines; their databases come through the environment (service_environment), which
+    keeps passwords out of `ps`."""
     return {
         "prefect": [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)],
         "mlflow": [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
-                   "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
                    "--artifacts-destination", str(folder / "mlartifacts"), "--workers", "1"],
         "ray": [_bin("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                 "--port", str(ports.ray), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.dashboard),
@@ -72,11 +149,14 @@ def commands(folder: Path, ports: Ports, ray_tmp: str) -> dict[str, list[str]]:
     }
 
 
-def service_environment(folder: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
-        env.pop(name, None)  # the servers themselves are not clients of another stack
+def service_environment(folder: Path, databases: Databases) -> dict[str, str]:
+    # the servers themselves are not clients of another stack, nor on another database
+    clients = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "MLFLOW_REGISTRY_STORE_URI",
+               "PREFECT_SERVER_DATABASE_", "PREFECT_API_DATABASE_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(clients)}
     env.update({"PREFECT_HOME": str(folder / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL": databases.prefect,
+                "MLFLOW_BACKEND_STORE_URI": databases.mlflow,  # also the model registry's store
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "RAY_AUTH_MODE": "disabled",
                 "RAY_USAGE_STATS_ENABLED": "0"})
     return env
@@ -114,16 +194,24 @@ def read_state(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def up(ports: Ports, timeout: float = 120.0) -> dict:
-    """Start the services not already running, wait until each answers → the state (pids, ports, env)."""
+def up(ports: Ports, database: str | None = None, timeout: float = 120.0) -> dict:
+    """Start the services not already running, wait until each answers → the state (pids, ports, env, databases).
+    ``database``: a PostgreSQL URL for Prefect and MLflow (see Databases.postgresql); None for SQLite."""
     folder = stack_dir()
+    databases = Databases.postgresql(database) if database else Databases.sqlite(folder)
     state = read_state(folder)
     if state and all(_alive(state["pids"][s]) for s in SERVICES):
+        running = state.get("databases", Databases.sqlite(folder).shown())
+        if running != databases.shown():
+            raise click.ClickException(f"the stack is already running on other databases ({running['prefect']}, "
+                                       f"{running['mlflow']}): stop it first with `dfd stack down`")
         return state
     if state:
         down()
+    if database:
+        prepare_postgresql(databases)
     ray_tmp = ray_temp_dir(folder)
-    env = service_environment(folder)
+    env = service_environment(folder, databases)
     service_commands = commands(folder, ports, ray_tmp)
 
     def start(service: str) -> int:
@@ -132,7 +220,8 @@ def up(ports: Ports, timeout: float = 120.0) -> dict:
                                 start_new_session=True).pid
 
     pids = {service: start(service) for service in SERVICES}
-    state = {"pids": pids, "ports": ports.__dict__, "ray_temp_dir": ray_tmp, "env": ports.environment()}
+    state = {"pids": pids, "ports": ports.__dict__, "ray_temp_dir": ray_tmp, "env": ports.environment(),
+             "databases": databases.shown()}
     (folder / "stack.env").write_text("".join(f"export {k}={v}\n" for k, v in ports.environment().items()))
     deadline = time.monotonic() + timeout
     waiting, restarts = set(SERVICES), {s: 0 for s in SERVICES}
@@ -201,18 +290,20 @@ def down(timeout: float = 30.0) -> list[int]:
     return stopped
 
 
-def status() -> list[tuple[str, str, str]]:
-    """(service, running | stopped, url) for each service."""
-    state = read_state(stack_dir())
+def status() -> list[tuple[str, str, str, str]]:
+    """(service, running | stopped, url, database without its password, or "") for each service."""
+    folder = stack_dir()
+    state = read_state(folder)
     if not state:
-        return [(s, "stopped", "") for s in SERVICES]
+        return [(s, "stopped", "", "") for s in SERVICES]
     ports = Ports(**state["ports"])
+    databases = state.get("databases", Databases.sqlite(folder).shown())  # a stack started before --database
     rows = []
     for service in SERVICES:
         alive = _alive(state["pids"][service])
         healthy = alive and _healthy(service, ports)
         rows.append((service, "running" if healthy else ("starting or unhealthy" if alive else "stopped"),
-                     ports.urls()[service]))
+                     ports.urls()[service], databases.get(service, "")))
     return rows
 
 
@@ -222,7 +313,8 @@ def stack() -> None:
 
     Logs and pid files are kept under the dfd home (DFD_HOME, default ./.dfd) in stack/. `dfd stack up` prints the
     environment to export (also written to .dfd/stack/stack.env) so that dfd's flows use the stack instead of the
-    embedded defaults."""
+    embedded defaults. Prefect and MLflow keep their state in SQLite files there unless `dfd stack up --database`
+    names a PostgreSQL server."""
 
 
 @stack.command("up")
@@ -231,13 +323,19 @@ def stack() -> None:
 @click.option("--ray-port", default=6379, show_default=True)
 @click.option("--dashboard-port", default=8265, show_default=True, help="Ray dashboard and job submission.")
 @click.option("--ray-client-port", default=10001, show_default=True, help="Ray Client server (ray://).")
-def stack_up(prefect_port, mlflow_port, ray_port, dashboard_port, ray_client_port) -> None:
+@click.option("--database", metavar="postgresql://USER:PASSWORD@HOST:PORT/NAME", envvar="DFD_STACK_DATABASE",
+              help="Keep the Prefect server's state and MLflow's runs and model registry in PostgreSQL instead of "
+                   "SQLite: the databases NAME_prefect and NAME_mlflow on that server, created if missing (NAME "
+                   "defaults to dfd). Needs the drivers asyncpg and psycopg2 (pip install psycopg2-binary). "
+                   "[env: DFD_STACK_DATABASE]")
+def stack_up(prefect_port, mlflow_port, ray_port, dashboard_port, ray_client_port, database) -> None:
     """Start the stack (services already running are left as they are) and wait until each one answers."""
     require_pipeline("dfd stack up")
-    state = up(Ports(prefect_port, mlflow_port, ray_port, dashboard_port, ray_client_port))
+    state = up(Ports(prefect_port, mlflow_port, ray_port, dashboard_port, ray_client_port), database)
     ports = Ports(**state["ports"])
     for service, url in ports.urls().items():
-        click.echo(f"  {service:<8} {url}")
+        where = state["databases"].get(service)
+        click.echo(f"  {service:<8} {url}" + (f"\n  {'':<8} database {where}" if where else ""))
     click.echo("\n  To use it from this shell:")
     for key, value in state["env"].items():
         click.echo(f"export {key}={value}")
@@ -253,9 +351,9 @@ def stack_down() -> None:
 
 @stack.command("status")
 def stack_status() -> None:
-    """Whether each service is running and answering."""
-    for service, state, url in status():
-        click.echo(f"  {service:<8} {state:<22} {url}")
+    """Whether each service is running and answering, and the database each one uses."""
+    for service, state, url, database in status():
+        click.echo(f"  {service:<8} {state:<22} {url}" + (f"  database {database}" if database else ""))
 
 
 def flows_dir() -> Path:
@@ -307,11 +405,11 @@ def deploy(pool, prefect_file) -> None:
     click.echo(f"  work pool  {pool} ({'created' if created else 'exists'})")
     env = dict(os.environ, DFD_FLOWS_DIR=str(flows))
     result = subprocess.run([_bin("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", prefect_file],
-                            cwd=flows, env=env, capture_output=True, text=True)
+                            cwd=flows, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise click.ClickException(f"prefect deploy failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    names = sorted(set(line.split("'")[1] for line in result.stdout.splitlines()
-                       if "Deployment '" in line and "successfully created" in line))
+    names = sorted({line.split("'")[1] for line in result.stdout.splitlines()
+                    if "Deployment '" in line and "successfully created" in line})
     for name in names:
         click.echo(f"  deployment {name}")
     click.echo(f"\n  worker:    prefect worker start --pool {pool}\n"

@@ -57,11 +57,11 @@ def test_dictionary_commands_round_trip(tmp_path):
 def test_restore_refuses_two_inputs_with_the_same_relative_path(tmp_path):
     import shutil
 
-    from .conftest import SHARED
+    from .conftest import portrait
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        shutil.copy(SHARED / "data/faces/portraits/grace_hopper.jpg", tmp_path / name / "face.jpg")
+        shutil.copy(portrait("grace_hopper.jpg"), tmp_path / name / "face.jpg")
     result = CliRunner().invoke(main, ["restore", str(tmp_path / "a"), str(tmp_path / "b"), "-o",
                                        str(tmp_path / "out"), "--model", "identity"])
     assert result.exit_code == 1 and "would write the same output" in result.output

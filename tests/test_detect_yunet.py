@@ -14,20 +14,17 @@ from dfdcore.face.detect import yunet_scales
 from dfdcore.face.models import YUNET_SHA256, yunet_model
 from dfdcore.io.images import read_rgb
 
-from .conftest import SHARED
+from .conftest import portrait, team_file
 
-GROUPS = SHARED / "data" / "faces" / "groups"
-PORTRAITS = SHARED / "data" / "faces" / "portraits"
+GROUPS = "data/faces/groups"  # of the team set: the tests that read it skip without DFD_SHARED
 IOU = 0.4
-
-pytestmark = pytest.mark.skipif(not GROUPS.is_dir(), reason=f"needs the shared face photos in {GROUPS}")
 
 
 @cache
 def annotated() -> dict[str, list[tuple[float, float, float, float]]]:
     """{photo name: its x1, y1, x2, y2 face boxes} from both XML files of groups/."""
     boxes: dict[str, list] = {}
-    for xml in sorted(GROUPS.glob("*.xml")):
+    for xml in sorted(team_file(GROUPS).glob("*.xml")):
         for image in ET.parse(xml).getroot().iter("image"):
             boxes[image.get("file")] = [
                 (float(b.get("left")), float(b.get("top")), float(b.get("left")) + float(b.get("width")),
@@ -52,7 +49,7 @@ def true_found(truth, faces: list[DetectedFace]) -> int:
 
 
 def photo(name: str, scale: float = 1.0):
-    rgb = read_rgb(GROUPS / name)
+    rgb = read_rgb(team_file(f"{GROUPS}/{name}"))
     truth = annotated()[name]
     if scale != 1.0:
         rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -104,7 +101,7 @@ def test_yunet_boxes_seed_dlib_landmarks_in_the_face():
 
 
 def test_yunet_box_at_the_border_is_clipped_and_keypoints_stay_in_source_pixels():
-    rgb = read_rgb(PORTRAITS / "grace_hopper.jpg")
+    rgb = read_rgb(portrait("grace_hopper.jpg"))
     [whole] = detect_faces(rgb, detector="yunet")
     cut = whole.box[0] + (whole.box[2] - whole.box[0]) // 3  # a third of the face outside the frame
     [face] = detect_faces(rgb[:, cut:], detector="yunet")
@@ -114,7 +111,7 @@ def test_yunet_box_at_the_border_is_clipped_and_keypoints_stay_in_source_pixels(
 
 
 def test_yunet_on_greyscale_any_size_and_a_photo_without_faces():
-    rgb = read_rgb(PORTRAITS / "astronaut.png")
+    rgb = read_rgb(portrait("astronaut.png"))
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     [colour] = detect_faces(rgb, detector="yunet")
     [from_grey] = detect_faces(grey, detector="yunet")

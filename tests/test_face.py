@@ -8,9 +8,7 @@ from skimage.transform import SimilarityTransform
 from dfdcore.face import align_faces, detect_faces, estimate_similarity, landmarks, template_points
 from dfdcore.io import read_rgb
 
-from .conftest import SHARED
-
-FACES = SHARED / "data" / "faces"
+from .conftest import portrait, team_file
 
 
 def test_similarity_matches_scikit_image():
@@ -28,9 +26,9 @@ def test_similarity_recovers_a_known_transform():
     assert np.allclose(matrix[:, :2], rot) and np.allclose(matrix[:, 2], shift)
 
 
-@pytest.mark.parametrize("name", ["portraits/grace_hopper.jpg", "portraits/obama.jpg", "portraits/astronaut.png"])
+@pytest.mark.parametrize("name", ["grace_hopper.jpg", "obama.jpg", "astronaut.png"])
 def test_aligned_face_puts_landmarks_on_the_template(name):
-    faces = align_faces(read_rgb(FACES / name), face_size=512)
+    faces = align_faces(read_rgb(portrait(name)), face_size=512)
     assert len(faces) == 1
     face = faces[0]
     assert face.image.shape == (512, 512, 3) and face.detection.score >= 0.2
@@ -44,13 +42,13 @@ def test_aligned_face_puts_landmarks_on_the_template(name):
 
 
 def test_group_photo_finds_every_face():
-    faces = align_faces(read_rgb(FACES / "groups" / "2008_002506.jpg"), face_size=128)
+    faces = align_faces(read_rgb(team_file("data/faces/groups/2008_002506.jpg")), face_size=128)
     assert len(faces) == 3  # SOURCES.md: 3 faces with HOG, one upsampling step, score ≥ 0.2
     assert all(f.image.shape == (128, 128, 3) for f in faces)
 
 
 def test_no_face_in_a_photo_of_dogs():
-    assert align_faces(read_rgb(FACES / "groups" / "dogs.jpg")) == []
+    assert align_faces(read_rgb(team_file("data/faces/groups/dogs.jpg"))) == []
 
 
 def test_unreadable_image_is_a_clear_error(tmp_path):
@@ -61,7 +59,7 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
 
 
 def test_cnn_detector_finds_the_face_hog_finds():
-    rgb = read_rgb(FACES / "portraits" / "grace_hopper.jpg")
+    rgb = read_rgb(portrait("grace_hopper.jpg"))
     [cnn] = detect_faces(rgb, upsample=0, min_score=0.0, detector="cnn")
     [hog] = detect_faces(rgb, upsample=0, detector="hog")
     centre = lambda b: np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])  # noqa: E731

@@ -15,9 +15,7 @@ from PIL import Image, ImageFile, ImageOps
 from dfdcore.io import ImageDecodeError, decode_image, encode_image, read_rgb, write_image
 from dfdcore.io.images import orient
 
-from .conftest import SHARED
-
-PORTRAITS = SHARED / "data" / "faces" / "portraits"
+from .conftest import portrait
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -45,7 +43,7 @@ def _reason(data: bytes, **kwargs) -> str:
 
 
 def test_real_photos_decode_to_consistent_views():
-    decoded = decode_image((PORTRAITS / "obama.jpg").read_bytes(), "obama.jpg")
+    decoded = decode_image(portrait("obama.jpg").read_bytes(), "obama.jpg")
     assert decoded.format == "JPEG" and decoded.size == (910, 1137)
     assert decoded.rgb8.shape == (1137, 910, 3) and decoded.rgb8.dtype == np.uint8
     assert decoded.rgb.shape == (1137, 910, 3) and decoded.rgb.dtype == np.float32
@@ -76,7 +74,7 @@ def test_corrupt_bytes_after_a_jpeg_signature():
 @pytest.mark.parametrize("name", ["obama.jpg", "grace_hopper.jpg", "astronaut.png", "32bit.png"])
 @pytest.mark.parametrize("fraction", [0.05, 0.5, 0.98])
 def test_truncated_files_raise(name, fraction):
-    data = (PORTRAITS / name).read_bytes()
+    data = portrait(name).read_bytes()
     assert _reason(data[:int(len(data) * fraction)]) == "truncated image"
 
 
@@ -84,13 +82,13 @@ def test_truncated_files_raise(name, fraction):
 def test_truncated_files_raise_even_when_pil_is_told_to_accept_them(name, monkeypatch):
     # Some library in the process may switch this global on; we must still refuse grey-filled pictures.
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
-    data = (PORTRAITS / name).read_bytes()
+    data = portrait(name).read_bytes()
     assert _reason(data[:len(data) // 2]) == "truncated image"
 
 
 def test_complete_file_decodes_when_pil_accepts_truncation(monkeypatch):
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
-    data = (PORTRAITS / "obama.jpg").read_bytes()  # has an EXIF block, so an FF D9 comes before the scan too
+    data = portrait("obama.jpg").read_bytes()  # has an EXIF block, so an FF D9 comes before the scan too
     assert decode_image(data).size == (910, 1137)
 
 
@@ -107,14 +105,14 @@ def test_max_pixels_is_checked_before_decoding():
     started = time.perf_counter()
     assert _reason(_png_header_only(8000, 8000), max_pixels=1_000_000) == "image too large"
     assert time.perf_counter() - started < 1.0
-    assert _reason((PORTRAITS / "astronaut.png").read_bytes(), max_pixels=512 * 512 - 1) == "image too large"
-    assert decode_image((PORTRAITS / "astronaut.png").read_bytes(), max_pixels=512 * 512).size == (512, 512)
+    assert _reason(portrait("astronaut.png").read_bytes(), max_pixels=512 * 512 - 1) == "image too large"
+    assert decode_image(portrait("astronaut.png").read_bytes(), max_pixels=512 * 512).size == (512, 512)
 
 
 def test_rgba_keeps_alpha_through_png_round_trip():
-    source = Image.open(PORTRAITS / "32bit.png")
+    source = Image.open(portrait("32bit.png"))
     assert source.mode == "RGBA"
-    decoded = decode_image((PORTRAITS / "32bit.png").read_bytes())
+    decoded = decode_image(portrait("32bit.png").read_bytes())
     assert decoded.alpha is not None and decoded.alpha.shape == (1200, 626)
     # Its alpha is all opaque; fade it so that a lost or flattened channel would show.
     faded = np.asarray(source).copy()
@@ -145,7 +143,7 @@ def test_alpha_kept_by_webp_and_tiff(ext):
 
 
 def test_greyscale_in_greyscale_out():
-    grey = np.asarray(Image.open(PORTRAITS / "grace_hopper.jpg").convert("L"))
+    grey = np.asarray(Image.open(portrait("grace_hopper.jpg")).convert("L"))
     decoded = decode_image(_saved(Image.fromarray(grey), "PNG"))
     assert decoded.grey and decoded.bit_depth == 8
     np.testing.assert_array_equal(decoded.rgb8[..., 0], grey)
@@ -198,7 +196,7 @@ def test_sixteen_bit_is_reduced_for_formats_without_it():
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_rotated_jpeg_comes_out_upright(orientation):
-    upright = np.asarray(Image.open(PORTRAITS / "grace_hopper.jpg"))[:300, :200]
+    upright = np.asarray(Image.open(portrait("grace_hopper.jpg")))[:300, :200]
     # Store the pixels as a camera would (sideways), with the tag that undoes it.
     stored = np.asarray(ImageOps.exif_transpose(_tagged(Image.fromarray(upright), _INVERSE[orientation])))
     image = Image.fromarray(stored)
@@ -236,12 +234,12 @@ def test_palette_png_with_transparency_gives_alpha():
 
 
 def test_palette_without_transparency_has_no_alpha():
-    decoded = decode_image(_saved(Image.open(PORTRAITS / "astronaut.png").convert("P"), "PNG"))
+    decoded = decode_image(_saved(Image.open(portrait("astronaut.png")).convert("P"), "PNG"))
     assert decoded.alpha is None and decoded.rgb8.shape == (512, 512, 3)
 
 
 def test_cmyk_jpeg_gives_sensible_rgb():
-    rgb = np.asarray(Image.open(PORTRAITS / "grace_hopper.jpg"))
+    rgb = np.asarray(Image.open(portrait("grace_hopper.jpg")))
     data = _saved(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95)
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
     decoded = decode_image(data)
@@ -284,7 +282,7 @@ def test_png_text_chunks():
 
 
 def test_read_rgb_and_write_image_keep_working(tmp_path):
-    rgb = read_rgb(PORTRAITS / "grace_hopper.jpg")
+    rgb = read_rgb(portrait("grace_hopper.jpg"))
     assert rgb.shape == (512, 512, 3) and rgb.dtype == np.uint8
     written = write_image(tmp_path / "out" / "x.png", rgb, {"note": "hi"})
     assert written == tmp_path / "out" / "x.png"

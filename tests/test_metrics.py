@@ -15,11 +15,10 @@ from skimage.io import imread
 
 from dfdcore.evaluation import metrics
 from dfdcore.face import landmarks
-from tests.conftest import SHARED
+from tests.conftest import portrait, team_file
 
-FACES = SHARED / "data" / "faces"
-ASTRONAUT = FACES / "portraits" / "astronaut.png"
-IDENTITIES = FACES / "identities"
+ASTRONAUT = portrait("astronaut.png")
+IDENTITIES = "data/faces/identities"  # of the team set: 11 photos each of 5 people
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -181,12 +180,13 @@ PHOTOS_PER_PERSON = 6
 @pytest.fixture(scope="module")
 def descriptors() -> dict[str, list[np.ndarray]]:
     encoder = metrics.IdentityEncoder()
-    return {person: [encoder.descriptor(_rgb(path)) for path in sorted((IDENTITIES / person).iterdir())[
-        :PHOTOS_PER_PERSON]] for person in PEOPLE}
+    folders = {person: team_file(f"{IDENTITIES}/{person}") for person in PEOPLE}
+    return {person: [encoder.descriptor(_rgb(path)) for path in sorted(folder.iterdir())[:PHOTOS_PER_PERSON]]
+            for person, folder in folders.items()}
 
 
 def test_identity_distance_of_an_image_with_itself_is_zero():
-    photo = _rgb(sorted((IDENTITIES / "John_Simm").iterdir())[0])
+    photo = _rgb(portrait("grace_hopper.jpg"))
     assert metrics.identity_distance(photo, photo.copy()) == 0.0
     descriptor = metrics.identity_descriptor(photo)
     assert descriptor.shape == (128,) and np.isfinite(descriptor).all()
@@ -203,7 +203,7 @@ def test_same_person_closer_than_different_people(descriptors):
 
 
 def test_identity_distance_reads_both_faces_in_the_reference_box():
-    photo = _rgb(sorted((IDENTITIES / "John_Savage").iterdir())[0])
+    photo = _rgb(portrait("obama2.jpg"))
     box = metrics.face_box(photo)
     shifted = np.roll(photo, 12, axis=1)  # a restoration that moved the face must not be re-detected
     assert metrics.identity_distance(shifted, photo) == metrics.identity_distance(shifted, photo, box)
@@ -221,7 +221,7 @@ def test_face_box_falls_back_to_the_whole_image():
 
 
 def test_landmark_distance_zero_when_identical_and_grows_with_shift():
-    photo = _rgb(sorted((IDENTITIES / "John_Simm").iterdir())[0])
+    photo = _rgb(portrait("grace_hopper.jpg"))
     box = metrics.face_box(photo)
     reference = landmarks(photo, box)
     distances = [metrics.landmark_distance(np.roll(photo, shift, axis=1), reference, box) for shift in (0, 2, 4, 8)]
@@ -235,7 +235,7 @@ def test_landmark_distance_zero_when_identical_and_grows_with_shift():
 
 
 def test_face_metrics_row():
-    target = _rgb(sorted((IDENTITIES / "John_Schneider").iterdir())[0])
+    target = _rgb(portrait("obama.jpg"))
     restored = _degrade(target, 1.5, 5, 0)
     row = metrics.face_metrics(restored, target)
     assert set(row) == {"psnr", "ssim", "psnr_y", "ssim_y", "lpips", "identity_distance", "landmark_distance"}

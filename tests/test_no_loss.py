@@ -22,9 +22,8 @@ from dfdcore.io.atomic import remove_stale_parts
 from dfdcore.restoration.manifest import manifest_parts, read_manifest
 from dfdcore.restoration.memory import bytes_per_pixel, default_max_pixels, machine_memory_bytes
 
-from .conftest import SHARED
+from .conftest import PORTRAITS, portrait
 
-PORTRAITS = SHARED / "data" / "faces" / "portraits"
 IDENTITY = ["--model", "identity", "--upscale", "1"]
 
 
@@ -37,9 +36,9 @@ def rows_of(out: Path) -> dict[str, dict]:
 
 
 def small_photos(folder: Path, count: int, prefix: str = "p", side: int = 256) -> list[Path]:
-    """``count`` small JPEG portraits (the team's photos, cycled) — small, so detection takes tens of ms."""
+    """``count`` small JPEG portraits (the bundled portraits, cycled) — small, so detection takes tens of ms."""
     folder.mkdir(parents=True, exist_ok=True)
-    sources = sorted(p for p in PORTRAITS.glob("*.jpg") if "partial" not in p.name)
+    sources = [p for p in PORTRAITS.values() if p.suffix == ".jpg" and "partial" not in p.name]
     paths = []
     for i in range(count):
         image = Image.open(sources[i % len(sources)]).convert("RGB")
@@ -199,7 +198,7 @@ def test_multi_frame_files_and_damaged_pngs_say_what_happened(tmp_path):
     [photo] = small_photos(folder, 1)
     frames = [Image.open(photo).convert("RGB")] * 3
     frames[0].save(folder / "pages.tif", save_all=True, append_images=frames[1:])
-    good = (PORTRAITS / "astronaut.png").read_bytes()
+    good = portrait("astronaut.png").read_bytes()
     (folder / "badcrc.png").write_bytes(good[:29] + bytes([good[29] ^ 0xFF]) + good[30:])  # IHDR checksum broken
     rows = rows_of(_restored(folder, tmp_path / "out"))
     assert rows["pages.tif"]["status"] == "ok" and rows["pages.tif"]["note"] == "first of 3 frames restored"

@@ -9,12 +9,12 @@ from dfdcore.face import align_face, align_faces, detect_faces, landmarks
 from dfdcore.face.paste import face_to_image_matrix, paste_faces, upscale_image
 from dfdcore.io import read_rgb
 
-from .conftest import SHARED
+from .conftest import PORTRAITS, portrait, team_path
 
-FACES = SHARED / "data" / "faces"
-# Portraits and group photos with at least one face (dogs.jpg has none).
-PHOTOS = sorted(p for folder in ("portraits", "groups") for p in (FACES / folder).glob("*.*")
-                if p.suffix in (".jpg", ".png") and p.name != "dogs.jpg")
+GROUPS = team_path("data/faces/groups")
+# The bundled portraits, and the team set's group photos with at least one face (dogs.jpg has none) when given.
+PHOTOS = [*PORTRAITS.values(), *sorted(p for p in (GROUPS.glob("*.*") if GROUPS else [])
+                                       if p.suffix in (".jpg", ".png") and p.name != "dogs.jpg")]
 # Median PSNR (dB) of the aligned faces pasted back unchanged, against the photo (upscale 1) or its bicubic 2×
 # upscale (upscale 2), inside the pasted regions.
 FIDELITY = {1: 38.0, 2: 37.0}
@@ -39,8 +39,6 @@ def _window(face_size: int, face_to_image: np.ndarray, shape: tuple[int, int]) -
 
 @pytest.fixture(scope="module")
 def aligned_photos():
-    if not PHOTOS:
-        pytest.skip(f"no test photographs under {FACES}")
     return [(path, rgb, align_faces(rgb, face_size=512)) for path in PHOTOS for rgb in [read_rgb(path)]]
 
 
@@ -141,7 +139,7 @@ def test_half_pixel_misplacement_fails_the_fidelity_bar(aligned_photos, upscale)
 
 @pytest.mark.parametrize("upscale", [1, 2])
 def test_face_cut_by_the_photo_edge_does_not_darken_it(upscale):
-    rgb = read_rgb(FACES / "portraits" / "grace_hopper.jpg")
+    rgb = read_rgb(portrait("grace_hopper.jpg"))
     points = landmarks(rgb, detect_faces(rgb)[0].box, points=5)
     # Cut the photo through the image-left eye and above the eyes: the aligned face is then mostly the
     # aligner's black (constant-0) border, which must stay out of the result.

@@ -9,11 +9,9 @@ from dfdcore.dictionary import selection
 from dfdcore.face import detect_faces, landmarks, pose
 from dfdcore.io.images import read_rgb
 
-from .conftest import SHARED
+from .conftest import portrait
 
-FACES = SHARED / "data" / "faces"
-FRONTAL = ["portraits/grace_hopper.jpg", "portraits/astronaut.png", "portraits/obama.jpg"]
-needs_photos = pytest.mark.skipif(not (FACES / "portraits").is_dir(), reason=f"no shared photos at {FACES}")
+FRONTAL = ["grace_hopper.jpg", "astronaut.png", "obama.jpg"]
 
 
 def synthetic_landmarks(yaw: float, pitch: float, roll: float, size=(640, 480)) -> np.ndarray:
@@ -32,7 +30,7 @@ def photo_landmarks(rgb: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def hopper():
-    rgb = read_rgb(FACES / "portraits/grace_hopper.jpg")
+    rgb = read_rgb(portrait("grace_hopper.jpg"))
     return rgb, photo_landmarks(rgb)
 
 
@@ -71,15 +69,13 @@ def test_head_poses_batched_matches_single():
         pose.head_poses(np.zeros((3, 5, 2)), np.array([640, 480]))
 
 
-@needs_photos
 @pytest.mark.parametrize("name", FRONTAL)
 def test_frontal_portraits(name):
-    rgb = read_rgb(FACES / name)
+    rgb = read_rgb(portrait(name))
     yaw, pitch, roll = pose.head_pose(photo_landmarks(rgb), (rgb.shape[1], rgb.shape[0]))
     assert abs(yaw) < 15 and abs(roll) < 10, (yaw, pitch, roll)
 
 
-@needs_photos
 def test_rotated_photo_changes_roll(hopper):
     rgb, lm = hopper
     h, w = rgb.shape[:2]
@@ -90,9 +86,8 @@ def test_rotated_photo_changes_roll(hopper):
     assert abs(after[0] - before[0]) < 5
 
 
-@needs_photos
 def test_mirrored_photo_negates_yaw_and_roll():
-    rgb = read_rgb(FACES / "portraits/astronaut.png")  # turned a little (yaw ~ +6°)
+    rgb = read_rgb(portrait("astronaut.png"))  # turned a little (yaw ~ +6°)
     h, w = rgb.shape[:2]
     yaw, pitch, roll = pose.head_pose(photo_landmarks(rgb), (w, h))
     m_yaw, m_pitch, m_roll = pose.head_pose(photo_landmarks(np.ascontiguousarray(rgb[:, ::-1])), (w, h))
@@ -102,7 +97,6 @@ def test_mirrored_photo_negates_yaw_and_roll():
 
 # ------------------------------------------------------------------------------------------------- expression
 
-@needs_photos
 def test_closed_eyes_score_lower(hopper):
     lm = hopper[1]
     closed = lm.copy()
@@ -114,7 +108,6 @@ def test_closed_eyes_score_lower(hopper):
     assert shut["mouth_open"] == pytest.approx(open_["mouth_open"])
 
 
-@needs_photos
 def test_mouth_opens_when_lower_lip_drops(hopper):
     lm = hopper[1]
     width = np.linalg.norm(lm[54] - lm[48])
@@ -123,7 +116,6 @@ def test_mouth_opens_when_lower_lip_drops(hopper):
     assert pose.expression(opened)["mouth_open"] > pose.expression(lm)["mouth_open"] + 0.2
 
 
-@needs_photos
 def test_expression_scale_and_shift_invariant(hopper):
     lm = hopper[1]
     moved = lm * 2.5 + [40, -17]

@@ -8,11 +8,11 @@ import torch
 from dfdcore import DFDNet, OFFICIAL
 from dfdcore.arch import IGNORED_KEY_PREFIXES
 
-from .conftest import REFERENCE_TSV
+from .conftest import REFERENCE_TSV, team_file
 
 
 def reference_layout() -> dict[str, tuple[int, ...]]:
-    rows = REFERENCE_TSV.read_text().strip().splitlines()[1:]
+    rows = team_file(REFERENCE_TSV).read_text().strip().splitlines()[1:]
     return {key: tuple(int(d) for d in shape.split(",")) for key, shape in (row.split("\t") for row in rows)}
 
 

@@ -10,7 +10,6 @@ from mlflow import MlflowClient
 
 from dfdcore.io.storage import read_bytes
 from dfdcore.training import Trainer, checkpoint_uri
-from tests.conftest import SHARED
 from tests.test_training import small_train_config
 
 
@@ -64,14 +63,14 @@ def test_two_worker_ddp_matches_one_process_on_the_same_global_batch(training_da
         assert float((moved_ddp - moved).norm() / moved.norm()) < 1e-2, part
 
 
-def test_train_flow_records_the_run_and_registers_the_model(prefect_server, training_data, tmp_path):
+def test_train_flow_records_the_run_and_registers_the_model(prefect_server, training_data, portraits_dir, tmp_path):
     from dfd.flows.registry import registered_files
     from dfd.flows.train import train
     from dfdcore.api import load_generator
 
     cfg = small_train_config(training_data, tmp_path / "run", steps=4, batch_size=2, checkpoint_every=2,
                              sample_every=2, log_every=1, faceset=str(tmp_path / "run" / "faceset.parquet"))
-    summary = train(cfg, source=str(SHARED / "data/faces/portraits"), test_fraction=0.2,
+    summary = train(cfg, source=str(portraits_dir), test_fraction=0.2,
                     register_as="dfd-test-generator")
     assert summary.train_faces == 7 and summary.test_faces == 2 and summary.resumed_from == 0
     client = MlflowClient(mlflow.get_tracking_uri())

@@ -201,7 +201,7 @@ def test_restore_warns_when_the_models_own_validation_was_worse_than_bicubic(tra
     from dfd.cli import main
     from dfdcore.api import trained_validation
     from dfdcore.evaluation.pairs import worse_than_bicubic
-    from tests.conftest import SHARED
+    from tests.conftest import portrait
 
     trainer = Trainer(small_train_config(training_data, tmp_path, residual=True))
     worse = {"val_psnr": 19.0, "bicubic_psnr": 20.5, "val_ssim": 0.6, "bicubic_ssim": 0.5, "step": 3}
@@ -211,7 +211,7 @@ def test_restore_warns_when_the_models_own_validation_was_worse_than_bicubic(tra
     assert trained_validation(bad) == worse and trained_validation(training_data / "faceset.parquet") is None
     assert worse_than_bicubic(worse) == ["PSNR 19.000 < bicubic 20.500"] and worse_than_bicubic(better) == []
 
-    photo = str(SHARED / "data/faces/portraits/grace_hopper.jpg")
+    photo = str(portrait("grace_hopper.jpg"))
     args = ["restore", photo, "--dictionary", str(training_data / "dictionary.safetensors"), "--upscale", "1"]
     warned = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "a"), "--weights", str(bad)])
     assert warned.exit_code == 0, warned.output

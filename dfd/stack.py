@@ -73,9 +73,10 @@ class Databases:
             raise click.BadParameter(f"expected postgresql://USER:PASSWORD@HOST:PORT/NAME, got {shown!r}",
                                      param_hint="--database")
         name = parsed.database or "dfd"
-        # Prefect's server only runs on an async driver; MLflow's store on the default synchronous one (psycopg2).
+        # Prefect's server only runs on an async driver. MLflow's store gets psycopg2 by name: SQLAlchemy 2.1's
+        # default for a bare postgresql:// is psycopg 3.
         return cls(parsed.set(drivername="postgresql+asyncpg", database=f"{name}_prefect").render_as_string(False),
-                   parsed.set(drivername="postgresql", database=f"{name}_mlflow").render_as_string(False))
+                   parsed.set(drivername="postgresql+psycopg2", database=f"{name}_mlflow").render_as_string(False))
 
     def shown(self) -> dict[str, str]:
         """The URLs without the password: what stack.json and `dfd stack status` show."""
@@ -223,6 +224,18 @@ def up(ports: Ports, database: str | None = None, timeout: float = 120.0) -> dic
     state = {"pids": pids, "ports": ports.__dict__, "ray_temp_dir": ray_tmp, "env": ports.environment(),
              "databases": databases.shown()}
     (folder / "stack.env").write_text("".join(f"export {k}={v}\n" for k, v in ports.environment().items()))
+    try:
+        _wait(state, start, ports, folder, timeout)
+    except click.ClickException:
+        down()  # no half-started stack left behind
+        raise
+    (folder / "stack.json").write_text(json.dumps(state, indent=1))
+    return state
+
+
+def _wait(state: dict, start, ports: Ports, folder: Path, timeout: float) -> None:
+    """Until every service answers; a service that exits is started again, twice at most."""
+    pids = state["pids"]
     deadline = time.monotonic() + timeout
     waiting, restarts = set(SERVICES), {s: 0 for s in SERVICES}
     while waiting and time.monotonic() < deadline:
@@ -232,7 +245,9 @@ def up(ports: Ports, database: str | None = None, timeout: float = 120.0) -> dic
                 # On a loaded machine a component can time out while starting (Ray's client server waits for its
                 # node); one more try usually succeeds.
                 if restarts[service] >= 2:
-                    raise click.ClickException(f"{service} exited during start-up; see {folder / f'{service}.log'}")
+                    log = folder / f"{service}.log"
+                    last = ([line for line in log.read_text(errors="replace").splitlines() if line.strip()] or [""])
+                    raise click.ClickException(f"{service} exited during start-up; see {log}: {last[-1].strip()}")
                 restarts[service] += 1
                 pids[service] = start(service)
             elif _healthy(service, ports):
@@ -244,8 +259,6 @@ def up(ports: Ports, database: str | None = None, timeout: float = 120.0) -> dic
     dead = [s for s in SERVICES if not _alive(pids[s])]
     if dead:
         raise click.ClickException(f"{', '.join(dead)} stopped right after starting; see the logs in {folder}")
-    (folder / "stack.json").write_text(json.dumps(state, indent=1))
-    return state
 
 
 def _stack_processes(state: dict) -> list[int]:

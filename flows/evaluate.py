@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from dfd.flows.registry import resolve_registered
 from dfd.flows.steps import MADE_ONCE, Summary, flow_run, run_step
 from dfdcore.io.parquet import write_parquet
 from dfdcore.io.storage import join_uri
@@ -75,21 +76,6 @@ class EvalSummary(Summary):
     lpips_note: str = ""
 
 
-def resolve_registered(spec: ModelSpec, registered: str | None) -> tuple[ModelSpec, dict]:
-    """``name/version`` (or ``models:/name/version``) of the MLflow registry → the spec with its files."""
-    if not registered:
-        return spec, {}
-    from mlflow import MlflowClient
-
-    from dfd.flows.registry import registered_files
-
-    name, version = registered.removeprefix("models:/").rsplit("/", 1)
-    generator, dictionary = registered_files(name, version)
-    run_id = MlflowClient().get_model_version(name, version).run_id
-    return replace(spec, name="dfdnet", weights=str(generator), dictionary=str(dictionary),
-                   random_weights=False), {"registered_model": f"{name}/{version}", "model_run_id": run_id}
-
-
 def run_label(spec: ModelSpec, registry_tags: dict) -> str:
     """The run's name: the registered NAME-vVERSION, "identity", or the weights' file stem."""
     registered = registry_tags.get("registered_model", "").replace("/", "-v")
@@ -100,11 +86,12 @@ def run_label(spec: ModelSpec, registry_tags: dict) -> str:
 def evaluate(spec: ModelSpec, testset: str, faceset: str | None = None, registered: str | None = None,
              count: int | None = None, seed: int = 1234, degradation: str = "reference",
              label: str | None = None) -> EvalSummary:
-    """Evaluate the model of ``spec`` (or the registered ``name/version``) on ``testset``'s pairs."""
+    """Evaluate the model of ``spec`` (or the registered ``NAME/VERSION`` or ``NAME@ALIAS``: ``registered``, or
+    ``spec.registered``) on ``testset``'s pairs."""
     with flow_run(EXPERIMENT) as run:  # opened before the registry is asked: it lives in the same store
         made = run_step(testset, "pairs", MADE_ONCE, test_set, faceset, testset, count, seed, degradation)
         bicubic = run_step(testset, "bicubic", made["sha256"], bicubic_baseline, testset)
-        spec, registry_tags = resolve_registered(spec, registered)
+        spec, registry_tags = resolve_registered(spec, registered)  # NAME@ALIAS: the version it points to now
         label = label or run_label(spec, registry_tags)
         rows_uri = join_uri(testset, f"metrics/{run.run_id}.parquet")
         scored = score(spec, testset, rows_uri, label)

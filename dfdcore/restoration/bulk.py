@@ -187,7 +187,8 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
     def row(source: Source, digest: str | None, status: str, error: str | None, **extra) -> dict:
         record_ = {"source_uri": source.uri, "relpath": source.relpath, "content_sha256": digest,
                    "status": status, "error": error, "n_faces": 0, "faces": [], "outputs": [],
-                   "model_id": stable_json(identity), "random_weights": bool(identity.get("random_weights", False)),
+                   "model_id": stable_json(identity), "model_version": identity.get("registered"),
+                   "random_weights": bool(identity.get("random_weights", False)),
                    "config_hash": config_hash, "updated_at": datetime.now(timezone.utc)}
         record_.update(extra)
         return normalise_row(record_)  # a column or timing the schema lacks fails here, where it was made

@@ -68,6 +68,8 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
     "faces": (pa.list_(pa.field("item", FACE_TYPE, nullable=False)), False, "per-face detection results"),
     "outputs": (pa.list_(pa.string()), False, "URIs of the files written for this image"),
     "model_id": (pa.string(), True, "identifier of the weights used (e.g. file name and hash)"),
+    "model_version": (pa.string(), True, "the registered model version that made the outputs (NAME/VERSION, "
+                                         "also when asked for by alias); null for a model given by its files"),
     "random_weights": (pa.bool_(), False, "whether the network ran with random, untrained weights"),
     "config_hash": (pa.string(), True, "hash of every setting that changes outputs; a change means redo"),
     "seconds": (SECONDS_TYPE, True, "wall-clock seconds per stage"),
@@ -77,7 +79,7 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
                                          "name that is not UTF-8); read_manifest decodes them"),
 }
 _NAME_COLUMNS = ("source_uri", "relpath")
-_TEXT_COLUMNS = ("error", "note", "model_id")
+_TEXT_COLUMNS = ("error", "note", "model_id", "model_version")
 PART_PREFIX = "part-"
 
 SCHEMA = pa.schema([pa.field(name, kind, nullable=nullable, metadata={"doc": doc})

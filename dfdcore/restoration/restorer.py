@@ -61,12 +61,17 @@ class ModelSpec:
     device: str = "auto"           # auto | cpu | cuda | cuda:1 | mps
     dict_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dictionaries' storage type on the device
     fidelity: float = 1.0          # weight of the dictionary contribution: 1 = official DFDNet, 0 = none
+    # A registered model, NAME/VERSION or NAME@ALIAS: the orchestration layer (dfd.flows.registry) fetches its files
+    # into weights + dictionary and pins it to NAME/VERSION before anything is built; outputs record that version.
+    registered: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("ModelSpec.name", self.name, ("dfdnet", "identity"))
         _check_choice("ModelSpec.dict_dtype", self.dict_dtype, ("float32", "float16", "bfloat16"))
         if not 0.0 <= self.fidelity <= 1.0:
             raise ValueError(f"ModelSpec.fidelity must be in [0, 1], got {self.fidelity}")
+        if self.registered is not None:
+            registered_ref(self.registered)  # refuse a malformed reference before any work
 
     def build(self) -> nn.Module:
         """The model on its device. Raises CheckpointError / DictionaryError for bad weights or dictionaries."""
@@ -78,8 +83,31 @@ class ModelSpec:
         if self.random_weights:
             return random_generator(self.dictionary, k=self.k, seed=self.seed, face_size=self.face_size,
                                     ngf=self.ngf, device=device, dict_dtype=dtype, fidelity=self.fidelity)
-        return load_generator(self.weights, self.dictionary, device=device, dict_dtype=dtype,
-                              fidelity=self.fidelity)
+        if self.registered and not self.weights:
+            raise ValueError(f"ModelSpec.registered={self.registered!r} has no files yet: resolve it first "
+                             f"(dfd.flows.registry.resolve_registered fetches its weights and dictionary)")
+        model = load_generator(self.weights, self.dictionary, device=device, dict_dtype=dtype,
+                               fidelity=self.fidelity)
+        if self.registered:
+            model.provenance["registered"] = self.registered  # into model_id, the outputs' metadata, the manifest
+        return model
+
+
+def registered_ref(text: str) -> tuple[str, str, str]:
+    """A registered-model reference → (name, "version" or "alias", the version or alias).
+
+    ``NAME/VERSION`` (a number), ``NAME@ALIAS``, each optionally prefixed ``models:/`` as MLflow writes them."""
+    ref = text.removeprefix("models:/")
+    if "@" in ref:
+        name, _, alias = ref.rpartition("@")
+        if name and alias and "/" not in alias:
+            return name, "alias", alias
+    elif "/" in ref:
+        name, _, version = ref.rpartition("/")
+        if name and version.isdigit():
+            return name, "version", version
+    raise ValueError(f"a registered model is NAME/VERSION (e.g. dfd-generator/3) or NAME@ALIAS (e.g. "
+                     f"dfd-generator@champion), got {text!r}")
 
 
 def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import importlib.util
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -75,8 +76,8 @@ class RestoreQueue:
             return {"state": self._tickets[ticket], "ahead": order.index(ticket), "waiting": waiting}
 
     async def run(self, ticket: str, job):
-        """Await ``job()`` run on the worker thread after every job submitted before it; UploadError when the queue
-        is full. A request that goes away while queued cancels its job before it starts."""
+        """Await ``job()`` run on the worker thread after every job submitted before it; UploadError (503) when
+        ``max_waiting`` jobs are already waiting."""
         with self._lock:
             if sum(state == "queued" for state in self._tickets.values()) >= self.max_waiting:
                 raise UploadError(503, "busy", f"{self.max_waiting} uploads are already waiting; try again later")
@@ -116,7 +117,7 @@ def restore_upload(models: dict, data: bytes, name: str, choice: Choice, limits:
     model's label and timings. Raises UploadError (4xx) for files that are not usable photographs or have no face.
     """
     from dfdcore.io.images import ImageDecodeError, decode_image, encode_image
-    from dfdcore.restoration.restorer import Restorer, RestoreOptions, model_identity, model_label
+    from dfdcore.restoration.restorer import RestoreOptions, Restorer, model_identity, model_label
 
     started, clock = time.time(), time.perf_counter()
     try:
@@ -267,9 +268,13 @@ def serve(host, port, batch_size, max_bytes, max_pixels, max_waiting, **options)
     The models are built once at start: --weights/--dictionary (or --random-weights) and the identity model. One
     photograph is restored at a time; other uploads wait in a queue the page shows. Open http://HOST:PORT/.
     """
-    import uvicorn
-
     from dfdcore.restoration.restorer import resolve_device
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(f"`dfd serve` needs {' and '.join(missing)}: pip install fastapi uvicorn (both "
+                                   "come with dfd[pipeline])")
+    import uvicorn
 
     use_all_cores()
     spec = model_spec(options)

@@ -6,6 +6,7 @@ The server holds a small random network (128-px faces, ngf 8, K 16) and the iden
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import itertools
@@ -183,6 +184,40 @@ def test_two_concurrent_uploads_are_restored_one_after_the_other(server):
     assert (later, "queued", 1) in seen and (earlier, "running", 0) in seen, sorted(seen)
 
 
+def test_the_queue_runs_one_job_at_a_time_and_refuses_beyond_its_waiting_room():
+    from dfd.serve import RestoreQueue, UploadError
+
+    queue, release, log = RestoreQueue(max_waiting=1), threading.Event(), []
+
+    def job(name):
+        def run():
+            log.append(f"{name} start")
+            release.wait(timeout=30)
+            log.append(f"{name} end")
+            return name
+        return run
+
+    async def scenario():
+        first = asyncio.ensure_future(queue.run("a", job("a")))
+        second = asyncio.ensure_future(queue.run("b", job("b")))
+        while queue.state("a")["state"] != "running":
+            await asyncio.sleep(0.01)
+        states = queue.state("a"), queue.state("b")
+        with pytest.raises(UploadError) as refused:
+            await queue.run("c", job("c"))
+        release.set()
+        return states, refused.value, await first, await second
+
+    try:
+        (a, b), refused, *results = asyncio.run(scenario())
+    finally:
+        queue.close()
+    assert a == {"state": "running", "ahead": 0, "waiting": 1} and b == {"state": "queued", "ahead": 1, "waiting": 1}
+    assert (refused.status, refused.reason) == (503, "busy")
+    assert results == ["a", "b"] and log == ["a start", "a end", "b start", "b end"]
+    assert queue.state("a")["state"] == "unknown"  # finished tickets are forgotten
+
+
 # --- the page, in headless Chromium -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -296,3 +331,23 @@ def test_the_page_shows_why_a_file_is_refused(page, tmp_path):
     assert page.wait_for("document.body.dataset.state === 'error' && 'error'") == "error"
     assert page.evaluate("document.getElementById('status').textContent").startswith("truncated image:")
     assert page.evaluate("document.getElementById('result').hidden")
+
+
+def test_the_page_shows_its_upload_queued_behind_another(page, server):
+    blocker = threading.Thread(target=post, args=(server, PHOTO.read_bytes()), kwargs={"ticket": "blocker",
+                                                                                         "model": "random"})
+    blocker.start()
+    deadline = time.monotonic() + 60
+    while get(f"{server}/api/queue?ticket=blocker")["state"] != "running":
+        assert time.monotonic() < deadline, "the blocking upload never started"
+        time.sleep(0.02)
+    page.evaluate("document.getElementById('model').value = 'identity'")
+    page.upload("#file", PHOTO)
+    states = set()
+    while (state := page.evaluate("document.body.dataset.state")) not in ("done", "error"):
+        states.add((state, page.evaluate("document.getElementById('status').textContent")))
+        assert time.monotonic() < deadline + 60, states
+        time.sleep(0.05)
+    blocker.join(timeout=60)
+    assert state == "done", page.evaluate("document.getElementById('status').textContent")
+    assert ("queued", "Queued: 1 photograph(s) ahead of yours …") in states, states

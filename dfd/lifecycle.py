@@ -153,7 +153,8 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
 @click.command()
 @click.option("--testset", required=True, help="Test set folder (pairs.parquet is made there once).")
 @click.option("--faceset", help="Faceset .parquet whose held-out faces make the test set (first time only).")
-@click.option("--registered", help="A registered model: NAME/VERSION (e.g. dfd-generator/3).")
+@click.option("--registered", help="A registered model: NAME/VERSION (dfd-generator/3) or NAME@ALIAS "
+              "(dfd-generator@champion: the version the alias points to now).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Generator checkpoint.")
 @click.option("--dictionary", type=click.Path(), help="Its component dictionary.")
 @click.option("--model", "model_name", type=click.Choice(["dfdnet", "identity"]), default="dfdnet",
@@ -177,13 +178,24 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
 
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k=16, face_size=face_size, ngf=ngf,
                      device=device)
-    if not registered:
+    if registered:
+        from dfdcore.restoration.restorer import registered_ref
+
+        try:
+            registered_ref(registered)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+    else:
         check_spec(spec)
     _prefect()
     from dfd.flows.evaluate import evaluate as evaluate_flow
+    from dfd.flows.registry import RegistryError
 
-    summary = evaluate_flow(spec, testset, faceset=faceset, registered=registered, count=count, seed=seed,
-                            degradation=degradation, label=label)
+    try:
+        summary = evaluate_flow(spec, testset, faceset=faceset, registered=registered, count=count, seed=seed,
+                                degradation=degradation, label=label)
+    except RegistryError as exc:  # an unknown model, version or alias: the message lists what there is
+        raise click.ClickException(str(exc)) from exc
     click.echo("")
     click.echo(metrics_table([("bicubic", summary.bicubic), (summary.model["label"], summary.metrics)]))
     click.echo("")
@@ -193,17 +205,17 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
     click.echo(f"  mlflow     run {summary.run_id}")
     from dfd.options import worse_than_bicubic_warning
 
-    warning = worse_than_bicubic_warning(weights, _registered_validation(registered) if registered else None)
+    warning = worse_than_bicubic_warning(weights, _registered_validation(summary.model["registered_model"])
+                                         if registered else None)
     if warning:
         click.echo(f"  warning    {warning}")
 
 
 def _registered_validation(registered: str) -> dict:
     """The validation figures a registered version was tagged with (``val_*``, ``bicubic_*``, ``step``)."""
-    from mlflow import MlflowClient
+    from dfd.flows.registry import find_version
 
-    name, version = registered.removeprefix("models:/").rsplit("/", 1)
-    tags = MlflowClient().get_model_version(name, version).tags
+    tags = find_version(registered).tags
     figures = {}
     for key, value in tags.items():
         if key.startswith(("val_", "bicubic_")) or key == "step":

@@ -29,12 +29,36 @@ def torch_dtype(name: str):
 
 def check_spec(spec) -> None:
     """Refuse model options that cannot work, with a message saying what to give instead."""
+    if spec.registered and spec.name == "dfdnet":
+        if spec.random_weights or not (spec.weights and spec.dictionary):  # resolve_model fetches them first
+            raise click.UsageError(f"--registered {spec.registered}: the registered model's files are not fetched "
+                                   "(resolve_model) or --random-weights was given beside it")
+        return
     if spec.name == "dfdnet":
         if spec.random_weights and spec.weights:
             raise click.UsageError("--random-weights and --weights exclude each other")
         if not spec.random_weights and not (spec.weights and spec.dictionary):
             raise click.UsageError("no model given.\n" + WEIGHTS_HELP + "\n  * or --model identity (dfd restore) to "
                                    "check the geometry: faces pasted back unchanged.")
+
+
+def resolve_model(spec, command: str):
+    """``spec`` with its registered model (``--registered NAME/VERSION`` or ``NAME@ALIAS``) fetched from MLflow's
+    registry and pinned to a version; unchanged without one. An unknown model, version or alias is a message."""
+    if not spec.registered or spec.name != "dfdnet":
+        return spec
+    given = [flag for flag, value in (("--weights", spec.weights), ("--dictionary", spec.dictionary),
+                                      ("--random-weights", spec.random_weights)) if value]
+    if given:
+        raise click.UsageError(f"--registered brings its own files: leave out {', '.join(given)}")
+    require_pipeline(f"{command} --registered")
+    from dfd.flows.registry import RegistryError, resolve_registered, use_registry
+
+    use_registry()
+    try:
+        return resolve_registered(spec)[0]
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def build_model(spec):
@@ -56,7 +80,7 @@ def _apply(func, options):
 
 def model_options(func):
     """--weights, --dictionary, --random-weights (and its --k, --seed, --face-size, --ngf), --device, --dict-dtype,
-    --fidelity: the fields of a ``ModelSpec`` but its name (``model_spec`` builds it)."""
+    --fidelity, --registered: the fields of a ``ModelSpec`` but its name (``model_spec`` builds it)."""
     return _apply(func, [
         click.option("--weights", type=click.Path(exists=False, dir_okay=False),
                      help="Generator checkpoint: official latest_net_G.pth, BasicSR .pth or dfd .safetensors."),
@@ -74,7 +98,21 @@ def model_options(func):
                      help="Storage type of the dictionaries on the device (float16 halves their memory)."),
         click.option("--fidelity", type=click.FloatRange(0, 1), default=1.0, show_default=True,
                      help="Weight of the dictionary contribution: 1 = official DFDNet, 0 = none."),
+        click.option("--registered", callback=_registered_ref,
+                     help="A model of MLflow's registry instead of --weights/--dictionary: NAME/VERSION "
+                          "(dfd-generator/3) or NAME@ALIAS (dfd-generator@champion: the version it points to now)."),
     ])
+
+
+def _registered_ref(ctx, param, value):
+    from dfdcore.restoration.restorer import registered_ref
+
+    if value is not None:
+        try:
+            registered_ref(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return value
 
 
 def restore_options(func):

@@ -12,6 +12,7 @@ from dfd.options import (
     model_options,
     model_spec,
     require_pipeline,
+    resolve_model,
     restore_options,
     restore_options_of,
     run_options,
@@ -44,8 +45,10 @@ def sample(output, **options) -> None:
     use_all_cores()
     spec, restore, run = model_spec(options), restore_options_of(options), run_options_of(options, save_faces=True,
                                                                                            cmp=True)
+    spec = resolve_model(spec, "dfd sample")
     photos = sorted(p for p in (Path(dfdcore.__file__).parent / "assets").iterdir() if p.suffix in (".png", ".jpg"))
-    click.echo(f"Loading the model ({'RANDOM weights' if spec.random_weights else spec.weights}) ...")
+    click.echo(f"Loading the model ({'RANDOM weights' if spec.random_weights else spec.registered or spec.weights})"
+               " ...")
     model = build_model(spec)
     restorer = Restorer(model, restore, batch_size=run.batch_size, device=resolve_device(spec.device))
     with tqdm(total=len(photos), desc="restore", unit="image") as bar:
@@ -59,6 +62,8 @@ def _label(model) -> str:
     provenance = getattr(model, "provenance", {})
     if provenance.get("random_weights"):
         return "RANDOM WEIGHTS (not a restoration: use --weights/--dictionary for real results)"
+    if provenance.get("registered"):
+        return f"registered {provenance['registered']}"
     return str(provenance.get("checkpoint") or provenance.get("model", type(model).__name__))
 
 
@@ -111,6 +116,7 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
 
     use_all_cores()
     spec, restore, run = model_spec(options, model_name), restore_options_of(options), run_options_of(options)
+    spec = resolve_model(spec, "dfd restore")  # NAME@ALIAS: pinned to the version it points to now, for every worker
     try:
         sources = list_images(list(inputs), with_others=True)
     except FileNotFoundError as exc:
@@ -141,7 +147,7 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
         except (OutputStorageError, ValueError) as exc:  # unwritable output, unreadable manifest, name clash
             raise click.ClickException(str(exc)) from exc
     _report(summary, "RANDOM WEIGHTS (not a restoration)" if spec.random_weights and spec.name == "dfdnet"
-            else spec.name, output)
+            else f"registered {spec.registered}" if spec.registered else spec.name, output)
     if warning:
         click.echo(f"  warning    {warning}")
     if summary.storage_error or summary.unrecorded or (summary.failed and not allow_failures):

@@ -6,6 +6,9 @@ Ray actors hold the model and take chunks; the driver appends each finished chun
 of its own, so a run killed mid-way loses at most the chunks in flight and the next run redoes only those.
 The options travel whole: ``ModelSpec``, ``RestoreOptions`` and ``RunOptions`` are the flow's parameters (Prefect
 validates them), are handed as they are to the Ray workers and are all logged to the run's MLflow run.
+A registered model (``model.registered``: ``NAME@ALIAS`` or ``NAME/VERSION``) is resolved at the start of each run,
+so promoting another version to the alias changes what the next scheduled run uses; each manifest row's
+``model_version`` says which version restored it.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from dataclasses import asdict, replace
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from dfd.flows.registry import resolve_registered
 from dfd.flows.steps import FlowRun, flow_run
 from dfdcore.restoration.bulk import BulkSummary, RunOptions, restore_sources
 from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer
@@ -102,15 +106,17 @@ def restore_bucket(source: str, output: str, model: ModelSpec = ModelSpec(), res
                    run: RunOptions = RunOptions(workers=2), failed_prefix: str | None = None) -> BulkSummary:
     """Restore the photos under ``source`` that are new or changed into ``output`` (restored_imgs/ + manifest).
 
-    ``model``: how to build the face model (``ModelSpec``: dfdnet with ``weights`` + ``dictionary`` or
-    ``random_weights``, or identity, which pastes faces back unchanged to check the pipeline; ``fidelity``,
-    ``dict_dtype``, ``device``). ``restore``: what changes the outputs (``RestoreOptions``: upscale, detector,
+    ``model``: how to build the face model (``ModelSpec``: dfdnet with ``weights`` + ``dictionary``, a
+    ``registered`` model — NAME@ALIAS, resolved when the run starts — or ``random_weights``, or identity, which
+    pastes faces back unchanged to check the pipeline; ``fidelity``, ``dict_dtype``, ``device``). ``restore``: what changes the outputs (``RestoreOptions``: upscale, detector,
     min_face, ...; part of each row's config hash). ``run``: how the run goes (``RunOptions``: workers, chunk,
     batch_size, force, save_faces, cmp, input limits). Each is given whole: fields left out take the class
     defaults. ``failed_prefix``: where to copy inputs that failed, with their reasons.
     """
     with flow_run(EXPERIMENT) as tracked:
-        tracked.log(params=run_params(source, output, model, restore, run))
+        tracked.log(params=run_params(source, output, model, restore, run))  # as asked: an alias, not a version
+        model, registry_tags = resolve_registered(model)  # in the run's store: the alias as it points now
+        tracked.log(tags=registry_tags)
         sources = list_photos(source, failed_prefix)
         done = restore_photos(sources, output, model, restore, run)
         copied = copy_failures(done.failures, sources, failed_prefix) if failed_prefix and done.failures else 0

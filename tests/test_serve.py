@@ -223,9 +223,11 @@ def test_the_queue_runs_one_job_at_a_time_and_refuses_beyond_its_waiting_room():
 @pytest.fixture(scope="module")
 def chromium() -> str:
     """Debian's chromium, installed when missing (about 40 s with apt-get on this machine)."""
-    if shutil.which("chromium") is None:
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], check=True,
-                       stdout=subprocess.DEVNULL, timeout=600)
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    if shutil.which("chromium") is None and subprocess.run(install, check=False, stdout=subprocess.DEVNULL,
+                                                           timeout=600).returncode:
+        subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL, timeout=300)  # stale lists
+        subprocess.run(install, check=True, stdout=subprocess.DEVNULL, timeout=600)
     return shutil.which("chromium")
 
 

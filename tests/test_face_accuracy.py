@@ -1,4 +1,5 @@
-"""Detection counts and landmark consistency of the dlib face front end, on the real photographs of shared/."""
+"""Detection counts and landmark consistency of the dlib face front end: on the team set (DFD_SHARED) when given,
+else on the bundled portraits (their counts in tests/data/SOURCES.md)."""
 from __future__ import annotations
 
 import functools
@@ -11,9 +12,10 @@ from dfdcore.face import align_face, detect_faces, landmarks
 from dfdcore.face.pipeline import _map_box
 from dfdcore.io import read_rgb
 
-from .conftest import SHARED
+from .conftest import BUNDLED, portrait, team_path, team_reason
 
-FACES = SHARED / "data" / "faces"
+TEAM_FACES = team_path("data/faces/SOURCES.md") and team_path("data/faces")
+FACES = TEAM_FACES or BUNDLED
 SOURCES = FACES / "SOURCES.md"
 # Median over faces of the mean distance (face pixels, 512 face) between the 5 landmarks found again on the
 # aligned face and the photo's 5 landmarks carried there by the alignment.
@@ -47,13 +49,13 @@ PHOTOS = sorted(n for n in EXPECTED if n.split("/")[0] in ("portraits", "groups"
 
 @functools.cache
 def _detections(name: str):
-    rgb = read_rgb(FACES / name)
+    rgb = read_rgb(TEAM_FACES / name if TEAM_FACES else portrait(name.removeprefix("portraits/")))
     return rgb, detect_faces(rgb, upsample=1, min_score=0.2)
 
 
 def test_sources_table_is_parsed():
-    if not EXPECTED:
-        pytest.skip(f"{SOURCES} is missing")
+    if not TEAM_FACES:
+        pytest.skip(team_reason("data/faces/SOURCES.md"))
     assert len(EXPECTED) >= 24 + 55 and sum(n.startswith("identities/") for n in EXPECTED) == 55
     assert EXPECTED["groups/bald_guys.jpg"] == 24 and EXPECTED["groups/dogs.jpg"] == 0
 
@@ -62,15 +64,13 @@ def test_sources_table_is_parsed():
 def test_every_listed_face_is_found(folder):
     names = [n for n in EXPECTED if n.startswith(folder + "/")]
     if not names:
-        pytest.skip(f"no {folder} photographs listed in {SOURCES}")
+        pytest.skip(team_reason(f"data/faces/{folder}") if not TEAM_FACES else f"no {folder} photos in {SOURCES}")
     found = {n: len(_detections(n)[1]) for n in names}
     wrong = {n: f"{found[n]} found, {EXPECTED[n]} listed" for n in names if found[n] != EXPECTED[n]}
     assert not wrong, wrong
 
 
 def test_landmarks_found_again_on_the_aligned_face_match_the_carried_ones():
-    if not PHOTOS:
-        pytest.skip(f"no photographs listed in {SOURCES}")
     distances = []
     for name in PHOTOS:
         rgb, detections = _detections(name)
@@ -80,6 +80,6 @@ def test_landmarks_found_again_on_the_aligned_face_match_the_carried_ones():
             carried = points @ matrix[:, :2].T + matrix[:, 2]
             again = landmarks(crop, _map_box(matrix, detection.box), points=5)
             distances.append(np.linalg.norm(again - carried, axis=1).mean())
-    assert len(distances) >= 70
+    assert len(distances) >= (70 if TEAM_FACES else sum(EXPECTED.values()))  # 9 bundled portraits, 1 face each
     median = float(np.median(distances))
     assert median <= LANDMARK_MEDIAN_PX, f"median {median:.2f} px over {len(distances)} faces"

@@ -125,7 +125,7 @@ def test_bad_inputs_are_named():
 @pytest.mark.parametrize("upscale", [1, 2])
 def test_unchanged_faces_paste_back_onto_the_photo(aligned_photos, upscale):
     psnrs = _identity_psnrs(aligned_photos, upscale)
-    assert len(psnrs) >= 50
+    assert len(psnrs) >= (50 if GROUPS else len(PORTRAITS))  # every portrait's face; 50 and more with the groups
     assert np.median(psnrs) >= FIDELITY[upscale], f"median {np.median(psnrs):.2f} dB over {len(psnrs)} faces"
 
 

@@ -173,5 +173,5 @@ def test_wheel_installs_flows_tasks_and_infra_under_dfd(tmp_path):
     [wheel] = tmp_path.glob("dfd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"dfd/flows/restore_bucket.py", "dfd/tasks/restore.py", "dfd/infra/prefect/prefect.yaml",
-            "dfdcore/restoration/bulk.py", "dfdcore/assets/obama.jpg"} <= names
+            "dfdcore/restoration/bulk.py", "dfdcore/assets/obama.jpg", "dfd/serve_page.html"} <= names
     assert not {name.split("/")[0] for name in names} & {"flows", "tasks", "infra", "tests", "bench"}

@@ -3,7 +3,6 @@ model by alias uses the version it points to now — real MLflow on SQLite, real
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,8 +12,7 @@ from click.testing import CliRunner
 import dfdcore
 from dfdcore.io.images import read_rgb
 from dfdcore.restoration.manifest import read_manifest
-
-ASSETS = Path(dfdcore.__file__).parent / "assets"  # bundled public-domain photos: there in every checkout
+from tests.conftest import portrait
 
 MODEL = "dfd-generator"
 
@@ -49,7 +47,7 @@ def photos(tmp_path):
     source = tmp_path / "incoming"
     source.mkdir()
     for name in ("grace_hopper.jpg", "obama.jpg"):
-        shutil.copy(ASSETS / name, source / name)
+        shutil.copy(portrait(name), source / name)
     return source
 
 

@@ -9,15 +9,15 @@ import pytest
 from mlflow import MlflowClient
 
 from dfdcore.restoration.manifest import read_manifest
-from tests.conftest import SHARED
+from tests.conftest import portrait
 
 
 @pytest.fixture()
 def bucket(tmp_path):
     source = tmp_path / "incoming"
     source.mkdir()
-    for photo in sorted((SHARED / "data/faces/identities").glob("*/*.jpg"))[:2]:
-        shutil.copy(photo, source / photo.name)
+    for name in ("grace_hopper.jpg", "obama.jpg"):
+        shutil.copy(portrait(name), source / name)
     (source / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return source
 
@@ -39,7 +39,7 @@ def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server
 
     # A changed photo is redone, unchanged ones are skipped, the failure is retried (and fails again).
     photo = sorted(p for p in bucket.iterdir() if p.name != "broken.jpg")[0]
-    shutil.copy(sorted((SHARED / "data/faces/identities").glob("*/*.jpg"))[5], photo)
+    shutil.copy(portrait("biden.jpg"), photo)
     second = restore_bucket(str(bucket), str(out), identity, same_size, one_worker)
     assert (second.restored, second.skipped, second.failed) == (1, 1, 1)
     run = MlflowClient().get_run(second.run_id)
@@ -86,9 +86,13 @@ def test_every_dfd_restore_option_is_a_field_of_the_flow_parameters():
              "restore": {"detector": "cnn", "min_face": 90}, "run": {"workers": 3}}
     values = restore_bucket.validate_parameters(given)
     assert values["restore"] == RestoreOptions(detector="cnn", min_face=90)
+    aliased = restore_bucket.validate_parameters({"source": "in/", "output": "out/",
+                                                  "model": {"registered": "dfd-generator@champion"}})
+    assert aliased["model"] == ModelSpec(registered="dfd-generator@champion")  # resolved when a run starts
     assert values["model"] == ModelSpec("identity", fidelity=0.5) and values["run"] == RunOptions(workers=3)
     for bad, says in (({"restore": {"detectr": "cnn"}}, "restore.detectr"), ({"restore": {"detector": "dnn"}},
                       "restore.detector"), ({"model": {"fidelity": 2}}, "fidelity must be in [0, 1]"),
-                      ({"run": {"chunk": 0}}, "chunk must be at least 1")):
+                      ({"run": {"chunk": 0}}, "chunk must be at least 1"),
+                      ({"model": {"registered": "dfd-generator"}}, "NAME/VERSION (e.g. dfd-generator/3) or NAME@ALIAS")):
         with pytest.raises(ParameterTypeError, match=re.escape(says)):
             restore_bucket.validate_parameters({"source": "in/", "output": "out/", **bad})

@@ -5,28 +5,39 @@ import json
 import shutil
 
 import mlflow
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 import dfdcore
 from dfdcore import ComponentDictionary, GeneratorConfig
 
-from .conftest import SHARED
+from .conftest import portrait
 
-FACES = SHARED / "data" / "faces"
 CONFIG = GeneratorConfig(face_size=128, ngf=8)
+
+
+def _shrunk(name: str, side: int) -> Image.Image:
+    image = Image.open(portrait(name)).convert("RGB")
+    image.thumbnail((side, side))
+    return image
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("collection")
     for name in ("grace_hopper.jpg", "obama.jpg", "astronaut.png", "biden.jpg"):
-        shutil.copy(FACES / "portraits" / name, folder / name)
-    for person in sorted(p for p in (FACES / "identities").iterdir() if p.is_dir())[:2]:
-        for photo in sorted(person.iterdir())[:2]:
-            shutil.copy(photo, folder / f"{person.name}_{photo.name}")
-    shutil.copy(FACES / "groups" / "2008_002506.jpg", folder / "group.jpg")  # 3 faces
+        shutil.copy(portrait(name), folder / name)
+    # Four more one-face photos, shrunk to group-photo size so that detection stays fast.
+    for name in ("obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg"):
+        _shrunk(name, 640).save(folder / name, quality=92)
+    # A three-face photo: three portraits side by side, bottom-padded to one height.
+    parts = [np.asarray(_shrunk(name, 384)) for name in ("grace_hopper.jpg", "astronaut.png", "obama2.jpg")]
+    height = max(p.shape[0] for p in parts)
+    row = np.concatenate([np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0))) for p in parts], axis=1)
+    Image.fromarray(row).save(folder / "group.jpg", quality=92)  # 3 faces
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     return folder
 

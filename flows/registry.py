@@ -103,8 +103,10 @@ def find_version(registered: str):
 
 
 def _aliases(model) -> dict[str, str]:
+    """{alias: version} of a registered model, versions as text (a SQLite store gives them back as int)."""
     aliases = model.aliases  # {alias: version} in MLflow 3; a list of alias entries in older protos
-    return dict(aliases) if isinstance(aliases, dict) else {a.alias: a.version for a in aliases}
+    pairs = aliases.items() if isinstance(aliases, dict) else ((a.alias, a.version) for a in aliases)
+    return {alias: str(version) for alias, version in pairs}
 
 
 def resolve_registered(spec: ModelSpec, registered: str | None = None) -> tuple[ModelSpec, dict]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -62,3 +63,37 @@ def test_registered_model_is_code_not_pickle_and_restores_like_the_generator(sql
     expected = ((expected.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     assert restored.shape == (2, 128, 128, 3) and restored.dtype == np.uint8
     assert np.array_equal(restored, expected)
+
+
+def test_one_resolver_for_versions_and_aliases_pins_the_version_and_fetches_the_files_once(
+        sqlite_mlflow, small_generator, small_dictionary, tmp_path, monkeypatch):
+    from dfd.flows.registry import RegistryError, promote, register_generator, registered_files, resolve_registered
+    from dfdcore.restoration.restorer import ModelSpec
+
+    monkeypatch.setenv("DFD_HOME", str(tmp_path / "home"))
+    weights = dfdcore.save_checkpoint(small_generator, tmp_path / "generator.safetensors")
+    dictionary = small_dictionary.save(tmp_path / "dictionary.safetensors")
+    with mlflow.start_run(experiment_id=sqlite_mlflow) as run:
+        version = register_generator(weights, dictionary, "dfd-alias-test")
+    assert promote("dfd-alias-test", version, "champion") == (None, version)
+    assert promote("dfd-alias-test", version, "champion") == (version, version)  # str, as the store gives it back
+
+    by_version, version_tags = resolve_registered(ModelSpec(registered=f"dfd-alias-test/{version}"))
+    by_alias, alias_tags = resolve_registered(ModelSpec(registered="models:/dfd-alias-test@champion"))
+    assert by_alias == by_version and by_alias.registered == f"dfd-alias-test/{version}"
+    assert version_tags == {"registered_model": f"dfd-alias-test/{version}", "model_run_id": run.info.run_id}
+    assert alias_tags == version_tags | {"registered_as": "dfd-alias-test@champion"}
+    # fetched once into the dfd home, the same paths on every call (a run's model identity holds them)
+    assert by_alias.weights.startswith(str(tmp_path / "home" / "registry" / "dfd-alias-test"))
+    assert registered_files("dfd-alias-test", version) == (Path(by_alias.weights), Path(by_alias.dictionary))
+    model = by_alias.build()
+    assert model.provenance["registered"] == f"dfd-alias-test/{version}"
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small_generator.parameters())
+
+    assert resolve_registered(ModelSpec(name="identity")) == (ModelSpec(name="identity"), {})
+    with pytest.raises(RegistryError, match=r"dfd-alias-test has no version 9; its versions: 1$"):
+        resolve_registered(ModelSpec(registered="dfd-alias-test/9"))
+    with pytest.raises(ValueError, match="NAME/VERSION"):
+        ModelSpec(registered="dfd-alias-test/latest")
+    with pytest.raises(ValueError, match="resolve it first"):
+        ModelSpec(registered="dfd-alias-test@champion").build()

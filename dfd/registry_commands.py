@@ -24,7 +24,8 @@ def promote(name: str, version: str, alias: str) -> None:
         raise click.BadParameter(f"a version number (1, 2, ...), got {version!r}", param_hint="VERSION")
     from mlflow.exceptions import MlflowException
 
-    from dfd.flows.registry import RegistryError, promote as set_alias, use_registry
+    from dfd.flows.registry import RegistryError, use_registry
+    from dfd.flows.registry import promote as set_alias
 
     uri = use_registry()
     try:

@@ -126,8 +126,8 @@ def test_unknown_names_versions_and_aliases_are_refused_with_what_there_is(prefe
 
     assert promote(MODEL, "1", "champion").exit_code == 0
     for args, says in (((MODEL, "7", "champion"), f"{MODEL} has no version 7; its versions: 1, 2"),
-                       (("dfd-generatr", "1", "champion"), f"no registered model 'dfd-generatr' in {registry}; "
-                                                           f"it holds {MODEL}"),
+                       (("dfd-generatr", "1", "champion"), (f"no registered model 'dfd-generatr' in {registry}; "
+                                                            f"it holds {MODEL}")),
                        ((MODEL, "one", "champion"), "a version number"),
                        ((MODEL, "2", "latest"), "MLflow refused alias 'latest'")):
         result = promote(*args)

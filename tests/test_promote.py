@@ -30,7 +30,8 @@ def registry(tmp_path, monkeypatch, small_dictionary):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     # artifacts under tmp_path: a SQLite store would otherwise put them in ./mlruns of the current folder
-    mlflow.create_experiment(EXPERIMENT, artifact_location=(tmp_path / "artifacts" / "restore").as_uri())
+    for flow_experiment in (EXPERIMENT, "dfd-evaluate"):
+        mlflow.create_experiment(flow_experiment, artifact_location=(tmp_path / "artifacts" / flow_experiment).as_uri())
     experiment = mlflow.create_experiment("registry", artifact_location=(tmp_path / "artifacts" / "reg").as_uri())
     dictionary = small_dictionary.save(tmp_path / "dictionary.safetensors")
     for seed in (1, 2):
@@ -146,3 +147,20 @@ def test_unknown_names_versions_and_aliases_are_refused_with_what_there_is(prefe
 
     with pytest.raises(RegistryError, match="has no alias 'staging'"):
         restore_bucket(str(photos), str(tmp_path / "flow-out"), ModelSpec(registered=f"{MODEL}@staging"))
+
+
+def test_evaluate_takes_an_alias_and_names_the_version_it_scored(prefect_server, registry, training_data, tmp_path):
+    from dfd.lifecycle import evaluate
+
+    assert promote(MODEL, "2", "champion").exit_code == 0
+    testset = str(tmp_path / "testset")
+    result = CliRunner().invoke(evaluate, ["--testset", testset, "--faceset", str(training_data / "faceset.parquet"),
+                                           "--registered", f"{MODEL}@champion", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    run_id = result.output.split("mlflow     run ")[1].split()[0]
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.info.run_name == f"{MODEL}-v2" and run.data.tags["registered_model"] == f"{MODEL}/2"
+    assert run.data.tags["registered_as"] == f"{MODEL}@champion" and run.data.metrics["psnr"] > 0
+
+    result = CliRunner().invoke(evaluate, ["--testset", testset, "--registered", f"{MODEL}@staging"])
+    assert result.exit_code == 1 and f"{MODEL} has no alias 'staging'; its aliases: champion → 2" in result.output

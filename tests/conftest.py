@@ -21,9 +21,6 @@ PORTRAITS = dict(sorted((p.name, p) for folder in (ASSETS, BUNDLED) for p in fol
 # The team's larger set (group photos with XML boxes, identities, reference tables): only where DFD_SHARED names
 # it. Nothing is guessed, so a lone checkout runs the same tests wherever it lies.
 TEAM = Path(os.environ["DFD_SHARED"]) if os.environ.get("DFD_SHARED") else None
-# Transitional, for the two test files not yet moved to team_file/PORTRAITS (test_stack, test_restore_bucket):
-# the team set when given, else a path that does not exist. Remove once they no longer import it.
-SHARED = TEAM if TEAM is not None else Path("DFD_SHARED-is-unset")
 REFERENCE_TSV = "reference/dfdnet_official_state_dict.tsv"  # relative to DFD_SHARED: read it with team_file
 
 

@@ -19,13 +19,32 @@ import pytest
 
 from dfdcore.io.storage import filesystem_for, read_bytes, write_bytes_atomic
 from dfdcore.restoration.manifest import read_manifest
-from tests.conftest import SHARED
+from tests.conftest import PORTRAITS as BUNDLED
 
 from .s3server import create_bucket, s3_server  # noqa: F401  (fixture)
 
 BIN = Path(sys.executable).parent
-IDENTITIES = sorted((SHARED / "data/faces/identities").glob("*/*.jpg"))
-PORTRAITS = sorted(p for p in (SHARED / "data/faces/portraits").iterdir() if p.suffix == ".jpg")
+PORTRAITS = [path for path in BUNDLED.values() if path.suffix == ".jpg"]  # 7 one-face photos, 0.5–3.3 MP
+
+
+def small_faces(folder: Path, count: int = 6) -> list[Path]:
+    """One-face photos of 150 × 150 px whose face box is ~115 px, cut from the bundled portraits: small enough
+    that a run of several is quick, and of a known face size for min_face."""
+    from PIL import Image
+
+    from dfdcore.face.detect import detect_faces
+    from dfdcore.io.images import read_rgb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for path in PORTRAITS[:count]:
+        rgb = read_rgb(path)
+        x0, y0, x1, y1 = max(detect_faces(rgb), key=lambda f: f.score).box
+        half, cx, cy = 0.65 * max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
+        crop = Image.fromarray(rgb).crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
+        made.append(folder / f"{path.stem}.jpg")
+        crop.resize((150, 150), Image.BICUBIC).save(made[-1], quality=92)
+    return made
 
 
 def _free_port() -> int:
@@ -114,9 +133,10 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
 
         # First run: 4 photos. Second run: 2 more were added; only those are restored.
         bucket = create_bucket(s3_server, "photos")
-        _upload(IDENTITIES[:4], f"{bucket}/incoming")
+        faces = small_faces(tmp_path / "small-faces")
+        _upload(faces[:4], f"{bucket}/incoming")
         _deployment_run(stack_env, f"{bucket}/incoming", f"{bucket}/restored")
-        _upload(IDENTITIES[4:6], f"{bucket}/incoming")
+        _upload(faces[4:6], f"{bucket}/incoming")
         _deployment_run(stack_env, f"{bucket}/incoming", f"{bucket}/restored")
         runs = _runs(exports["MLFLOW_TRACKING_URI"])
         assert [(r.data.metrics["restored"], r.data.metrics["skipped"]) for r in runs] == [(4, 0), (2, 4)]
@@ -154,7 +174,7 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
         last = _runs(exports["MLFLOW_TRACKING_URI"])[-1].data.metrics
         assert last["restored"] + last["skipped"] == len(PORTRAITS) and last["skipped"] >= done_before_kill
 
-        _options_reach_the_workers(stack_env, bucket)
+        _options_reach_the_workers(stack_env, bucket, faces[0])
     finally:
         if worker is not None and worker.poll() is None:
             _kill_tree(worker)
@@ -167,7 +187,7 @@ def test_stack_deploy_and_scheduled_bucket_restoration(s3_server, tmp_path):  # 
     assert "stopped" in _run(BIN / "dfd", "stack", "status", env=env).stdout
 
 
-def _options_reach_the_workers(env: dict, bucket: str) -> None:
+def _options_reach_the_workers(env: dict, bucket: str, small_face: Path) -> None:
     """Deployment runs with the CNN detector, a min_face between the two photos' face sizes and fidelity 0 or 1
     (a small random network): the Ray workers restore with exactly these options."""
     import numpy as np
@@ -177,7 +197,7 @@ def _options_reach_the_workers(env: dict, bucket: str) -> None:
     from dfdcore.io.images import decode_image
     from dfdcore.restoration.restorer import RestoreOptions
 
-    small = Image.open(IDENTITIES[0]).convert("RGB")  # 150 px, a face of ~115 px
+    small = Image.open(small_face).convert("RGB")  # 150 px, a face of ~115 px
     large = small.resize((300, 300), Image.BICUBIC)   # the same face at ~235 px
     for name, image in (("small.png", small), ("large.png", large)):
         buffer = io.BytesIO()

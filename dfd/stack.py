@@ -150,16 +150,19 @@ def commands(folder: Path, ports: Ports, ray_tmp: str) -> dict[str, list[str]]:
     }
 
 
-def service_environment(folder: Path, databases: Databases) -> dict[str, str]:
+def service_environment(folder: Path, databases: Databases, service: str) -> dict[str, str]:
+    """The environment of ``service``: only the service that uses a database gets its URL (and password)."""
     # the servers themselves are not clients of another stack, nor on another database
     clients = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "MLFLOW_REGISTRY_STORE_URI",
                "PREFECT_SERVER_DATABASE_", "PREFECT_API_DATABASE_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(clients)}
     env.update({"PREFECT_HOME": str(folder / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_SERVER_DATABASE_CONNECTION_URL": databases.prefect,
-                "MLFLOW_BACKEND_STORE_URI": databases.mlflow,  # also the model registry's store
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "RAY_AUTH_MODE": "disabled",
                 "RAY_USAGE_STATS_ENABLED": "0"})
+    if service == "prefect":
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = databases.prefect
+    if service == "mlflow":
+        env["MLFLOW_BACKEND_STORE_URI"] = databases.mlflow  # also the model registry's store
     return env
 
 
@@ -212,12 +215,12 @@ def up(ports: Ports, database: str | None = None, timeout: float = 120.0) -> dic
     if database:
         prepare_postgresql(databases)
     ray_tmp = ray_temp_dir(folder)
-    env = service_environment(folder, databases)
     service_commands = commands(folder, ports, ray_tmp)
 
     def start(service: str) -> int:
         log = open(folder / f"{service}.log", "ab")  # noqa: SIM115 - handed to the child
-        return subprocess.Popen(service_commands[service], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
+        return subprocess.Popen(service_commands[service], stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+                                env=service_environment(folder, databases, service),
                                 start_new_session=True).pid
 
     pids = {service: start(service) for service in SERVICES}

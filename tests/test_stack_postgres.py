@@ -169,9 +169,12 @@ def test_stack_on_postgresql(postgres, tmp_path, monkeypatch):
             assert " running " in status[service] and status[service].endswith(f"database {shown[service]}")
         assert "database" not in status["ray"]  # (its health is test_stack's: a loaded machine can time its node out)
         # the password appears nowhere an operator's neighbours could read it: output, state file, command lines
-        cmdlines = [" ".join(psutil.Process(pid).cmdline()) for pid in state["pids"].values()]
+        cmdlines = [_text(pid, "cmdline") for pid in state["pids"].values()]
         for text in (up.stdout, json.dumps(state), *status.values(), *cmdlines):
             assert PASSWORD not in text and quote(PASSWORD, safe="") not in text
+        # only the two servers that use a database are given its URL, in their environment
+        given = {s: _text(pid, "environ") for s, pid in state["pids"].items()}
+        assert [s for s, text in given.items() if quote(PASSWORD, safe="") in text] == ["prefect", "mlflow"]
 
         # a flow run and an MLflow run (and a registered model) made through the servers...
         probe = json.loads(_run(sys.executable, "-c", PROBE, env=env | exports, timeout=180).stdout.splitlines()[-1])
@@ -197,6 +200,16 @@ def test_stack_on_postgresql(postgres, tmp_path, monkeypatch):
     assert not [p.pid for p in psutil.process_iter() if _belongs(p, state)]
     assert all(" stopped " in line for line in CliRunner().invoke(stack, ["status"]).output.splitlines())
 
+
+
+def _text(pid: int, what: str) -> str:
+    """A live process's command line or environment as one string; "" for one that has exited (a Ray head that
+    timed out its node on a loaded machine is a zombie: nobody reaps it once `dfd stack up` has exited)."""
+    try:
+        found = getattr(psutil.Process(pid), what)()
+    except psutil.Error:
+        return ""
+    return " ".join(found.values() if isinstance(found, dict) else found)
 
 
 def _belongs(proc: psutil.Process, state: dict) -> bool:

@@ -22,6 +22,7 @@ def sqlite_mlflow(tmp_path, monkeypatch):
     previous = tracking_utils._tracking_uri
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri exports it; monkeypatch puts the old one back
+    monkeypatch.setenv("DFD_HOME", str(tmp_path / "home"))  # registered versions are fetched into the dfd home
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("registry", artifact_location=(tmp_path / "artifacts").as_uri())
     yield experiment
@@ -66,11 +67,10 @@ def test_registered_model_is_code_not_pickle_and_restores_like_the_generator(sql
 
 
 def test_one_resolver_for_versions_and_aliases_pins_the_version_and_fetches_the_files_once(
-        sqlite_mlflow, small_generator, small_dictionary, tmp_path, monkeypatch):
+        sqlite_mlflow, small_generator, small_dictionary, tmp_path):
     from dfd.flows.registry import RegistryError, promote, register_generator, registered_files, resolve_registered
     from dfdcore.restoration.restorer import ModelSpec
 
-    monkeypatch.setenv("DFD_HOME", str(tmp_path / "home"))
     weights = dfdcore.save_checkpoint(small_generator, tmp_path / "generator.safetensors")
     dictionary = small_dictionary.save(tmp_path / "dictionary.safetensors")
     with mlflow.start_run(experiment_id=sqlite_mlflow) as run:

@@ -25,7 +25,7 @@ from importlib import resources
 
 import click
 
-from dfd.options import build_model, model_options, model_spec, use_all_cores
+from dfd.options import build_model, model_options, model_spec, resolve_model, use_all_cores
 
 TICKET_HEADER = "X-Dfd-Ticket"
 
@@ -272,12 +272,11 @@ def serve(host, port, batch_size, max_bytes, max_pixels, max_waiting, **options)
 
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
-        raise click.ClickException(f"`dfd serve` needs {' and '.join(missing)}: pip install fastapi uvicorn (both "
-                                   "come with dfd[pipeline])")
+        raise click.ClickException(f"`dfd serve` needs {' and '.join(missing)}: pip install 'dfd[serve]'")
     import uvicorn
 
     use_all_cores()
-    spec = model_spec(options)
+    spec = resolve_model(model_spec(options), "dfd serve")
     models = load_models(spec)
     app = create_app(models, Limits(max_bytes, max_pixels, max_waiting), batch_size=batch_size,
                      device=resolve_device(spec.device), fidelity=spec.fidelity)

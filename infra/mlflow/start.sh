@@ -2,7 +2,7 @@
 # Start dfd's MLflow tracking server (UI + REST API + model registry) on this machine only.
 #
 #   infra/mlflow/start.sh FOLDER            # e.g. infra/mlflow/start.sh ~/dfd-mlflow
-#   MLFLOW_PORT=5077 infra/mlflow/start.sh /tmp/mlf
+#   MLFLOW_PORT=5077 infra/mlflow/start.sh <scratch-folder>
 #
 # FOLDER holds everything the server keeps:
 #   FOLDER/mlflow.db      SQLite backend: experiments, runs, params, metrics, tags and the model registry

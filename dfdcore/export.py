@@ -260,6 +260,8 @@ def export_onnx(model: DFDNet, path: str | os.PathLike, *, opset: int = OPSET) -
             program = torch.onnx.export(
                 graph, example_inputs(model), dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
                 output_names=list(OUTPUT_NAMES), dynamic_shapes={"faces": {0: batch}, "part_boxes": {0: batch}},
+                # onnxscript's graph optimiser ran > 10 min on this graph without finishing; onnxruntime folds
+                # constants itself when it loads the file.
                 external_data=True, optimize=False)
             program.save(str(work / path.name), external_data=True)
         written = []

@@ -8,7 +8,16 @@ import sys
 
 import click
 
-from dfd import deploy_command, dictionary_commands, lifecycle, registry_commands, restore_commands, serve, stack
+from dfd import (
+    deploy_command,
+    dictionary_commands,
+    export_command,
+    lifecycle,
+    registry_commands,
+    restore_commands,
+    serve,
+    stack,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,7 +32,8 @@ def main() -> None:
 
 for _command in (restore_commands.sample, restore_commands.restore, dictionary_commands.build_dictionary_command,
                  dictionary_commands.dictionary, lifecycle.train, lifecycle.evaluate, lifecycle.compare, lifecycle.demo,
-                 stack.stack, deploy_command.deploy, serve.serve, registry_commands.promote):
+                 stack.stack, deploy_command.deploy, serve.serve, registry_commands.promote,
+                 export_command.export):
     main.add_command(_command)
 
 

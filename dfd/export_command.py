@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import click
 
@@ -21,6 +22,9 @@ def export(onnx_path, **options) -> None:
     """
     from dfdcore.export import ExportError, check_output_path, export_onnx
 
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(f"`dfd export --onnx` needs {' and '.join(missing)}: pip install 'dfd[export]'")
     spec = model_spec(options)
     if spec.device not in ("auto", "cpu"):
         raise click.UsageError(f"dfd export traces the model on the CPU (the graph is device-independent); "

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import click
 
 from dfd.options import require_pipeline
-
-
-def _bin(name: str) -> str:
-    """A console script of this environment (prefect), not whatever PATH finds first."""
-    return str(Path(sys.executable).parent / name)
+from dfd.stack import console_script
 
 
 def flows_dir() -> Path:
@@ -65,7 +60,7 @@ def deploy(pool, prefect_file) -> None:
     created = asyncio.run(_ensure_work_pool(pool))
     click.echo(f"  work pool  {pool} ({'created' if created else 'exists'})")
     env = dict(os.environ, DFD_FLOWS_DIR=str(flows))
-    result = subprocess.run([_bin("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", prefect_file],
+    result = subprocess.run([console_script("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", prefect_file],
                             cwd=flows, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise click.ClickException(f"prefect deploy failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

@@ -125,7 +125,8 @@ def stack_dir() -> Path:
     return folder
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
+    """A console script of this environment (prefect, mlflow, ray), not whatever PATH finds first."""
     return str(Path(sys.executable).parent / name)
 
 
@@ -139,10 +140,10 @@ def commands(folder: Path, ports: Ports, ray_tmp: str) -> dict[str, list[str]]:
     """The services' command lines; their databases come through the environment (service_environment), which
     keeps passwords out of `ps`."""
     return {
-        "prefect": [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)],
-        "mlflow": [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
+        "prefect": [console_script("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)],
+        "mlflow": [console_script("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
                    "--artifacts-destination", str(folder / "mlartifacts"), "--workers", "1"],
-        "ray": [_bin("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+        "ray": [console_script("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                 "--port", str(ports.ray), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.dashboard),
                 "--ray-client-server-port", str(ports.ray_client), "--temp-dir", ray_tmp, "--disable-usage-stats"],
     }

@@ -61,11 +61,9 @@ def validation_tags(validation: dict, best_metric: str = "psnr") -> dict[str, st
 def use_registry() -> str:
     """Point MLflow at the store dfd's flows use (MLFLOW_TRACKING_URI, else the SQLite file under the dfd home, as
     ``flows.tracking.mlflow_experiment``) for commands that ask the registry outside a flow run → its URI."""
-    from dfdcore.runtime import dfd_home
+    from dfd.flows.tracking import use_tracking
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{dfd_home() / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    return uri
+    return use_tracking()
 
 
 def registered_model(name: str):

@@ -15,16 +15,27 @@ def configure_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
+def embedded_tracking_uri() -> str:
+    """The SQLite store under the dfd home that MLflow uses when MLFLOW_TRACKING_URI names no other."""
+    return f"sqlite:///{dfd_home() / 'mlflow.db'}"
+
+
+def use_tracking() -> str:
+    """Point MLflow at MLFLOW_TRACKING_URI, else the embedded store → the URI in use."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def mlflow_experiment(name: str) -> str:
     """Point MLflow at MLFLOW_TRACKING_URI or a SQLite file under the dfd home; return the experiment id."""
     import mlflow
 
-    home = dfd_home()
-    own = f"sqlite:///{home / 'mlflow.db'}"
     # set_tracking_uri also exports MLFLOW_TRACKING_URI, so "ours" is recognised by its value, not its absence.
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or own
-    embedded = uri == own
-    mlflow.set_tracking_uri(uri)
+    embedded = use_tracking() == embedded_tracking_uri()
+    home = dfd_home()
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id

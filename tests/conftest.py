@@ -31,6 +31,14 @@ def portrait(name: str) -> Path:
     return PORTRAITS[name]
 
 
+def copy_portraits(folder: Path, names: list[str]) -> Path:
+    """``folder`` (created) holding a copy of each bundled portrait of ``names``, for commands that take a folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(portrait(name), folder / name)
+    return folder
+
+
 def team_path(relative: str) -> Path | None:
     """``DFD_SHARED/relative`` when the team set is given and holds it, else None (for collection time)."""
     path = TEAM / relative if TEAM is not None else None

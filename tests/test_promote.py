@@ -2,8 +2,6 @@
 model by alias uses the version it points to now — real MLflow on SQLite, real Prefect, real Ray."""
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from click.testing import CliRunner
 import dfdcore
 from dfdcore.io.images import read_rgb
 from dfdcore.restoration.manifest import read_manifest
-from tests.conftest import portrait
+from tests.conftest import copy_portraits
 
 MODEL = "dfd-generator"
 
@@ -45,11 +43,7 @@ def registry(tmp_path, monkeypatch, small_dictionary):
 
 @pytest.fixture()
 def photos(tmp_path):
-    source = tmp_path / "incoming"
-    source.mkdir()
-    for name in ("grace_hopper.jpg", "obama.jpg"):
-        shutil.copy(portrait(name), source / name)
-    return source
+    return copy_portraits(tmp_path / "incoming", ["grace_hopper.jpg", "obama.jpg"])
 
 
 def promote(*args: str):

@@ -9,15 +9,12 @@ import pytest
 from mlflow import MlflowClient
 
 from dfdcore.restoration.manifest import read_manifest
-from tests.conftest import portrait
+from tests.conftest import copy_portraits, portrait
 
 
 @pytest.fixture()
 def bucket(tmp_path):
-    source = tmp_path / "incoming"
-    source.mkdir()
-    for name in ("grace_hopper.jpg", "obama.jpg"):
-        shutil.copy(portrait(name), source / name)
+    source = copy_portraits(tmp_path / "incoming", ["grace_hopper.jpg", "obama.jpg"])
     (source / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return source
 

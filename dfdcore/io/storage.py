@@ -6,12 +6,14 @@ environment.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import stat
+import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import fsspec
@@ -19,8 +21,12 @@ from fsspec.core import split_protocol, url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from dfdcore.io.atomic import atomic_path
+from dfdcore.io.video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "jpe", "jfif", "png", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm")
+# What ``dfd restore`` and the restore_bucket flow take from folders by default: photos and videos. Stages that read
+# only photos (dictionary building, training) pass ``extensions=IMAGE_EXTENSIONS``.
+RESTORABLE_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 _S3_PROTOCOLS = frozenset({"s3", "s3a"})
 # Stores where one upload replaces an object whole, so writing in place is already atomic.
 _OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"})
@@ -72,7 +78,7 @@ def storage_options_for(uri: str) -> dict[str, object]:
     return options
 
 
-def list_images(inputs: Sequence[str], extensions: Iterable[str] = IMAGE_EXTENSIONS, *,
+def list_images(inputs: Sequence[str], extensions: Iterable[str] = RESTORABLE_EXTENSIONS, *,
                 with_others: bool = False) -> list[Source]:
     """Expand inputs (files, folders, globs, fsspec URLs of files or prefixes) → Sources sorted by uri, each once.
 
@@ -116,6 +122,34 @@ def read_input(uri: str, max_bytes: int = DEFAULT_MAX_BYTES,
     _check_size(info.get("size") or 0, max_bytes)
     with fs.open(path, "rb") as handle:
         return _read_blocks(handle.read, max_bytes, timeout_s)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local path with the content of the regular file at ``uri``, for readers that seek (videos): the file
+    itself when local, else a download into a temporary file of the dfd home, removed afterwards. Raises
+    UnreadableInput for special files, FileNotFoundError when missing."""
+    fs, path = filesystem_for(uri)
+    if isinstance(fs, LocalFileSystem):
+        kind = special_file_kind(path)
+        if kind == "a broken symbolic link":
+            raise FileNotFoundError(f"{path}: a broken symbolic link")
+        if kind:
+            raise UnreadableInput("not a regular file", kind, skipped=True)
+        yield path
+        return
+    info = fs.info(path)
+    if info.get("type") != "file":
+        raise UnreadableInput("not a regular file", f"{info.get('type')}", skipped=True)
+    from dfdcore.runtime import dfd_home
+
+    fd, local = tempfile.mkstemp(dir=dfd_home(), prefix="input-", suffix=posixpath.splitext(path)[1])
+    os.close(fd)
+    try:
+        fs.get_file(path, local)
+        yield local
+    finally:
+        os.unlink(local)
 
 
 def special_file_kind(path: str) -> str | None:
@@ -280,7 +314,7 @@ def _under(fs: fsspec.AbstractFileSystem, root: str, paths: Iterable[str], wante
         if any(part in ("", ".", "..") for part in parts):
             skip = "key has an empty, '.' or '..' segment: it cannot be mirrored inside the output"
         elif ext not in wanted:
-            skip = (f"not an image file name ({'.' + ext if ext else 'no extension'}); images are "
+            skip = (f"not an image file name ({'.' + ext if ext else 'no extension'}); images and videos are "
                     f"{', '.join('.' + e for e in sorted(wanted))}")
         else:
             skip = None

@@ -2,7 +2,8 @@
 
 Layout under OUT: ``restored_imgs/<relpath>``, optionally ``cropped_faces/`` and ``restored_faces/``
 (``<relpath stem>_<face>.png``) and ``cmp/<relpath>.png`` (input | output), and ``manifest.parquet`` with one row
-per input file (see ``manifest``). Before any work, ``plan_outputs`` leaves out the output's own files (an output
+per input file (see ``manifest``). Videos (``dfdcore.io.video.VIDEO_EXTENSIONS``) are restored frame by frame into
+``restored_imgs/<relpath stem>.mp4`` by ``dfdcore.restoration.video``, resumable by segments of frames. Before any work, ``plan_outputs`` leaves out the output's own files (an output
 inside or equal to an input folder) and gives inputs that would share an output name distinct names. Each output
 is written atomically; rows are appended to the manifest every few images, so a killed run loses at most those
 rows and a rerun redoes only them. A full or read-only output ends the run at once, every remaining input a row.
@@ -18,7 +19,7 @@ from pathlib import PurePosixPath
 
 from dfdcore.face.pipeline import to_photo_points
 from dfdcore.io.atomic import remove_stale_parts
-from dfdcore.io.hashing import sha256_bytes, stable_json
+from dfdcore.io.hashing import sha256_bytes, sha256_path, stable_json
 from dfdcore.io.images import encode_image
 from dfdcore.io.pixels import uint8_to_unit, unit_to_uint8
 from dfdcore.io.storage import (
@@ -29,9 +30,11 @@ from dfdcore.io.storage import (
     filesystem_for,
     is_local,
     join_uri,
+    local_copy,
     read_input,
     write_bytes_atomic,
 )
+from dfdcore.io.video import VideoDecodeError, is_video_name
 from dfdcore.restoration.manifest import (
     append_rows,
     compact,
@@ -75,12 +78,15 @@ class RunOptions:
     save_faces: bool = False         # also write cropped_faces/ and restored_faces/
     cmp: bool = False                # also write cmp/ (input | output side by side)
     max_pixels: int | None = None    # refuse larger images (width × height); None: memory.default_max_pixels
-    max_bytes: int = DEFAULT_MAX_BYTES  # refuse larger input files, before reading them
+    max_bytes: int = DEFAULT_MAX_BYTES  # refuse larger photo files, before reading them (videos are streamed)
+    segment_seconds: float = 2.0     # video: seconds of frames restored and written together (the unit of resuming)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "chunk", "max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunOptions.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.segment_seconds > 0:
+            raise ValueError(f"RunOptions.segment_seconds must be positive, got {self.segment_seconds}")
         if self.workers < 0:
             raise ValueError(f"RunOptions.workers must be 0 (this process) or more, got {self.workers}")
         if self.max_pixels is not None and self.max_pixels < 1:
@@ -143,7 +149,8 @@ class BulkSummary:
 def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run: RunOptions = RunOptions(), *,
                     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S, on_image: Callable[[], None] | None = None,
                     flush_every: int = 8, flush_seconds: float = 5.0,
-                    previous: Mapping[str, Mapping] | None = None, record: bool = True) -> BulkSummary:
+                    previous: Mapping[str, Mapping] | None = None, record: bool = True,
+                    on_segment: Callable[[Source, int, int], None] | None = None) -> BulkSummary:
     """Restore every source not already done with the same content and configuration (unless ``run.force``).
 
     ``run``: what to write beside the restored images, the input limits (``batch_size``, ``workers`` and ``chunk``
@@ -151,6 +158,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
     ``previous``: manifest rows to decide what is current, for ``sources`` already planned by ``prepare_run``
     (default: this call prepares the run itself). With ``record=False`` nothing is appended to the manifest: the
     rows are returned for the caller to record — how parallel workers share one.
+    ``on_segment(source, index, count)``: called after each video segment restored (``count`` segments to do).
     """
     started = time.perf_counter()
     manifest_uri = join_uri(out, MANIFEST_NAME)
@@ -205,8 +213,11 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         if len(pending) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
             flush()
 
+    videos = [s for s in sources if s.skip is None and is_video_name(s.relpath)]
+    photos = [s for s in sources if not (s.skip is None and is_video_name(s.relpath))]
+
     def decoded():
-        for source in sources:
+        for source in photos:
             if summary.storage_error:
                 finish(row(source, None, "failed", f"not attempted: {summary.storage_error}"))
                 continue
@@ -260,11 +271,68 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
                    note=note, n_faces=n_faces, faces=[_face_record(f) for f in result.faces], outputs=outputs,
                    seconds={k: float(v) for k, v in seconds.items()}))  # a key the schema lacks is refused
 
+    for source in videos:
+        if summary.storage_error:
+            finish(row(source, None, "failed", f"not attempted: {summary.storage_error}"))
+            continue
+        video_row = _restore_video_row(source, out, restorer, run, config_hash, old_rows, max_pixels, row,
+                                       on_segment)
+        if video_row is None:  # current: not redone
+            summary.skipped += 1
+            if on_image:
+                on_image()
+            continue
+        if video_row.pop("_storage_error", None):
+            summary.storage_error = video_row["error"]
+        summary.faces += video_row["faces_total"] or 0
+        summary.restored += video_row["status"] == "ok"
+        summary.no_face += video_row["status"] == "no_face"
+        finish(video_row)
+
     flush(final=True)
     if record:
         compact_quietly(manifest_uri)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _restore_video_row(source: Source, out: str, restorer: Restorer, run: RunOptions, config_hash: str,
+                       old_rows: Mapping[str, Mapping], max_pixels: int, row: Callable[..., dict],
+                       on_segment: Callable[[Source, int, int], None] | None) -> dict | None:
+    """The manifest row of one video restored (``dfdcore.restoration.video``), or None when it is current."""
+    from dfdcore.restoration.video import restore_video, video_config_hash
+
+    video_hash = video_config_hash(config_hash)
+    digest = None
+    try:
+        with local_copy(source.uri) as path:
+            digest = sha256_path(path)
+            if not run.force and is_current(old_rows.get(source.uri), digest, video_hash):
+                return None
+            stem = source.stem or str(PurePosixPath(source.relpath).with_suffix(""))
+            hook = (lambda k, n: on_segment(source, k, n)) if on_segment else None
+            done = restore_video(path, printable(source.relpath), digest, out, stem, restorer, video_hash,
+                                 max_pixels=max_pixels, segment_seconds=run.segment_seconds, on_segment=hook)
+    except UnreadableInput as exc:
+        return row(source, None, "skipped" if exc.skipped else "failed", f"{exc.reason}: {exc.detail}",
+                   config_hash=video_hash)
+    except VideoDecodeError as exc:
+        return row(source, digest, "failed", printable(f"{exc.reason}: {exc.detail}"), config_hash=video_hash)
+    except OSError as exc:
+        failed = row(source, digest, "failed", f"cannot restore video: {printable(str(exc))}", config_hash=video_hash)
+        if exc.errno in _FATAL_STORAGE_ERRNOS or isinstance(exc, PermissionError):
+            failed["_storage_error"] = True
+            failed["error"] = f"output storage {out} refused a write: {exc.strerror or exc}"
+        return failed
+    except Exception as exc:  # noqa: BLE001 - one bad video is a row, not the end of the batch
+        return row(source, digest, "failed", printable(f"{type(exc).__name__}: {exc}"), config_hash=video_hash)
+    reused = f"; {done.segments_reused} of {done.segments} segments kept from an earlier run" \
+        if done.segments_reused else ""
+    return row(source, digest, "ok" if done.faces_total else "no_face", None if done.faces_total else "no face found",
+               config_hash=video_hash, note=f"video: {done.frames} frames at {done.frame_rate} fps{reused}",
+               n_faces=done.tracks, outputs=[done.output], frames=done.frames,
+               frames_with_faces=done.frames_with_faces, faces_total=done.faces_total, segments=done.segments,
+               frame_rate=str(done.frame_rate), seconds={k: float(v) for k, v in done.seconds.items()})
 
 
 def prepare_run(sources: Sequence[Source], out: str, on_image: Callable[[], None] | None = None

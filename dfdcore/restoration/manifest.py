@@ -64,7 +64,7 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
                                    "(not read: not an image name, a FIFO or device, ...; see error)"),
     "error": (pa.string(), True, "why the file failed or was skipped ('reason: detail'); null for ok rows"),
     "note": (pa.string(), True, "what to know about a finished row (e.g. 'first of 5 frames restored')"),
-    "n_faces": (pa.int32(), False, "number of faces restored (length of faces)"),
+    "n_faces": (pa.int32(), False, "number of faces restored (length of faces); for a video, its face tracks"),
     "faces": (pa.list_(pa.field("item", FACE_TYPE, nullable=False)), False, "per-face detection results"),
     "outputs": (pa.list_(pa.string()), False, "URIs of the files written for this image"),
     "model_id": (pa.string(), True, "identifier of the weights used (e.g. file name and hash)"),
@@ -73,13 +73,22 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
     "random_weights": (pa.bool_(), False, "whether the network ran with random, untrained weights"),
     "config_hash": (pa.string(), True, "hash of every setting that changes outputs; a change means redo"),
     "seconds": (SECONDS_TYPE, True, "wall-clock seconds per stage"),
+    # Videos only (null for photos): per-frame counts. Faces of a video are not listed in ``faces`` (one entry per
+    # face and frame would dwarf the manifest); n_faces counts its tracks.
+    "frames": (pa.int32(), True, "video: frames decoded and restored"),
+    "frames_with_faces": (pa.int32(), True, "video: frames with at least one face restored (gaps of a few frames "
+                                            "in a face's track are filled, so this can exceed the detections)"),
+    "faces_total": (pa.int32(), True, "video: faces restored summed over frames"),
+    "segments": (pa.int32(), True, "video: segments of frames it was restored in (the unit of resuming)"),
+    "frame_rate": (pa.string(), True, "video: the exact frame rate kept in the output, as a fraction "
+                                      "('30000/1001')"),
     "updated_at": (pa.timestamp("us", tz="UTC"), False, "when this row was written; the latest row of a "
                                                         "source_uri is the one that counts"),
     "names_escaped": (pa.bool_(), False, "source_uri, relpath and outputs are percent-encoded bytes (a file "
                                          "name that is not UTF-8); read_manifest decodes them"),
 }
 _NAME_COLUMNS = ("source_uri", "relpath")
-_TEXT_COLUMNS = ("error", "note", "model_id", "model_version")
+_TEXT_COLUMNS = ("error", "note", "model_id", "model_version", "frame_rate")
 PART_PREFIX = "part-"
 
 SCHEMA = pa.schema([pa.field(name, kind, nullable=nullable, metadata={"doc": doc})

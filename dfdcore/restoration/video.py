@@ -1,0 +1,312 @@
+"""Restore the faces of a video: detect on every frame, track, smooth the landmarks, restore in batches across
+frames, paste back, encode — resumable by segments of frames.
+
+Work happens in ``OUT/.dfd-video/<content>-<config>-<N>f/`` (hidden: listings skip it), keyed by the video's
+content, the configuration and the segment length, so a changed input or option never reuses old work:
+
+1. ``det-K.json``: the detections (box, score, 5 points) of the frames of segment K, written when the segment's
+   frames are all detected. A rerun reads them instead of detecting again.
+2. Tracking and smoothing (``dfdcore.face.track``) over all frames' detections — the same on every run, so
+   segments restored by different runs join without a jump.
+3. ``seg-K.mp4``: segment K restored (H.264), written atomically; a rerun restores only the missing segments.
+4. ``restored_imgs/<stem>.mp4``: the segments joined without re-encoding, with the source's audio, written
+   atomically; then the work folder is removed.
+
+Memory holds the detections (a few numbers per face and frame) and one batch of frames, never the whole video.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from dfdcore.components import part_boxes
+from dfdcore.face.align import align_face
+from dfdcore.face.detect import DetectedFace, detect_faces, landmarks
+from dfdcore.face.pipeline import AlignedFace
+from dfdcore.face.track import TRACK_SETTINGS, Observation, TrackedFace, link_tracks, smooth_tracks
+from dfdcore.io.atomic import atomic_path
+from dfdcore.io.hashing import sha256_json
+from dfdcore.io.images import DecodedImage
+from dfdcore.io.pixels import uint8_to_unit, unit_to_uint8
+from dfdcore.io.storage import exists, filesystem_for, is_local, join_uri, read_bytes, write_bytes_atomic
+from dfdcore.io.video import (
+    H264_OPTIONS,
+    OUTPUT_EXT,
+    SegmentWriter,
+    VideoDecodeError,
+    mux_segments,
+    probe_video,
+    read_frames,
+)
+from dfdcore.restoration.restorer import Restorer, select_faces
+
+WORK_FOLDER = ".dfd-video"
+SEGMENT_SECONDS = 2.0
+VIDEO_SETTINGS = {"tracking": TRACK_SETTINGS, "h264": H264_OPTIONS}  # what changes a video's output beside options
+
+
+def video_config_hash(image_config_hash: str) -> str:
+    """The configuration hash of a video: the photos' one (options, model) and the tracking and encoding settings."""
+    return sha256_json({"image": image_config_hash, "video": VIDEO_SETTINGS})
+
+
+def segment_length(frame_rate: Fraction, seconds: float = SEGMENT_SECONDS) -> int:
+    """Frames per segment: ``seconds`` of video at ``frame_rate``, at least one."""
+    return max(1, round(float(frame_rate) * seconds))
+
+
+@dataclass
+class VideoOutcome:
+    """What restoring one video did: per-frame counts, the output, and where the time went."""
+
+    output: str
+    frames: int
+    frames_with_faces: int
+    faces_total: int
+    tracks: int
+    segments: int
+    segments_reused: int
+    frame_rate: Fraction
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def restore_video(path: str, name: str, digest: str, out: str, stem: str, restorer: Restorer, config_hash: str, *,
+                  max_pixels: int, segment_seconds: float = SEGMENT_SECONDS,
+                  on_segment: Callable[[int, int], None] | None = None) -> VideoOutcome:
+    """Restore the local video file ``path`` (``name`` for messages, content ``digest``) into
+    ``out/restored_imgs/<stem>.mp4``. ``on_segment(index, count)`` is called after each segment restored by this
+    call (not for segments an earlier run left). Raises VideoDecodeError for a file that is not a readable video."""
+    started = time.perf_counter()
+    info = probe_video(path, name)
+    if info.width * info.height > max_pixels:
+        raise VideoDecodeError("video too large", f"{info.width}x{info.height} = {info.width * info.height} "
+                                                  f"pixels a frame, more than the limit of {max_pixels}", name)
+    length = segment_length(info.frame_rate, segment_seconds)
+    work = join_uri(out, f"{WORK_FOLDER}/{digest[:16]}-{config_hash}-{length}f")
+    seconds = {"detect": 0.0, "restore": 0.0, "paste": 0.0, "write": 0.0}
+    with _scratch(out, work) as scratch:
+        detections = _detections(path, name, restorer, work, length, seconds)
+        frames = len(detections)
+        plan = smooth_tracks(link_tracks(detections), frames)
+        count = math.ceil(frames / length)
+        missing = [k for k in range(count) if not exists(_segment_uri(work, k))]
+        if missing:
+            _restore_segments(path, name, plan, set(missing), length, restorer, work, scratch, info.frame_rate,
+                              seconds, on_segment)
+        t0 = time.perf_counter()
+        output = join_uri(out, f"restored_imgs/{stem}{restorer.options.suffix}{OUTPUT_EXT}")
+        segments = [_local(_segment_uri(work, k), scratch) for k in range(count)]
+        counts = [min(length, frames - k * length) for k in range(count)]
+        with _written(output, scratch) as target:
+            mux_segments(segments, counts, info.frame_rate, path, str(target))
+        seconds["write"] += time.perf_counter() - t0
+    _remove(work)
+    seconds["total"] = time.perf_counter() - started
+    seconds["decode"] = max(0.0, seconds["total"] - sum(v for k, v in seconds.items() if k != "total"))
+    tracks = {face.track for faces in plan for face in faces}
+    return VideoOutcome(output, frames, sum(bool(f) for f in plan), sum(len(f) for f in plan), len(tracks), count,
+                        count - len(missing), info.frame_rate, seconds)
+
+
+def detect_frame(rgb: np.ndarray, index: int, restorer: Restorer) -> list[Observation]:
+    """The faces of one frame that the restorer's options select, with their 5 landmarks."""
+    options = restorer.options
+    found = detect_faces(rgb, upsample=options.upsample, min_score=options.min_score, detector=options.detector)
+    # select_faces reads only .detection: the same --min-face / --only-center / --only-largest as photos
+    chosen = select_faces([SimpleNamespace(detection=d) for d in found], rgb.shape[:2], options)
+    return [Observation(index, np.asarray(c.detection.box, np.float64),
+                        landmarks(rgb, c.detection.box, points=5), float(c.detection.score)) for c in chosen]
+
+
+def aligned_face(rgb: np.ndarray, face: TrackedFace, face_size: int) -> AlignedFace:
+    """A tracked face aligned by its smoothed 5 points, with 68 landmarks found on the aligned crop inside its
+    (smoothed) box carried onto the crop, as ``align_faces`` does for photos."""
+    crop, matrix = align_face(rgb, face.points5, face_size)
+    lm68 = landmarks(crop, _box_on_face(matrix, face.box), points=68)
+    boxes = part_boxes(torch.from_numpy(lm68)[None], face_size=face_size)[0].numpy()
+    box = tuple(int(round(v)) for v in face.box)
+    return AlignedFace(crop, matrix, lm68, boxes, DetectedFace(box, face.score), face.points5)
+
+
+def _box_on_face(matrix: np.ndarray, box: np.ndarray) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]]) @ matrix.T
+    lo, hi = corners.min(0), corners.max(0)
+    return int(lo[0]), int(lo[1]), int(np.ceil(hi[0])), int(np.ceil(hi[1]))
+
+
+def _detections(path: str, name: str, restorer: Restorer, work: str, length: int, seconds: dict
+                ) -> list[list[Observation]]:
+    """Every frame's observations, from ``det-K.json`` where an earlier run wrote it, else detected (and saved
+    when the segment is complete or the video ends)."""
+    frames: list[list[Observation]] = []
+    segment: list[list[Observation]] = []
+    cached = None
+    for index, rgb in enumerate(read_frames(path, name)):
+        k = index // length
+        if index % length == 0:
+            cached = _load_detections(work, k)
+        if cached is not None and index % length < len(cached):
+            segment.append(cached[index % length])
+        else:
+            t0 = time.perf_counter()
+            segment.append(detect_frame(rgb, index, restorer))
+            seconds["detect"] += time.perf_counter() - t0
+            cached = None  # a shorter cached segment than the video holds: detect the rest, save it again
+        if len(segment) == length:
+            if cached is None:
+                _save_detections(work, k, segment)
+            frames += segment
+            segment = []
+    if segment:
+        if cached is None or len(cached) != len(segment):
+            _save_detections(work, len(frames) // length, segment)
+        frames += segment
+    if not frames:
+        raise VideoDecodeError("corrupt video", "no frame could be decoded", name)
+    return frames
+
+
+def _load_detections(work: str, k: int) -> list[list[Observation]] | None:
+    try:
+        rows = json.loads(read_bytes(_detections_uri(work, k)))
+    except FileNotFoundError:
+        return None
+    return [[Observation(o["frame"], np.array(o["box"]), np.array(o["points5"]).reshape(5, 2), o["score"])
+             for o in frame] for frame in rows]
+
+
+def _save_detections(work: str, k: int, frames: list[list[Observation]]) -> None:
+    rows = [[{"frame": o.frame, "box": o.box.tolist(), "points5": o.points5.reshape(-1).tolist(), "score": o.score}
+             for o in frame] for frame in frames]
+    write_bytes_atomic(_detections_uri(work, k), json.dumps(rows).encode())
+
+
+def _restore_segments(path: str, name: str, plan: list[list[TrackedFace]], missing: set[int], length: int,
+                      restorer: Restorer, work: str, scratch: Path, frame_rate: Fraction, seconds: dict,
+                      on_segment: Callable[[int, int], None] | None) -> None:
+    """Restore the frames of the ``missing`` segments and write each as ``seg-K.mp4``."""
+    pending: list[tuple[np.ndarray, list[AlignedFace]]] = []
+    queued = 0
+    writer, target, k = None, None, -1
+
+    def flush() -> None:
+        nonlocal queued
+        t0 = time.perf_counter()
+        restored = restorer.restore_faces([f for _, faces in pending for f in faces])
+        t1 = time.perf_counter()
+        cursor = 0
+        for rgb, faces in pending:
+            mine, cursor = restored[cursor:cursor + len(faces)], cursor + len(faces)
+            result = restorer.compose(_as_image(rgb), faces, mine)
+            writer.write(unit_to_uint8(result.restored))
+        seconds["restore"] += t1 - t0
+        seconds["paste"] += time.perf_counter() - t1
+        pending.clear()
+        queued = 0
+
+    frames = len(plan)
+    try:
+        for index, rgb in enumerate(read_frames(path, name)):
+            if index // length not in missing or index >= frames:
+                continue
+            if index % length == 0:
+                k = index // length
+                target = _written(_segment_uri(work, k), scratch)
+                writer = SegmentWriter(target.__enter__(), frame_rate)
+            t0 = time.perf_counter()
+            faces = [aligned_face(rgb, face, restorer.face_size) for face in plan[index]]
+            seconds["detect"] += time.perf_counter() - t0
+            pending.append((rgb, faces))
+            queued += len(faces)
+            if queued >= restorer.batch_size:
+                flush()
+            if index % length == length - 1 or index == frames - 1:
+                flush()
+                writer.close()
+                writer = None
+                target.__exit__(None, None, None)
+                target = None
+                if on_segment:
+                    on_segment(k, len(missing))
+    finally:
+        if writer is not None:
+            writer.close()
+        if target is not None:  # an unfinished segment: its temporary file goes, nothing is published
+            target.__exit__(RuntimeError, RuntimeError("segment not finished"), None)
+
+
+def _as_image(rgb: np.ndarray) -> DecodedImage:
+    return DecodedImage(rgb, uint8_to_unit(rgb), None, False, 8, "VIDEO", (rgb.shape[1], rgb.shape[0]))
+
+
+def _segment_uri(work: str, k: int) -> str:
+    return join_uri(work, f"seg-{k:05d}.mp4")
+
+
+def _detections_uri(work: str, k: int) -> str:
+    return join_uri(work, f"det-{k:05d}.json")
+
+
+@contextlib.contextmanager
+def _scratch(out: str, work: str) -> Iterator[Path]:
+    """A local folder for files on their way to (or from) ``work``: the work folder itself when the output is
+    local, else a temporary folder in the dfd home (removed afterwards)."""
+    if is_local(work):
+        Path(work).mkdir(parents=True, exist_ok=True)
+        yield Path(work)
+        return
+    from dfdcore.runtime import dfd_home
+
+    with tempfile.TemporaryDirectory(dir=dfd_home(), prefix="video-") as folder:
+        yield Path(folder)
+
+
+@contextlib.contextmanager
+def _written(uri: str, scratch: Path) -> Iterator[Path]:
+    """A local path to write ``uri``'s content to; on success it becomes ``uri`` at once (a local rename, or one
+    upload to an object store), on failure it is removed."""
+    if is_local(uri):
+        with atomic_path(uri) as tmp:
+            yield tmp
+        return
+    fd, name = tempfile.mkstemp(dir=scratch, prefix=".upload-", suffix=Path(uri).suffix)
+    os.close(fd)
+    try:
+        yield Path(name)
+        fs, remote = filesystem_for(uri)
+        fs.put_file(name, remote)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _local(uri: str, scratch: Path) -> str:
+    """A local path holding ``uri``'s content (``uri`` itself when local; else downloaded into ``scratch``)."""
+    if is_local(uri):
+        return uri
+    local = scratch / Path(uri).name
+    fs, remote = filesystem_for(uri)
+    fs.get_file(remote, str(local))
+    return str(local)
+
+
+def _remove(work: str) -> None:
+    """Delete the work folder of a finished video, and the folder of work folders when it is left empty."""
+    fs, path = filesystem_for(work)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)
+    if is_local(work):
+        with contextlib.suppress(OSError):  # another video's work is still there
+            os.rmdir(os.path.dirname(work))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -254,7 +255,10 @@ def _is_torchscript(path: Path) -> bool:
 
 def _load_torchscript(path: Path, device: torch.device) -> SRModel:
     try:
-        net = torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():
+            # torch marks TorchScript deprecated; users still export SR models that way, so dfd reads them.
+            warnings.simplefilter("ignore", FutureWarning)
+            net = torch.jit.load(str(path), map_location=device).eval()
     except Exception as exc:
         raise SRModelError(f"{path}: a TorchScript archive that does not load: {type(exc).__name__}: "
                            f"{str(exc)[:300]}") from exc

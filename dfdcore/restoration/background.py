@@ -96,12 +96,12 @@ def _run_model(model, rgb: np.ndarray, scale: int, tile: int = 256) -> np.ndarra
         raise ValueError(f"expected a tile of at least {2 * TILE_PAD} input pixels (twice the overlap), got {tile}")
     height, width, channels = rgb.shape
     colour = np.repeat(rgb, 3, axis=2) if channels == 1 else rgb
-    native = run_tiled(model, colour, tile, TILE_PAD)
+    out = np.clip(run_tiled(model, colour, tile, TILE_PAD), 0.0, 1.0)
     out_size = (width * scale, height * scale)
-    if native.shape[:2] != (out_size[1], out_size[0]):
-        shrinking = native.shape[0] > out_size[1]
-        native = cv2.resize(native, out_size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
-    out = np.clip(native, 0.0, 1.0, out=native)
+    if out.shape[:2] != (out_size[1], out_size[0]):
+        shrinking = out.shape[0] > out_size[1]
+        out = cv2.resize(out, out_size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
+        np.clip(out, 0.0, 1.0, out=out)  # Lanczos overshoots at edges
     # Back to grey as the mean of the model's channels: it may tint a grey input slightly.
     return out.mean(axis=2, keepdims=True) if channels == 1 else out
 

@@ -119,21 +119,41 @@ def restore_options(func):
     """The fields of a ``RestoreOptions``: what changes a restored photograph (``restore_options_of`` builds it)."""
     return _apply(func, [
         click.option("--upscale", default=2, show_default=True, type=click.IntRange(1, 8),
-                     help="Scale of the whole output image (the background is bicubic-upscaled)."),
+                     help="Scale of the whole output image (with --aligned: of the crop's size)."),
         click.option("--only-largest", is_flag=True, help="Restore only the largest face of each image."),
         click.option("--only-center", is_flag=True, help="Restore only the face closest to the image centre."),
         click.option("--min-face", default=0, show_default=True, type=click.IntRange(0),
                      help="Ignore faces whose detection box is smaller (px)."),
         click.option("--upsample", default=1, show_default=True, type=click.IntRange(0, 3),
                      help="Detector upsampling steps (1 finds faces down to ~40 px; 0 is faster)."),
-        click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", show_default=True,
-                     help="dlib HOG (fast) or MMOD CNN (finds more profile faces; ~100x slower on a CPU)."),
-        click.option("--min-score", default=0.2, show_default=True,
-                     help="Detection score threshold (HOG score or CNN confidence)."),
+        click.option("--detector", type=click.Choice(["hog", "cnn", "yunet"]), default=_default_detector,
+                     show_default=True, help="dlib HOG (fast), dlib MMOD CNN (finds more profile faces; ~100x slower "
+                     "on a CPU) or OpenCV YuNet (finds faces down to ~10 px, fast). Default: dfd's current choice "
+                     "(RestoreOptions.detector)."),
+        click.option("--min-score", type=float, default=None,
+                     help="Detection score threshold. Default: the detector's own — hog 0.2 (SVM margin), cnn 0.2 "
+                          "(confidence), yunet 0.6 (probability)."),
+        click.option("--aligned", is_flag=True,
+                     help="Inputs are aligned face crops (FFHQ-like, any size): each is resized to the model's face "
+                          "size and restored whole (no detection box cut out, no paste-back), then written at its "
+                          "own size × --upscale."),
+        click.option("--draw-box", is_flag=True,
+                     help="Outline each restored face in the output: detection box green, aligned square magenta."),
+        click.option("--bg-upsampler", default="bicubic", show_default=True,
+                     help="Upscaling of the background (outside the faces): bicubic, lanczos, or the path of a "
+                          "PyTorch SR model file (Real-ESRGAN/ESRGAN state dict or TorchScript)."),
+        click.option("--bg-tile", default=256, show_default=True, type=click.IntRange(48),
+                     help="Input pixels per tile of a --bg-upsampler model (bounds its memory)."),
         click.option("--ext", type=click.Choice(["auto", "png", "jpg"]), default="auto", show_default=True,
                      help="Output format; auto keeps JPEG for 8-bit opaque JPEG inputs and writes PNG otherwise."),
         click.option("--suffix", default="", help="Appended to each output file name (before the extension)."),
     ])
+
+
+def _default_detector() -> str:
+    from dfdcore.restoration.restorer import DEFAULT_DETECTOR
+
+    return DEFAULT_DETECTOR
 
 
 RUN_OPTIONS = {

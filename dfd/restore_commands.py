@@ -46,6 +46,7 @@ def sample(output, **options) -> None:
     spec, restore, run = model_spec(options), restore_options_of(options), run_options_of(options, save_faces=True,
                                                                                            cmp=True)
     spec = resolve_model(spec, "dfd sample")
+    check_background(restore)
     photos = sorted(p for p in (Path(dfdcore.__file__).parent / "assets").iterdir() if p.suffix in (".png", ".jpg"))
     click.echo(f"Loading the model ({'RANDOM weights' if spec.random_weights else spec.registered or spec.weights})"
                " ...")
@@ -56,6 +57,17 @@ def sample(output, **options) -> None:
                                   on_image=lambda: bar.update(1))
     _report(summary, _label(model), output)
     click.echo(f"  compare    {output.rstrip('/')}/cmp/ (input | output side by side)")
+
+
+def check_background(restore) -> None:
+    """Refuse a --bg-upsampler that is neither an interpolation nor a loadable model file, before any work (the model
+    is then loaded once per Restorer, in this process or in each worker)."""
+    from dfdcore.restoration.background import SRModelError, load_background_upsampler
+
+    try:
+        load_background_upsampler(restore.bg_upsampler)
+    except SRModelError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bg-upsampler") from exc
 
 
 def _label(model) -> str:
@@ -129,6 +141,7 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
         check_writable(output)  # before loading a model or starting workers
     except OutputStorageError as exc:
         raise click.ClickException(str(exc)) from exc
+    check_background(restore)
     warning = worse_than_bicubic_warning(spec.weights)
     if warning:
         click.echo(f"  warning    {warning}", err=True)

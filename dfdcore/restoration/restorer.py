@@ -14,15 +14,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from dfdcore.face import AlignedFace, align_faces
+from dfdcore.face.detect import DETECTORS
 from dfdcore.face.paste import face_to_image_matrix, paste_faces, upscale_image
+from dfdcore.face.pipeline import align_crop, resize_face
 from dfdcore.io.hashing import sha256_json
 from dfdcore.io.images import DecodedImage, ImageDecodeError, decode_image, encode_image
 from dfdcore.io.pixels import images_to_tensor, tensor_to_images, uint8_to_unit
+from dfdcore.restoration.background import TILE_PAD, load_background_upsampler, upsampler_identity
 
 
 class IdentityModel(nn.Module):
@@ -141,24 +145,35 @@ def model_label(identity: dict) -> str:
     return "DFDNet"
 
 
+# The detector of --detector's default: one line to change when the benchmark says so (bench/RESULTS.md).
+DEFAULT_DETECTOR = "hog"
+
+
 @dataclass(frozen=True)
 class RestoreOptions:
     """Everything that changes the output for a given input (hashed into ``config_hash``)."""
 
-    upscale: int = 2            # scale of the whole output image (1-8; the background is bicubic-upscaled)
+    upscale: int = 2            # scale of the whole output image (1-8), an aligned crop's too
     only_largest: bool = False
     only_center: bool = False
     min_face: int = 0           # minimum detection box side in input pixels
-    upsample: int = 1           # detector upsampling steps (0-3; 1 finds faces down to ~40 px)
-    min_score: float = 0.2      # detection score threshold (HOG score or CNN confidence)
-    detector: Literal["hog", "cnn"] = "hog"
+    upsample: int = 1           # detector upsampling steps (0-3; 1 finds faces down to ~40 px; yunet ignores it)
+    min_score: float | None = None  # detection score threshold; None: the detector's own (detect.DEFAULT_MIN_SCORE)
+    detector: Literal["hog", "cnn", "yunet"] = DEFAULT_DETECTOR
+    aligned: bool = False       # inputs are aligned face crops: each is resized to the face size, restored whole
+    draw_box: bool = False      # outline each restored face (its detection box and aligned square) in the output
+    bg_upsampler: str = "bicubic"  # the background's upscaling: bicubic | lanczos | path of an SR model file
+    bg_tile: int = 256          # input pixels per tile of an SR model (bounds its memory)
     ext: Literal["auto", "png", "jpg"] = "auto"  # auto: keep JPEG for 8-bit opaque JPEG inputs, else PNG
     suffix: str = ""            # appended to each output file name (before the extension)
 
     def __post_init__(self) -> None:
-        _check_choice("RestoreOptions.detector", self.detector, ("hog", "cnn"))
+        _check_choice("RestoreOptions.detector", self.detector, DETECTORS)
         _check_choice("RestoreOptions.ext", self.ext, ("auto", "png", "jpg"))
-        for name, low, high in (("upscale", 1, 8), ("upsample", 0, 3), ("min_face", 0, None)):
+        if not self.bg_upsampler:
+            raise ValueError("RestoreOptions.bg_upsampler must be 'bicubic', 'lanczos' or a model file's path, got ''")
+        for name, low, high in (("upscale", 1, 8), ("upsample", 0, 3), ("min_face", 0, None),
+                                ("bg_tile", 2 * TILE_PAD, None)):
             value = getattr(self, name)
             if value < low or (high is not None and value > high):
                 raise ValueError(f"RestoreOptions.{name} must be in [{low}, {high or '∞'}], got {value}")
@@ -166,7 +181,10 @@ class RestoreOptions:
             raise ValueError(f"RestoreOptions.suffix goes into file names: no '/', got {self.suffix!r}")
 
     def config_hash(self, model_id: dict) -> str:
-        return sha256_json({"options": asdict(self), "model": model_id})
+        """Hash of the options, the model and the background upsampler (a model file's content: a retrained file at
+        the same path redoes the outputs)."""
+        background = upsampler_identity(self.bg_upsampler)
+        return sha256_json({"options": asdict(self), "model": model_id, "background": background})
 
 
 @dataclass
@@ -178,6 +196,7 @@ class ImageResult:
     faces: list[AlignedFace]
     restored_faces: list[np.ndarray]     # (S, S, 3) uint8 each
     seconds: dict[str, float] = field(default_factory=dict)
+    note: str | None = None              # what the manifest row should say (an aligned crop's landmark source)
 
 
 def select_faces(faces: list[AlignedFace], shape: tuple[int, int], options: RestoreOptions) -> list[AlignedFace]:
@@ -207,6 +226,8 @@ class Restorer:
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         self.face_size = model_face_size(model)
+        # loaded once here (SRModelError for a bad file); the module caches a model by path, size, mtime and device
+        self.upscale_background = load_background_upsampler(options.bg_upsampler, str(self.device))
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, options: RestoreOptions, batch_size: int = 4) -> Restorer:
@@ -225,18 +246,31 @@ class Restorer:
         return restored
 
     def find_faces(self, image: DecodedImage) -> list[AlignedFace]:
+        """The faces to restore: those detected in a photo, selected by the options; an aligned crop is one face."""
+        if self.options.aligned:
+            return [align_crop(image.rgb8, self.face_size, upsample=self.options.upsample,
+                               min_score=self.options.min_score, detector=self.options.detector)]
         found = align_faces(image.rgb8, face_size=self.face_size, upsample=self.options.upsample,
                             min_score=self.options.min_score, detector=self.options.detector)
         return select_faces(found, image.rgb8.shape[:2], self.options)
 
     def compose(self, image: DecodedImage, faces: list[AlignedFace], restored: list[np.ndarray]) -> ImageResult:
-        """Paste restored faces into the upscaled photograph (full precision background, alpha upscaled too)."""
-        scale = self.options.upscale
-        background = upscale_image(image.rgb, scale).astype(np.float32)
-        pasted = paste_faces(background, [(uint8_to_unit(r), face_to_image_matrix(f.matrix, scale))
-                                          for f, r in zip(faces, restored)]) if faces else background
+        """Paste restored faces into the upscaled photograph (full precision background by ``bg_upsampler``, alpha
+        bicubic); an aligned crop's restored face is the whole output, resized to the crop's size × upscale."""
+        scale, note = self.options.upscale, None
+        height, width = image.rgb.shape[0] * scale, image.rgb.shape[1] * scale
+        if self.options.aligned:
+            pasted = resize_face(uint8_to_unit(restored[0]), width, height)
+            note = f"aligned input; landmarks: {faces[0].landmarks_source}"
+        else:
+            background = self.upscale_background(image.rgb, scale, tile=self.options.bg_tile)
+            pasted = paste_faces(background, [(uint8_to_unit(r), face_to_image_matrix(f.matrix, scale))
+                                              for f, r in zip(faces, restored)]) if faces else background
         alpha = None if image.alpha is None else upscale_image(image.alpha, scale).astype(np.float32)
-        return ImageResult(np.clip(pasted, 0.0, 1.0), alpha, faces, restored)
+        pasted = np.clip(pasted, 0.0, 1.0)
+        if self.options.draw_box:
+            draw_outlines(pasted, alpha, [face_outline(f, scale) for f in faces])
+        return ImageResult(pasted, alpha, faces, restored, note=note)
 
     def restore_images(self, images: Iterable[tuple[object, DecodedImage]]
                        ) -> Iterator[tuple[object, ImageResult | Exception]]:
@@ -280,6 +314,34 @@ class Restorer:
             result.seconds = {"detect": detect_seconds, "restore": per_face * len(faces),
                               "paste": time.perf_counter() - t0}
             yield key, result
+
+
+# --draw-box: detection boxes green, the aligned faces' squares (what the network saw) magenta.
+BOX_COLOUR, SQUARE_COLOUR = (0.0, 1.0, 0.0), (1.0, 0.0, 1.0)
+LINE_WIDTH_PER_PIXEL = 1 / 400  # of the output's longer side: 3 px on a 1024-px output, at least 1
+
+
+def face_outline(face: AlignedFace, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """A face's detection box and its aligned square in the pixels of the photo upscaled by ``scale``:
+    two (4, 2) float64 corner lists (pixel centres as ``face_to_image_matrix`` maps them)."""
+    x1, y1, x2, y2 = face.detection.box
+    box = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float64) * scale + (scale - 1) / 2
+    side = face.image.shape[0] - 1
+    square = np.array([[0, 0, 1], [side, 0, 1], [side, side, 1], [0, side, 1]], np.float64)
+    return box, square @ face_to_image_matrix(face.matrix, scale).T
+
+
+def draw_outlines(rgb: np.ndarray, alpha: np.ndarray | None, outlines: Sequence[tuple[np.ndarray, np.ndarray]]
+                  ) -> None:
+    """Draw each (box, square) of ``face_outline`` into ``rgb`` (H, W, 3) float32, in place; ``alpha`` (H, W) is
+    made opaque under the lines, so they show on transparent parts too."""
+    width = max(1, round(max(rgb.shape[:2]) * LINE_WIDTH_PER_PIXEL))
+    for box, square in outlines:
+        for corners, colour in ((square, SQUARE_COLOUR), (box, BOX_COLOUR)):
+            polygon = [np.round(corners).astype(np.int32).reshape(-1, 1, 2)]
+            cv2.polylines(rgb, polygon, True, colour, width, cv2.LINE_8)
+            if alpha is not None:
+                cv2.polylines(alpha, polygon, True, 1.0, width, cv2.LINE_8)
 
 
 def output_name(stem: str, image: DecodedImage, options: RestoreOptions) -> str:

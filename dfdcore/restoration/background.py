@@ -96,33 +96,43 @@ def _run_model(model, rgb: np.ndarray, scale: int, tile: int = 256) -> np.ndarra
         raise ValueError(f"expected a tile of at least {2 * TILE_PAD} input pixels (twice the overlap), got {tile}")
     height, width, channels = rgb.shape
     colour = np.repeat(rgb, 3, axis=2) if channels == 1 else rgb
-    out = np.clip(run_tiled(model, colour, tile, TILE_PAD), 0.0, 1.0)
-    out_size = (width * scale, height * scale)
-    if out.shape[:2] != (out_size[1], out_size[0]):
-        shrinking = out.shape[0] > out_size[1]
-        out = cv2.resize(out, out_size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
+    if model.scale % scale == 0:
+        # A ×4 model asked for ×2 averages 2 × 2 blocks of each tile's output (cv2's INTER_AREA at a whole
+        # factor): the output at the model's scale is never held whole.
+        out = run_tiled(model, colour, tile, TILE_PAD, reduce=model.scale // scale)
+    else:
+        shrinking = model.scale > scale
+        out = cv2.resize(run_tiled(model, colour, tile, TILE_PAD), (width * scale, height * scale),
+                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
         np.clip(out, 0.0, 1.0, out=out)  # Lanczos overshoots at edges
     # Back to grey as the mean of the model's channels: it may tint a grey input slightly.
     return out.mean(axis=2, keepdims=True) if channels == 1 else out
 
 
-def run_tiled(model, rgb: np.ndarray, tile: int, pad: int) -> np.ndarray:
-    """(H, W, 3) float32 → (H·n, W·n, 3) float32, n = ``model.scale``, one tile of ≤ (tile + 2·pad)² at a time.
+def run_tiled(model, rgb: np.ndarray, tile: int, pad: int, reduce: int = 1) -> np.ndarray:
+    """(H, W, 3) float32 → (H·n/r, W·n/r, 3) float32 in [0, 1], n = ``model.scale``, r = ``reduce`` (dividing n).
 
-    Each tile is run with ``pad`` input pixels of its neighbours around it (fewer at the photo's edges) and only
-    its own part of the output is kept: the seams are cropped, not blended.
+    One tile of at most (tile + 2·pad)² input pixels is run at a time, with ``pad`` pixels of its neighbours
+    around it (fewer at the photo's edges); only its own part of the output is kept, clipped to [0, 1] and
+    averaged over r × r blocks: the seams are cropped, not blended.
     """
     height, width = rgb.shape[:2]
     n = model.scale
-    out = np.empty((height * n, width * n, 3), dtype=np.float32)
+    if n % reduce:
+        raise ValueError(f"expected a reduction dividing the model's scale {n}, got {reduce}")
+    m = n // reduce
+    out = np.empty((height * m, width * m, 3), dtype=np.float32)
     for top in range(0, height, tile):
         for left in range(0, width, tile):
             bottom, right = min(height, top + tile), min(width, left + tile)
             y0, x0 = max(0, top - pad), max(0, left - pad)
             y1, x1 = min(height, bottom + pad), min(width, right + pad)
-            result = model(rgb[y0:y1, x0:x1])
-            out[top * n:bottom * n, left * n:right * n] = result[(top - y0) * n:(bottom - y0) * n,
-                                                                 (left - x0) * n:(right - x0) * n]
+            kept = np.clip(model(rgb[y0:y1, x0:x1])[(top - y0) * n:(bottom - y0) * n,
+                                                    (left - x0) * n:(right - x0) * n], 0.0, 1.0)
+            if reduce > 1:
+                h, w = bottom - top, right - left
+                kept = kept.reshape(h * m, reduce, w * m, reduce, 3).mean(axis=(1, 3))
+            out[top * m:bottom * m, left * m:right * m] = kept
     return out
 
 

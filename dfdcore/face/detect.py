@@ -1,4 +1,4 @@
-"""Face detection (dlib HOG, dlib CNN, OpenCV YuNet; scores exposed) and dlib landmarks."""
+"""Face detection (dlib HOG, dlib CNN, OpenCV YuNet and YuNet + HOG combined; scores exposed) and dlib landmarks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,11 +41,23 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-DETECTORS = ("hog", "cnn", "yunet")
+DETECTORS = ("hog", "cnn", "yunet", "yunet+hog")
 # dlib's scores are margins (HOG) or confidences (CNN) where 0.2 keeps its usual detections; YuNet's is a probability,
 # and 0.6 keeps every annotated face of the groups photos while dropping most dog faces and textures
 # (bench/RESULTS.md, "Face detectors"). OpenCV's demo uses 0.9, which loses blurred and small faces.
-DEFAULT_MIN_SCORE = {"hog": 0.2, "cnn": 0.2, "yunet": 0.6}
+DEFAULT_MIN_SCORE = {"hog": 0.2, "cnn": 0.2, "yunet": 0.6, "yunet+hog": 0.6}
+
+# "yunet+hog": YuNet finds the faces HOG misses (small, blurred, turned); dlib's HOG places the box wherever it also
+# sees the face, because dlib's shape predictor was trained on HOG's boxes and is sensitive to a few pixels of shift
+# (seeded with YuNet's boxes, even mapped, a few small faces get landmarks off by half the eye distance). A face only
+# YuNet sees is looked for by HOG again on a crop zoomed so that the face is SNAP_FACE_PX wide; a face neither pass
+# of HOG confirms is kept only at YuNet probability >= YUNET_UNCONFIRMED (dog faces and textures score below).
+YUNET_UNCONFIRMED = 0.8
+SNAP_FACE_PX = 100     # HOG's window is 80 px: a little larger than that is where it is surest
+SNAP_MARGIN = 0.6      # context around YuNet's box on each side, in box sides
+SNAP_MIN_SCORE = -0.5  # HOG margin accepted on the zoomed crop (YuNet already vouches for a face there)
+SNAP_MIN_IOU = 0.3     # HOG's box on the crop must overlap YuNet's this much (their conventions differ)
+MATCH_IOU = 0.4        # one face seen by both detectors
 
 # YuNet sees faces of about 10 to 300 px (its training scheme): one pass at (nearly) full resolution finds the small
 # ones, a second pass on a copy whose long side is YUNET_COARSE_SIDE finds faces that fill a large photo.
@@ -59,8 +71,10 @@ def detect_faces(rgb: np.ndarray, upsample: int = 1, min_score: float | None = N
     """Face detections with score ≥ ``min_score``, largest first. ``rgb``: (H, W, 3) RGB or (H, W) greyscale uint8.
 
     ``detector``: "hog" (dlib's frontal HOG detector, its SVM score), "cnn" (dlib's MMOD CNN, its confidence) or
-    "yunet" (OpenCV's YuNet, a probability; boxes mapped to dlib's convention and clipped to the image, 5 keypoints; ``upsample`` is ignored, the
-    model finds ~10-px faces at full resolution). ``min_score`` None: DEFAULT_MIN_SCORE of the detector.
+    "yunet" (OpenCV's YuNet, a probability; boxes mapped to dlib's convention and clipped to the image, 5 keypoints;
+    ``upsample`` is ignored, the model finds ~10-px faces at full resolution) or "yunet+hog" (both: HOG's box and
+    score wherever HOG sees the face, with ``upsample``, at HOG's default threshold; YuNet's keypoints where it sees it;
+    ``min_score`` is YuNet's probability; see YUNET_UNCONFIRMED). ``min_score`` None: DEFAULT_MIN_SCORE of the detector.
     """
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
@@ -68,14 +82,81 @@ def detect_faces(rgb: np.ndarray, upsample: int = 1, min_score: float | None = N
     threshold = DEFAULT_MIN_SCORE[detector] if min_score is None else float(min_score)
     if detector == "yunet":
         faces = _yunet_faces(image, threshold)
+    elif detector == "yunet+hog":
+        faces = _combined_faces(image, upsample, threshold)
     else:
-        if detector == "hog":
-            rects, scores, _ = frontal_detector().run(image, upsample, -1.0)
-            found = zip(rects, scores)
-        else:
-            found = [(d.rect, d.confidence) for d in cnn_detector()(image, upsample)]
-        faces = [DetectedFace((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in found if s >= threshold]
+        faces = _dlib_faces(image, detector, upsample, threshold)
     return sorted(faces, key=lambda f: f.area, reverse=True)
+
+
+def _dlib_faces(rgb: np.ndarray, detector: str, upsample: int, min_score: float) -> list[DetectedFace]:
+    if detector == "hog":
+        rects, scores, _ = frontal_detector().run(rgb, upsample, -1.0)
+        found = zip(rects, scores)
+    else:
+        found = [(d.rect, d.confidence) for d in cnn_detector()(rgb, upsample)]
+    return [DetectedFace((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in found if s >= min_score]
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def pair_boxes(first: list[tuple], second: list[tuple], min_iou: float) -> list[tuple[int, int]]:
+    """Greedy one-to-one pairs (index in ``first``, index in ``second``), best overlap first, IoU >= ``min_iou``."""
+    candidates = sorted(((box_iou(a, b), i, j) for i, a in enumerate(first) for j, b in enumerate(second)),
+                        reverse=True)
+    used_first, used_second, pairs = set(), set(), []
+    for overlap, i, j in candidates:
+        if overlap < min_iou:
+            break
+        if i not in used_first and j not in used_second:
+            used_first.add(i)
+            used_second.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
+def _combined_faces(rgb: np.ndarray, upsample: int, min_score: float) -> list[DetectedFace]:
+    hog = _dlib_faces(rgb, "hog", upsample, DEFAULT_MIN_SCORE["hog"])
+    yunet = _yunet_faces(rgb, min_score)
+    pairs = dict(pair_boxes([f.box for f in hog], [f.box for f in yunet], MATCH_IOU))
+    faces = [DetectedFace(f.box, f.score, yunet[pairs[i]].keypoints if i in pairs else None)
+             for i, f in enumerate(hog)]
+    for j in sorted(set(range(len(yunet))) - set(pairs.values())):
+        face = yunet[j]
+        snapped = _hog_on_zoomed_crop(rgb, face.box)
+        box = snapped or face.box
+        if (snapped is not None or face.score >= YUNET_UNCONFIRMED) and all(
+                box_iou(box, kept.box) < MATCH_IOU for kept in faces):  # the zoomed HOG box may be a kept face's
+            faces.append(DetectedFace(box, face.score, face.keypoints))
+    return faces
+
+
+def _hog_on_zoomed_crop(rgb: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """HOG's box for the face YuNet found at ``box``, looked for on a crop around it zoomed to SNAP_FACE_PX; None when
+    HOG sees no face overlapping ``box`` there."""
+    import cv2
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1)
+    left, top = max(0, round(x1 - SNAP_MARGIN * side)), max(0, round(y1 - SNAP_MARGIN * side))
+    right = min(rgb.shape[1], round(x2 + SNAP_MARGIN * side))
+    bottom = min(rgb.shape[0], round(y2 + SNAP_MARGIN * side))
+    zoom = SNAP_FACE_PX / side
+    crop = cv2.resize(rgb[top:bottom, left:right], None, fx=zoom, fy=zoom,
+                      interpolation=cv2.INTER_LINEAR if zoom > 1 else cv2.INTER_AREA)
+    rects, _, _ = frontal_detector().run(np.ascontiguousarray(crop), 0, SNAP_MIN_SCORE)
+    found = [(left + r.left() / zoom, top + r.top() / zoom, left + r.right() / zoom, top + r.bottom() / zoom)
+             for r in rects]
+    best = max(found, key=lambda b: box_iou(b, box), default=None)
+    if best is None or box_iou(best, box) < SNAP_MIN_IOU:
+        return None
+    height, width = rgb.shape[:2]
+    bx1, by1 = min(max(0, round(best[0])), width - 1), min(max(0, round(best[1])), height - 1)
+    return bx1, by1, min(max(bx1 + 1, round(best[2])), width), min(max(by1 + 1, round(best[3])), height)
 
 
 def yunet_scales(height: int, width: int) -> list[float]:

@@ -331,11 +331,16 @@ def face_outline(face: AlignedFace, scale: int) -> tuple[np.ndarray, np.ndarray]
     return box, square @ face_to_image_matrix(face.matrix, scale).T
 
 
+def line_width(shape: tuple[int, ...]) -> int:
+    """Outline width in pixels for an output of ``shape`` (H, W, ...)."""
+    return max(1, round(max(shape[:2]) * LINE_WIDTH_PER_PIXEL))
+
+
 def draw_outlines(rgb: np.ndarray, alpha: np.ndarray | None, outlines: Sequence[tuple[np.ndarray, np.ndarray]]
                   ) -> None:
     """Draw each (box, square) of ``face_outline`` into ``rgb`` (H, W, 3) float32, in place; ``alpha`` (H, W) is
     made opaque under the lines, so they show on transparent parts too."""
-    width = max(1, round(max(rgb.shape[:2]) * LINE_WIDTH_PER_PIXEL))
+    width = line_width(rgb.shape)
     for box, square in outlines:
         for corners, colour in ((square, SQUARE_COLOUR), (box, BOX_COLOUR)):
             polygon = [np.round(corners).astype(np.int32).reshape(-1, 1, 2)]

@@ -218,10 +218,18 @@ def _encode_aac(source, audio_in, audio_out, out) -> None:
     import av
 
     resampler = av.AudioResampler(format="fltp", layout=audio_out.layout.name, rate=audio_out.rate)
-    for frame in source.decode(audio_in):
-        frame.pts = None  # the encoder counts samples itself: gaps in the source's timestamps are not kept
-        for converted in resampler.resample(frame):
+    # Timestamps counted in samples from 0: the encoder then stamps its priming samples before 0 and the MP4
+    # muxer writes the edit list that hides them, so the duration is the source's (gaps in the source are closed).
+    written = 0
+
+    def encode(frames) -> None:
+        nonlocal written
+        for converted in frames:
+            converted.pts, converted.time_base = written, Fraction(1, audio_out.rate)
+            written += converted.samples
             out.mux(audio_out.encode(converted))
-    for converted in resampler.resample(None):
-        out.mux(audio_out.encode(converted))
+
+    for frame in source.decode(audio_in):
+        encode(resampler.resample(frame))
+    encode(resampler.resample(None))
     out.mux(audio_out.encode(None))

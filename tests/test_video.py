@@ -1,0 +1,209 @@
+"""Videos through restore_sources: frame count, exact frame rate and audio kept, identity frames unchanged, reruns
+skip, interrupted runs resume by segments, corrupt files are rows, rotation applied, landmark jitter smoothed."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import struct
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from dfdcore.face.track import Observation, link_tracks, smooth_track
+from dfdcore.io.storage import list_images
+from dfdcore.io.video import probe_video, read_frames
+from dfdcore.restoration.bulk import RunOptions, restore_sources
+from dfdcore.restoration.manifest import read_manifest
+from dfdcore.restoration.restorer import IdentityModel, Restorer, RestoreOptions
+
+from .conftest import REPO, portrait
+
+RATE = Fraction(30000, 1001)
+FRAMES = 36
+SIZE = 192
+SEGMENT_S = 0.4  # 12 frames at 29.97 fps: three segments
+
+
+def make_clip(path: Path, frames: int = FRAMES, audio: str = "aac", rate: Fraction = RATE) -> np.ndarray:
+    """A portrait drifting slowly (sub-pixel steps, a little rotation) with a 440 Hz sine; → the frames written."""
+    still = np.asarray(Image.open(portrait("grace_hopper.jpg")).convert("RGB").resize((SIZE, SIZE), Image.LANCZOS))
+    written = []
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=rate, options={"crf": "10"})
+        video.width, video.height, video.pix_fmt = SIZE, SIZE, "yuv420p"
+        sound = container.add_stream(audio, rate=44100)
+        sound.layout = "mono"
+        for t in range(frames):
+            m = cv2.getRotationMatrix2D((SIZE / 2, SIZE / 2), 0.8 * np.sin(t / 6), 1.0)
+            m[:, 2] += [0.3 * t, 0.2 * t]
+            frame = cv2.warpAffine(still, m, (SIZE, SIZE), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+            written.append(frame)
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        samples = int(44100 * frames / rate)
+        wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 44100)).astype(np.float32)
+        fmt = "flt" if audio == "aac" else "s16"
+        wave = wave if fmt == "flt" else (wave * 32767).astype(np.int16)
+        for start in range(0, samples, 1024):
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[None, start:start + 1024]), format=fmt,
+                                               layout="mono")
+            chunk.sample_rate, chunk.pts = 44100, start
+            container.mux(sound.encode(chunk))
+        container.mux(video.encode(None))
+        container.mux(sound.encode(None))
+    return np.stack(written)
+
+
+def audio_seconds(path: Path) -> tuple[float, float]:
+    """(duration of the first audio stream in seconds, one audio frame's seconds)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return samples / stream.rate, (stream.codec_context.frame_size or 1024) / stream.rate
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """A folder with clip.mp4 (a portrait with AAC audio), broken.mp4 (its first 3000 bytes), notvideo.mkv (text)
+    and a photo."""
+    folder = tmp_path_factory.mktemp("clips")
+    make_clip(folder / "clip.mp4")
+    (folder / "broken.mp4").write_bytes((folder / "clip.mp4").read_bytes()[:3000])
+    (folder / "notvideo.mkv").write_text("not a video at all\n")
+    shutil.copy(portrait("grace_hopper.jpg"), folder / "photo.jpg")
+    return folder
+
+
+def test_identity_video_keeps_frames_rate_audio_and_pixels(clips, tmp_path):
+    sources = list_images([str(clips)], with_others=True)  # videos are listed by default, like photos
+    assert [s.relpath for s in sources] == ["broken.mp4", "clip.mp4", "notvideo.mkv", "photo.jpg"]
+    out = str(tmp_path / "out")
+    segments = []
+    # 512-px identity faces: the crop → paste round trip costs nothing measurable (~60 dB), x264 alone remains
+    restorer = Restorer(IdentityModel(512), RestoreOptions(upscale=1), batch_size=8)
+    run = RunOptions(segment_seconds=SEGMENT_S)
+    summary = restore_sources(sources, out, restorer, run, on_segment=lambda s, k, n: segments.append((k, n)))
+    rows = {Path(uri).name: row for uri, row in read_manifest(str(Path(out) / "manifest.parquet")).items()}
+    clip = rows["clip.mp4"]
+    assert clip["status"] == "ok" and clip["error"] is None, clip
+    assert (clip["frames"], clip["frames_with_faces"], clip["faces_total"], clip["segments"]) == (36, 36, 36, 3)
+    assert clip["frame_rate"] == "30000/1001" and clip["n_faces"] == 1 and segments == [(0, 3), (1, 3), (2, 3)]
+    assert rows["photo.jpg"]["status"] == "ok" and rows["photo.jpg"]["frames"] is None
+    for bad in ("broken.mp4", "notvideo.mkv"):
+        assert rows[bad]["status"] == "failed" and rows[bad]["error"].startswith("not a readable video"), rows[bad]
+    assert summary.failed == 2 and summary.restored == 2
+
+    output = Path(clip["outputs"][0])
+    assert output == Path(out) / "restored_imgs" / "clip.mp4" and not (Path(out) / ".dfd-video").exists()
+    with av.open(str(output)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == RATE and stream.codec_context.name == "h264"
+        assert stream.codec_context.pix_fmt == "yuv420p"
+    frames_in, frames_out = list(read_frames(clips / "clip.mp4")), list(read_frames(output))
+    assert len(frames_out) == len(frames_in) == FRAMES
+    quality = [psnr(a, b) for a, b in zip(frames_in, frames_out)]
+    # x264 at CRF 18 and yuv420p's halved chroma, twice (the test clip, then dfd's output): ~36 dB measured
+    assert min(quality) > 34 and np.mean(quality) > 35, quality
+    seconds_in, frame_s = audio_seconds(clips / "clip.mp4")
+    seconds_out, _ = audio_seconds(output)
+    assert abs(seconds_out - seconds_in) <= frame_s and seconds_in > 1.1
+
+    segments.clear()
+    again = restore_sources(sources, out, restorer, run, on_segment=lambda s, k, n: segments.append((k, n)))
+    assert again.skipped == 2 and again.failed == 2 and segments == []  # clip and photo are current
+
+
+def test_interrupted_video_resumes_missing_segments(clips, tmp_path, small_generator):
+    sources = [s for s in list_images([str(clips / "clip.mp4")])]
+    out = str(tmp_path / "out")
+    restorer = Restorer(small_generator, RestoreOptions(upscale=2), batch_size=6)
+    run = RunOptions(segment_seconds=SEGMENT_S)
+
+    def interrupt(source, index, count):
+        if index == 1:
+            raise KeyboardInterrupt("stopped after segment 1")
+
+    with pytest.raises(KeyboardInterrupt):
+        restore_sources(sources, out, restorer, run, on_segment=interrupt)
+    work = next((Path(out) / ".dfd-video").iterdir())
+    assert sorted(p.name for p in work.glob("seg-*.mp4")) == ["seg-00000.mp4", "seg-00001.mp4"]
+    redone = []
+    summary = restore_sources(sources, out, restorer, run, on_segment=lambda s, k, n: redone.append(k))
+    assert redone == [2] and summary.restored == 1, summary.failures
+    row = summary.rows[0]
+    assert row["segments"] == 3 and "2 of 3 segments kept from an earlier run" in row["note"]
+    frames = list(read_frames(row["outputs"][0]))
+    assert len(frames) == FRAMES and frames[0].shape == (2 * SIZE, 2 * SIZE, 3)
+
+
+def test_audio_reencoded_when_mp4_does_not_take_it(tmp_path):
+    clip = tmp_path / "pcm.mov"
+    make_clip(clip, frames=12, audio="pcm_s16le")
+    restorer = Restorer(IdentityModel(128), RestoreOptions(upscale=1), batch_size=8)
+    summary = restore_sources(list_images([str(clip)]), str(tmp_path / "out"), restorer)
+    output = summary.rows[0]["outputs"][0]
+    with av.open(output) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+    (seconds_in, _), (seconds_out, frame_s) = audio_seconds(clip), audio_seconds(Path(output))
+    assert abs(seconds_out - seconds_in) <= frame_s, (seconds_in, seconds_out)
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    plain = tmp_path / "plain.mp4"
+    marked = np.zeros((120, 160, 3), np.uint8)
+    marked[:10, :20] = 255  # a white block in the stored frame's top-left corner
+    with av.open(str(plain), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(marked, format="rgb24")))
+        container.mux(stream.encode(None))
+    data = bytearray(plain.read_bytes())
+    tkhd = data.find(b"tkhd")  # version 0 track header: its display matrix after 32 bytes of times, ids, volume
+    struct.pack_into(">9i", data, tkhd + 4 + 4 + 20 + 8 + 8, 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    rotated = tmp_path / "rotated.mp4"
+    rotated.write_bytes(bytes(data))
+    info = probe_video(rotated)
+    assert (info.width, info.height, info.rotation) == (120, 160, 270)
+    frame = next(read_frames(rotated))
+    assert frame.shape == (160, 120, 3)
+    ys, xs = np.nonzero(frame[..., 0] > 128)  # turned a quarter clockwise for display: now top-right
+    assert ys.max() < 22 and xs.min() > 120 - 12
+
+
+def _observation(frame: int, x: float, y: float = 50.0) -> Observation:
+    box = np.array([x, y, x + 40, y + 40])
+    points = np.array([[x + 30, y + 15], [x + 25, y + 15], [x + 10, y + 15], [x + 15, y + 15], [x + 20, y + 28]])
+    return Observation(frame, box, points, 1.0)
+
+
+def test_tracks_link_by_overlap_fill_short_gaps_and_keep_steady_motion():
+    frames = [[_observation(t, 10 + 2 * t)] + ([_observation(t, 200)] if t >= 4 else []) for t in range(12)]
+    frames[6] = [f for f in frames[6] if f.box[0] == 200]  # the moving face missed for two frames
+    frames[7] = [f for f in frames[7] if f.box[0] == 200]
+    tracks = link_tracks(frames)
+    assert [len(t.observations) for t in tracks] == [10, 8] and tracks[1].observations[0].frame == 4
+    smoothed = smooth_track(tracks[0])
+    assert sorted(smoothed) == list(range(12)) and not smoothed[6].observed and smoothed[5].observed
+    for t, face in smoothed.items():  # a straight motion is kept exactly, through the gap too
+        np.testing.assert_allclose(face.box, [10 + 2 * t, 50, 50 + 2 * t, 90], atol=1e-9)
+    far = [[_observation(t, 10)] if t < 3 or t > 8 else [] for t in range(12)]
+    assert len(smooth_track(link_tracks(far)[0])) == 3  # a gap longer than MAX_GAP: a new track after it
+
+
+def test_smoothing_reduces_landmark_jitter_on_a_shaky_video():
+    spec = importlib.util.spec_from_file_location("bench_video_jitter", REPO / "bench" / "bench_video_jitter.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure(portrait("grace_hopper.jpg"), frames=24, size=SIZE, shake_px=0.2)
+    assert result["frames_detected"] == result["frames_smoothed"] == 24
+    assert result["jitter_smoothed_px"] < 0.8 * result["jitter_raw_px"], result

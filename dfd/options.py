@@ -126,13 +126,14 @@ def restore_options(func):
                      help="Ignore faces whose detection box is smaller (px)."),
         click.option("--upsample", default=1, show_default=True, type=click.IntRange(0, 3),
                      help="Detector upsampling steps (1 finds faces down to ~40 px; 0 is faster)."),
-        click.option("--detector", type=click.Choice(["hog", "cnn", "yunet"]), default=_default_detector,
-                     show_default=True, help="dlib HOG (fast), dlib MMOD CNN (finds more profile faces; ~100x slower "
-                     "on a CPU) or OpenCV YuNet (finds faces down to ~10 px, fast). Default: dfd's current choice "
-                     "(RestoreOptions.detector)."),
+        click.option("--detector", type=click.Choice(["hog", "cnn", "yunet", "yunet+hog"]),
+                     default=_default_detector, show_default=True,
+                     help="dlib HOG (fast), dlib MMOD CNN (finds more profile faces; ~100x slower on a CPU), OpenCV "
+                          "YuNet (finds faces down to ~10 px) or yunet+hog (YuNet finds, HOG places the box where it "
+                          "sees the face too). Default: RestoreOptions.detector (see bench/RESULTS.md)."),
         click.option("--min-score", type=float, default=None,
                      help="Detection score threshold. Default: the detector's own — hog 0.2 (SVM margin), cnn 0.2 "
-                          "(confidence), yunet 0.6 (probability)."),
+                          "(confidence), yunet and yunet+hog 0.6 (YuNet's probability)."),
         click.option("--aligned", is_flag=True,
                      help="Inputs are aligned face crops (FFHQ-like, any size): each is resized to the model's face "
                           "size and restored whole (no detection box cut out, no paste-back), then written at its "

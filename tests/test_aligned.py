@@ -151,3 +151,14 @@ def test_aligned_and_draw_box_change_the_config_hash():
     hashes = {o.config_hash({"model": "identity"}) for o in (base, RestoreOptions(aligned=True),
                                                              RestoreOptions(draw_box=True))}
     assert len(hashes) == 3
+
+
+def test_every_detector_is_a_choice_of_the_options_and_the_cli():
+    import typing
+
+    from dfdcore.face.detect import DETECTORS
+
+    detector = next(p for p in restore.params if p.name == "detector")
+    assert tuple(detector.type.choices) == DETECTORS
+    assert typing.get_args(typing.get_type_hints(RestoreOptions)["detector"]) == DETECTORS
+    assert RestoreOptions().min_score is None and detector.default() == RestoreOptions().detector

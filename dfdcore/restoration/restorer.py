@@ -159,7 +159,7 @@ class RestoreOptions:
     min_face: int = 0           # minimum detection box side in input pixels
     upsample: int = 1           # detector upsampling steps (0-3; 1 finds faces down to ~40 px; yunet ignores it)
     min_score: float | None = None  # detection score threshold; None: the detector's own (detect.DEFAULT_MIN_SCORE)
-    detector: Literal["hog", "cnn", "yunet"] = DEFAULT_DETECTOR
+    detector: Literal["hog", "cnn", "yunet", "yunet+hog"] = DEFAULT_DETECTOR  # detect.DETECTORS
     aligned: bool = False       # inputs are aligned face crops: each is resized to the face size, restored whole
     draw_box: bool = False      # outline each restored face (its detection box and aligned square) in the output
     bg_upsampler: str = "bicubic"  # the background's upscaling: bicubic | lanczos | path of an SR model file

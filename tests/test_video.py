@@ -122,11 +122,12 @@ def test_identity_video_keeps_frames_rate_audio_and_pixels(clips, tmp_path):
     assert again.skipped == 2 and again.failed == 2 and segments == []  # clip and photo are current
 
 
-def test_interrupted_video_resumes_missing_segments(clips, tmp_path, small_generator):
-    sources = [s for s in list_images([str(clips / "clip.mp4")])]
+def test_interrupted_video_resumes_missing_segments(tmp_path, small_generator):
+    make_clip(tmp_path / "clip.mp4", frames=12)
+    sources = list_images([str(tmp_path / "clip.mp4")])
     out = str(tmp_path / "out")
-    restorer = Restorer(small_generator, RestoreOptions(upscale=2), batch_size=6)
-    run = RunOptions(segment_seconds=SEGMENT_S)
+    restorer = Restorer(small_generator, RestoreOptions(upscale=2), batch_size=4)
+    run = RunOptions(segment_seconds=0.14)  # 4 frames: three segments
 
     def interrupt(source, index, count):
         if index == 1:
@@ -142,7 +143,7 @@ def test_interrupted_video_resumes_missing_segments(clips, tmp_path, small_gener
     row = summary.rows[0]
     assert row["segments"] == 3 and "2 of 3 segments kept from an earlier run" in row["note"]
     frames = list(read_frames(row["outputs"][0]))
-    assert len(frames) == FRAMES and frames[0].shape == (2 * SIZE, 2 * SIZE, 3)
+    assert len(frames) == 12 and frames[0].shape == (2 * SIZE, 2 * SIZE, 3)
 
 
 def test_audio_reencoded_when_mp4_does_not_take_it(tmp_path):
@@ -207,3 +208,24 @@ def test_smoothing_reduces_landmark_jitter_on_a_shaky_video():
     result = bench.measure(portrait("grace_hopper.jpg"), frames=24, size=SIZE, shake_px=0.2)
     assert result["frames_detected"] == result["frames_smoothed"] == 24
     assert result["jitter_smoothed_px"] < 0.8 * result["jitter_raw_px"], result
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "ray-actor"])
+def test_dfd_restore_takes_a_video(tmp_path, workers):
+    """`dfd restore clip.mp4` with no video option: in this process, and in a Ray actor as restore_bucket runs."""
+    from click.testing import CliRunner
+
+    from dfd.restore_commands import restore
+
+    make_clip(tmp_path / "clip.mp4", frames=12)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "clip.mp4"), "-o", str(out), "--model", "identity", "--upscale", "2",
+            "--workers", str(workers)]
+    result = CliRunner().invoke(restore, args)
+    assert result.exit_code == 0, result.output
+    row = next(iter(read_manifest(str(out / "manifest.parquet")).values()))
+    assert (row["status"], row["frames"], row["frames_with_faces"], row["segments"]) == ("ok", 12, 12, 1), row
+    with av.open(str(out / "restored_imgs" / "clip.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, stream.average_rate) == (2 * SIZE, 2 * SIZE, RATE)
+        assert stream.frames == 12 and len(container.streams.audio) == 1

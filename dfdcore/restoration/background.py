@@ -43,18 +43,16 @@ def load_background_upsampler(spec: str, device: str = "cpu") -> Upsampler:
     """The upsampler ``fn(rgb, scale, tile=256) -> (H·s, W·s, C) float32`` of ``spec``, models loaded once.
 
     Models are cached by path, size, modification time and device: a Restorer may call this for every photo.
-    A model's native scale may differ from the requested one: its output is then resized to exactly H·s × W·s
-    (area when shrinking, Lanczos when enlarging), so a ×4 model serves ×2 (at ×4 cost).
+    A model's native scale n may differ from the requested s: its output is then resized to exactly H·s × W·s —
+    averaged over (n/s)² blocks tile by tile when s divides n (a ×4 model serves ×2 and ×1, at ×4 cost), else
+    resized whole by area (shrinking) or Lanczos (enlarging).
 
     Raises:
         SRModelError: the file is missing, truncated or holds no supported model (the message says what it held).
     """
     if spec in INTERPOLATIONS:
         return functools.partial(_interpolate, method=spec)
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise SRModelError(f"background upsampler {spec!r}: expected 'bicubic', 'lanczos' or the path of a model "
-                           f"file, but no file is there")
+    path = _model_path(spec)
     stat = path.stat()
     return _cached_model(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(torch.device(device)))
 
@@ -64,11 +62,16 @@ def upsampler_identity(spec: str) -> dict[str, str]:
     the sha256 of its file (a retrained file at the same path is another configuration)."""
     if spec in INTERPOLATIONS:
         return {"upsampler": spec}
+    path = _model_path(spec)
+    return {"upsampler": "model", "path": str(path.resolve()), "sha256": sha256_path(path)}
+
+
+def _model_path(spec: str) -> Path:
     path = Path(spec).expanduser()
     if not path.is_file():
         raise SRModelError(f"background upsampler {spec!r}: expected 'bicubic', 'lanczos' or the path of a model "
                            f"file, but no file is there")
-    return {"upsampler": "model", "path": str(path.resolve()), "sha256": sha256_path(path)}
+    return path
 
 
 def _interpolate(rgb: np.ndarray, scale: int, tile: int = 256, *, method: str) -> np.ndarray:

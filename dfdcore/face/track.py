@@ -2,16 +2,20 @@
 
 A detector and landmark predictor run on every frame independently put the 5 points a pixel or so off in random
 directions; aligning with them makes the pasted-back face shake against a steady head. ``link_tracks`` joins the
-detections of consecutive frames (box overlap, else nearby centres) into tracks that survive a few missed frames;
-``smooth_track`` replaces each track's points by a locally linear fit over a short centred window, which keeps
-steady motion (pans, a turning head) unchanged while averaging the noise, and fills the frames a short gap missed.
-The work is offline (all frames' detections known), so the window looks ahead as well as back and has no lag.
+detections of consecutive frames (box overlap, else nearby centres) into tracks that survive a few missed frames.
+``face_motion`` measures how the face region moved since the previous frame (optical flow of corner features, a
+similarity fitted with RANSAC: a few hundredths of a pixel where landmarks are off by a pixel), so a shaking camera
+or a moving head is followed exactly. ``smooth_track`` carries the observations of a short centred window into each
+frame through those motions and averages them; where a motion is missing (a filled gap, a textureless face) it
+fits a weighted line through the window instead, which keeps steady motion and averages the noise. The work is
+offline (all frames' detections known), so the window looks ahead as well as back and has no lag.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 IOU_MIN = 0.3        # box overlap that links a detection to a track
@@ -19,18 +23,45 @@ CENTRE_MAX = 0.5     # else: centres closer than this fraction of the track's bo
 MAX_GAP = 3          # frames a track may go undetected and still continue (the gap is filled by smoothing)
 RADIUS = 3           # frames each side in the smoothing window
 SIGMA = 2.0          # Gaussian weight of the window, in frames
+MIN_FEATURES = 8     # tracked corner features below which a face's motion is not trusted
 TRACK_SETTINGS = {"iou_min": IOU_MIN, "centre_max": CENTRE_MAX, "max_gap": MAX_GAP, "radius": RADIUS,
-                  "sigma": SIGMA}  # everything here that changes an output (hashed with the restore options)
+                  "sigma": SIGMA, "motion": "lk-similarity-v1"}  # what changes an output (hashed with the options)
 
 
 @dataclass(frozen=True)
 class Observation:
-    """One face found in one frame: ``box`` (4,) x1, y1, x2, y2, ``points5`` (5, 2), both in frame pixels."""
+    """One face found in one frame: ``box`` (4,) x1, y1, x2, y2, ``points5`` (5, 2), both in frame pixels;
+    ``motion`` (2, 3) maps the previous frame's pixels onto this one's around the face (None: not measured)."""
 
     frame: int
     box: np.ndarray
     points5: np.ndarray
     score: float
+    motion: np.ndarray | None = None
+
+
+def face_motion(previous: np.ndarray, current: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    """(2, 3) similarity taking ``previous`` frame pixels to ``current`` ones around the face in ``box`` (grown by
+    a fifth), from pyramidal Lucas-Kanade flow of corner features and a RANSAC fit; None with under MIN_FEATURES
+    agreeing features. ``previous``, ``current``: (H, W) uint8 grey frames."""
+    height, width = current.shape
+    x1, y1, x2, y2 = (float(v) for v in box)
+    grow_x, grow_y = (x2 - x1) / 10, (y2 - y1) / 10
+    mask = np.zeros((height, width), np.uint8)
+    top, bottom = max(0, int(y1 - grow_y)), min(height, int(y2 + grow_y))
+    mask[top:bottom, max(0, int(x1 - grow_x)):min(width, int(x2 + grow_x))] = 255
+    corners = cv2.goodFeaturesToTrack(previous, maxCorners=200, qualityLevel=0.01, minDistance=3, mask=mask)
+    if corners is None or len(corners) < MIN_FEATURES:
+        return None
+    moved, status, _ = cv2.calcOpticalFlowPyrLK(previous, current, corners, None, winSize=(15, 15), maxLevel=2)
+    ok = status.reshape(-1) == 1
+    if ok.sum() < MIN_FEATURES:
+        return None
+    matrix, inliers = cv2.estimateAffinePartial2D(corners[ok], moved[ok], method=cv2.RANSAC,
+                                                  ransacReprojThreshold=1.0)
+    if matrix is None or inliers is None or inliers.sum() < MIN_FEATURES:
+        return None
+    return matrix
 
 
 @dataclass
@@ -108,12 +139,14 @@ def _greedy(live: list[Track], found: Sequence[Observation]) -> list[tuple[int, 
 def smooth_track(track: Track, radius: int = RADIUS, sigma: float = SIGMA, max_gap: int = MAX_GAP
                  ) -> dict[int, TrackedFace]:
     """{frame: smoothed face} for every frame from the track's first to its last observation, except inside gaps
-    longer than ``max_gap`` (those frames have no face). Each frame's points and box are the value at that frame
-    of a weighted least-squares line through the observations within ``radius`` frames (Gaussian weights of
-    ``sigma`` frames); a frame with a single observation in reach keeps it."""
+    longer than ``max_gap`` (those frames have no face). Each frame's points and box are the Gaussian-weighted
+    (``sigma`` frames) mean of the observations within ``radius`` frames carried into that frame by the measured
+    motions; where a motion in the window is missing, the value at that frame of a weighted least-squares line
+    through the observations instead; a frame with a single observation in reach keeps it."""
     frames = np.array([o.frame for o in track.observations])
     values = np.stack([np.concatenate([o.points5.reshape(-1), o.box]) for o in track.observations])  # (T, 14)
     scores = np.array([o.score for o in track.observations])
+    motions = {o.frame: o.motion for o in track.observations if o.motion is not None}
     seen = set(frames.tolist())
     smoothed: dict[int, TrackedFace] = {}
     for frame in range(int(frames[0]), int(frames[-1]) + 1):
@@ -121,10 +154,29 @@ def smooth_track(track: Track, radius: int = RADIUS, sigma: float = SIGMA, max_g
         if not observed and _gap_around(frames, frame) > max_gap:
             continue
         near = np.abs(frames - frame) <= radius
-        estimate = _local_line(frames[near] - frame, values[near], sigma)
+        carried = [_carry(values[i], int(frames[i]), frame, motions) for i in np.nonzero(near)[0]]
+        if all(c is not None for c in carried):
+            weights = np.exp(-0.5 * ((frames[near] - frame) / sigma) ** 2)
+            estimate = (weights[:, None] * np.stack(carried)).sum(0) / weights.sum()
+        else:
+            estimate = _local_line(frames[near] - frame, values[near], sigma)
         smoothed[frame] = TrackedFace(track.id, estimate[:10].reshape(5, 2), estimate[10:],
                                       float(scores[near].max()), observed)
     return smoothed
+
+
+def _carry(value: np.ndarray, source: int, target: int, motions: dict[int, np.ndarray]) -> np.ndarray | None:
+    """(14,) points and box of frame ``source`` → frame ``target`` through the motions between them (``motions[t]``:
+    frame t-1 → t); None when one is missing."""
+    matrix = np.eye(3)
+    for t in range(min(source, target) + 1, max(source, target) + 1):
+        if t not in motions:
+            return None
+        matrix = np.vstack([motions[t], [0.0, 0.0, 1.0]]) @ matrix
+    if source > target:
+        matrix = np.linalg.inv(matrix)
+    points = value.reshape(7, 2) @ matrix[:2, :2].T + matrix[:2, 2]
+    return points.reshape(-1)
 
 
 def _gap_around(frames: np.ndarray, frame: int) -> int:

@@ -17,6 +17,7 @@ Memory holds the detections (a few numbers per face and frame) and one batch of 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import torch
 
@@ -35,7 +37,7 @@ from dfdcore.components import part_boxes
 from dfdcore.face.align import align_face
 from dfdcore.face.detect import DetectedFace, detect_faces, landmarks
 from dfdcore.face.pipeline import AlignedFace
-from dfdcore.face.track import TRACK_SETTINGS, Observation, TrackedFace, link_tracks, smooth_tracks
+from dfdcore.face.track import TRACK_SETTINGS, Observation, TrackedFace, face_motion, link_tracks, smooth_tracks
 from dfdcore.io.atomic import atomic_path
 from dfdcore.io.hashing import sha256_json
 from dfdcore.io.images import DecodedImage
@@ -120,14 +122,20 @@ def restore_video(path: str, name: str, digest: str, out: str, stem: str, restor
                         count - len(missing), info.frame_rate, seconds)
 
 
-def detect_frame(rgb: np.ndarray, index: int, restorer: Restorer) -> list[Observation]:
-    """The faces of one frame that the restorer's options select, with their 5 landmarks."""
+def detect_frame(rgb: np.ndarray, index: int, restorer: Restorer, previous: np.ndarray | None = None
+                 ) -> list[Observation]:
+    """The faces of one frame that the restorer's options select, with their 5 landmarks and, given the
+    ``previous`` frame (RGB), their motion since it (``face_motion``)."""
     options = restorer.options
     found = detect_faces(rgb, upsample=options.upsample, min_score=options.min_score, detector=options.detector)
     # select_faces reads only .detection: the same --min-face / --only-center / --only-largest as photos
     chosen = select_faces([SimpleNamespace(detection=d) for d in found], rgb.shape[:2], options)
-    return [Observation(index, np.asarray(c.detection.box, np.float64),
-                        landmarks(rgb, c.detection.box, points=5), float(c.detection.score)) for c in chosen]
+    observations = [Observation(index, np.asarray(c.detection.box, np.float64),
+                                landmarks(rgb, c.detection.box, points=5), float(c.detection.score)) for c in chosen]
+    if previous is None or not observations:
+        return observations
+    before, now = cv2.cvtColor(previous, cv2.COLOR_RGB2GRAY), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return [dataclasses.replace(o, motion=face_motion(before, now, o.box)) for o in observations]
 
 
 def aligned_face(rgb: np.ndarray, face: TrackedFace, face_size: int) -> AlignedFace:
@@ -153,7 +161,7 @@ def _detections(path: str, name: str, restorer: Restorer, work: str, length: int
     when the segment is complete or the video ends)."""
     frames: list[list[Observation]] = []
     segment: list[list[Observation]] = []
-    cached = None
+    cached, previous = None, None
     for index, rgb in enumerate(read_frames(path, name)):
         k = index // length
         if index % length == 0:
@@ -162,9 +170,10 @@ def _detections(path: str, name: str, restorer: Restorer, work: str, length: int
             segment.append(cached[index % length])
         else:
             t0 = time.perf_counter()
-            segment.append(detect_frame(rgb, index, restorer))
+            segment.append(detect_frame(rgb, index, restorer, previous))
             seconds["detect"] += time.perf_counter() - t0
             cached = None  # a shorter cached segment than the video holds: detect the rest, save it again
+        previous = rgb
         if len(segment) == length:
             if cached is None:
                 _save_detections(work, k, segment)
@@ -184,12 +193,14 @@ def _load_detections(work: str, k: int) -> list[list[Observation]] | None:
         rows = json.loads(read_bytes(_detections_uri(work, k)))
     except FileNotFoundError:
         return None
-    return [[Observation(o["frame"], np.array(o["box"]), np.array(o["points5"]).reshape(5, 2), o["score"])
+    return [[Observation(o["frame"], np.array(o["box"]), np.array(o["points5"]).reshape(5, 2), o["score"],
+                         None if o["motion"] is None else np.array(o["motion"]).reshape(2, 3))
              for o in frame] for frame in rows]
 
 
 def _save_detections(work: str, k: int, frames: list[list[Observation]]) -> None:
-    rows = [[{"frame": o.frame, "box": o.box.tolist(), "points5": o.points5.reshape(-1).tolist(), "score": o.score}
+    rows = [[{"frame": o.frame, "box": o.box.tolist(), "points5": o.points5.reshape(-1).tolist(), "score": o.score,
+              "motion": None if o.motion is None else o.motion.reshape(-1).tolist()}
              for o in frame] for frame in frames]
     write_bytes_atomic(_detections_uri(work, k), json.dumps(rows).encode())
 

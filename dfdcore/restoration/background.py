@@ -115,15 +115,19 @@ def _run_model(model, rgb: np.ndarray, scale: int, tile: int = 256) -> np.ndarra
 def run_tiled(model, rgb: np.ndarray, tile: int, pad: int, reduce: int = 1) -> np.ndarray:
     """(H, W, 3) float32 → (H·n/r, W·n/r, 3) float32 in [0, 1], n = ``model.scale``, r = ``reduce`` (dividing n).
 
-    One tile of at most (tile + 2·pad)² input pixels is run at a time, with ``pad`` pixels of its neighbours
-    around it (fewer at the photo's edges); only its own part of the output is kept, clipped to [0, 1] and
-    averaged over r × r blocks: the seams are cropped, not blended.
+    One tile of at most (tile + 2·pad)² input pixels (both rounded up to multiples of ``model.multiple``) is run
+    at a time, with ``pad`` pixels of its neighbours around it (fewer at the photo's edges); only its own part of
+    the output is kept, clipped to [0, 1] and averaged over r × r blocks: the seams are cropped, not blended.
     """
     height, width = rgb.shape[:2]
     n = model.scale
     if n % reduce:
         raise ValueError(f"expected a reduction dividing the model's scale {n}, got {reduce}")
     m = n // reduce
+    # Tiles start on the model's pixel-unshuffle grid, as in an untiled run: a ×2 RRDBNet folds 2 × 2 blocks into
+    # channels, and blocks shifted by one pixel give another image (20–30/255 off at tile 49 in the tests).
+    align = model.multiple
+    tile, pad = tile + -tile % align, pad + -pad % align
     out = np.empty((height * m, width * m, 3), dtype=np.float32)
     for top in range(0, height, tile):
         for left in range(0, width, tile):

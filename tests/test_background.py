@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from dfdcore.arch.sr import RRDBNet, SRModelError, SRVGGNetCompact
 from dfdcore.face.paste import upscale_image
@@ -150,6 +151,8 @@ def test_srvgg_and_torchscript_load_and_produce(srvgg_x4, crop, tmp_path):
     out = upscale_background(crop, 4, path)
     assert out.shape == (360, 472, 3) and 0 <= out.min() and out.max() <= 1
     np.testing.assert_allclose(out, _run(net, crop), atol=1e-5)
+    save_file(net.state_dict(), tmp_path / "realesr-tiny-x4.safetensors")
+    np.testing.assert_array_equal(upscale_background(crop, 4, str(tmp_path / "realesr-tiny-x4.safetensors")), out)
     scripted = tmp_path / "scripted.pt"
     # Traced, as users export theirs (torch.jit.script is deprecated); the tiles below are of other sizes.
     torch.jit.trace(net, torch.rand(1, 3, 40, 40)).save(str(scripted))

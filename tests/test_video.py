@@ -22,6 +22,7 @@ from dfdcore.restoration.manifest import read_manifest
 from dfdcore.restoration.restorer import IdentityModel, Restorer, RestoreOptions
 
 from .conftest import REPO, portrait
+from .s3server import create_bucket, s3_server  # noqa: F401  (fixture)
 
 RATE = Fraction(30000, 1001)
 FRAMES = 36
@@ -247,3 +248,27 @@ def test_face_motion_measures_a_sub_pixel_shift():
     np.testing.assert_allclose(matrix[:, 2], [0.3, -0.2], atol=0.05)
     np.testing.assert_allclose(matrix[:, :2], np.eye(2), atol=0.005)
     assert face_motion(np.zeros_like(grey), np.zeros_like(grey), box) is None  # no texture: not measured
+
+
+def test_video_in_and_out_of_a_bucket(tmp_path, s3_server):
+    """A video read from S3 (downloaded to the dfd home, not into memory) and its segments and output written
+    there; a rerun skips it."""
+    from dfdcore.io.storage import read_bytes, write_bytes_atomic
+
+    bucket = create_bucket(s3_server, "videos")
+    make_clip(tmp_path / "clip.mp4", frames=12)
+    write_bytes_atomic(f"{bucket}/in/clip.mp4", (tmp_path / "clip.mp4").read_bytes())
+    restorer = Restorer(IdentityModel(128), RestoreOptions(upscale=1), batch_size=8)
+    run = RunOptions(segment_seconds=0.2)  # 6 frames: two segments, uploaded then fetched back for the mux
+    summary = restore_sources(list_images([f"{bucket}/in"]), f"{bucket}/out", restorer, run)
+    row = summary.rows[0]
+    assert (row["status"], row["frames"], row["segments"]) == ("ok", 12, 2), row
+    assert row["outputs"] == [f"{bucket}/out/restored_imgs/clip.mp4"]
+    (tmp_path / "back.mp4").write_bytes(read_bytes(row["outputs"][0]))
+    assert len(list(read_frames(tmp_path / "back.mp4"))) == 12
+    from dfdcore.io.storage import filesystem_for
+
+    fs, _ = filesystem_for(bucket)
+    assert not [key for key in fs.find("videos/out") if "/.dfd-video/" in key]  # the work folder is removed
+    again = restore_sources(list_images([f"{bucket}/in"]), f"{bucket}/out", restorer, run)
+    assert again.skipped == 1

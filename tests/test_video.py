@@ -19,7 +19,7 @@ from dfdcore.io.storage import list_images
 from dfdcore.io.video import probe_video, read_frames
 from dfdcore.restoration.bulk import RunOptions, restore_sources
 from dfdcore.restoration.manifest import read_manifest
-from dfdcore.restoration.restorer import IdentityModel, Restorer, RestoreOptions
+from dfdcore.restoration.restorer import IdentityModel, RestoreOptions, Restorer
 
 from .conftest import REPO, portrait
 from .s3server import create_bucket, s3_server  # noqa: F401  (fixture)

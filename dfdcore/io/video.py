@@ -82,7 +82,7 @@ def probe_video(path: str | os.PathLike, name: str = "") -> VideoInfo:
             raise VideoDecodeError("corrupt video", str(exc), name) from exc
         if first is None:
             raise VideoDecodeError("corrupt video", "no frame could be decoded", name)
-        rotation = int(round((first.rotation or 0) / 90)) * 90 % 360
+        rotation = round((first.rotation or 0) / 90) * 90 % 360
         width, height = (first.width, first.height) if rotation in (0, 180) else (first.height, first.width)
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
         return VideoInfo(width, height, Fraction(rate), int(stream.frames or 0), rotation, audio)
@@ -100,7 +100,7 @@ def read_frames(path: str | os.PathLike, name: str = "") -> Iterator[np.ndarray]
         try:
             for frame in container.decode(stream):
                 rgb = frame.to_ndarray(format="rgb24")
-                quarter_turns = int(round((frame.rotation or 0) / 90)) % 4
+                quarter_turns = round((frame.rotation or 0) / 90) % 4
                 # FFmpeg's rotation is counter-clockwise, np.rot90's too: -90 (a phone held upright) → clockwise
                 yield np.ascontiguousarray(np.rot90(rgb, k=quarter_turns)) if quarter_turns else rgb
                 index += 1
@@ -196,7 +196,7 @@ def _copy_video(path: str, start_frame: int, frame_rate: Fraction, video, out) -
 
     with av.open(path) as segment:
         stream = segment.streams.video[0]
-        offset = int(round(Fraction(start_frame) / frame_rate / stream.time_base))
+        offset = round(Fraction(start_frame) / frame_rate / stream.time_base)
         for packet in segment.demux(stream):
             if packet.dts is None:  # the demuxer's end-of-stream marker
                 continue

@@ -144,7 +144,7 @@ def aligned_face(rgb: np.ndarray, face: TrackedFace, face_size: int) -> AlignedF
     crop, matrix = align_face(rgb, face.points5, face_size)
     lm68 = landmarks(crop, _box_on_face(matrix, face.box), points=68)
     boxes = part_boxes(torch.from_numpy(lm68)[None], face_size=face_size)[0].numpy()
-    box = tuple(int(round(v)) for v in face.box)
+    box = tuple(round(float(v)) for v in face.box)
     return AlignedFace(crop, matrix, lm68, boxes, DetectedFace(box, face.score), face.points5)
 
 

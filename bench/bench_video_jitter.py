@@ -26,6 +26,7 @@ from PIL import Image
 from dfdcore.face.detect import detect_faces, landmarks
 from dfdcore.face.track import Observation, face_motion, link_tracks, smooth_tracks
 from dfdcore.io.video import SegmentWriter, read_frames
+from dfdcore.restoration.restorer import DEFAULT_DETECTOR
 
 ASSETS = Path(__file__).resolve().parents[1] / "dfdcore" / "assets"
 RESULTS = Path(__file__).resolve().parent / "results" / "video_jitter.json"
@@ -59,12 +60,13 @@ def shaky_video(portrait: Path, path: Path, frames: int, size: int, shake_px: fl
 
 
 def detected_points(path: Path, motion: bool = True) -> list[list[Observation]]:
-    """Per frame: the largest face, its 5 landmarks (as the restorer finds them with HOG, one upsampling) and,
+    """Per frame: the largest face, its 5 landmarks (as the restorer finds them: its default detector, one
+    upsampling, dlib's 5-point predictor) and,
     with ``motion``, its motion since the previous frame (as ``restore_video`` measures it)."""
     frames, previous = [], None
     for index, rgb in enumerate(read_frames(path)):
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        found = detect_faces(rgb, upsample=1, min_score=0.2)[:1]
+        found = detect_faces(rgb, upsample=1, detector=DEFAULT_DETECTOR)[:1]
         frames.append([Observation(index, np.asarray(f.box, np.float64), landmarks(rgb, f.box, points=5), f.score,
                                    face_motion(previous, grey, np.asarray(f.box)) if motion and index else None)
                        for f in found])
@@ -92,7 +94,7 @@ def measure(portrait: Path, frames: int = 60, size: int = 256, shake_px: float =
         t0 = time.perf_counter()
         observed = detected_points(path)
         detect_s = time.perf_counter() - t0
-    truth = landmarks(reference, detect_faces(reference, upsample=1, min_score=0.2)[0].box, points=5)
+    truth = landmarks(reference, detect_faces(reference, upsample=1, detector=DEFAULT_DETECTOR)[0].box, points=5)
     t0 = time.perf_counter()
     smoothed = smooth_tracks(link_tracks(observed), len(observed))
     smooth_s = time.perf_counter() - t0

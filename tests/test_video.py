@@ -272,3 +272,10 @@ def test_video_in_and_out_of_a_bucket(tmp_path, s3_server):
     assert not [key for key in fs.find("videos/out") if "/.dfd-video/" in key]  # the work folder is removed
     again = restore_sources(list_images([f"{bucket}/in"]), f"{bucket}/out", restorer, run)
     assert again.skipped == 1
+
+
+def test_aligned_mode_refuses_a_video_with_a_reason(tmp_path):
+    make_clip(tmp_path / "clip.mp4", frames=3)
+    restorer = Restorer(IdentityModel(128), RestoreOptions(upscale=1, aligned=True))
+    summary = restore_sources(list_images([str(tmp_path / "clip.mp4")]), str(tmp_path / "out"), restorer)
+    assert summary.failed == 1 and summary.rows[0]["error"].startswith("not an aligned face crop")

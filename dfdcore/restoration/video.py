@@ -91,6 +91,9 @@ def restore_video(path: str, name: str, digest: str, out: str, stem: str, restor
     ``out/restored_imgs/<stem>.mp4``. ``on_segment(index, count)`` is called after each segment restored by this
     call (not for segments an earlier run left). Raises VideoDecodeError for a file that is not a readable video."""
     started = time.perf_counter()
+    if restorer.options.aligned:
+        raise VideoDecodeError("not an aligned face crop", "--aligned takes photos of aligned faces; restore "
+                                                           "videos without it", name)
     info = probe_video(path, name)
     if info.width * info.height > max_pixels:
         raise VideoDecodeError("video too large", f"{info.width}x{info.height} = {info.width * info.height} "

@@ -176,6 +176,10 @@ RUN_OPTIONS = {
                                     "per pixel; see the summary), shared among --workers."),
     "max_bytes": click.option("--max-bytes", default=512 * 2**20, show_default=True, type=click.IntRange(1),
                               help="Refuse larger input files."),
+    "segment_seconds": click.option("--segment-seconds", default=2.0, show_default=True,
+                                    type=click.FloatRange(0, min_open=True),
+                                    help="Videos: seconds of frames restored and written together; an interrupted "
+                                         "run resumes from the last finished segment."),
 }
 
 

@@ -122,7 +122,7 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
     """
     from tqdm import tqdm
 
-    from dfdcore.io.storage import list_images
+    from dfdcore.io.storage import RESTORABLE_EXTENSIONS, list_images
     from dfdcore.restoration.bulk import OutputStorageError, check_writable, restore_sources
     from dfdcore.restoration.restorer import Restorer, resolve_device
 
@@ -130,7 +130,7 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
     spec, restore, run = model_spec(options, model_name), restore_options_of(options), run_options_of(options)
     spec = resolve_model(spec, "dfd restore")  # NAME@ALIAS: pinned to the version it points to now, for every worker
     try:
-        sources = list_images(list(inputs), with_others=True)
+        sources = list_images(list(inputs), RESTORABLE_EXTENSIONS, with_others=True)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
     clashes = _relpath_clashes(sources)

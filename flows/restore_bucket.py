@@ -35,9 +35,9 @@ def list_photos(source: str, leave_out: str | None = None) -> list:
     under ``leave_out`` (the failed-copies prefix, when it lies inside the source)."""
     import os
 
-    from dfdcore.io.storage import is_local, list_images
+    from dfdcore.io.storage import RESTORABLE_EXTENSIONS, is_local, list_images
 
-    sources = list_images([source], with_others=True)
+    sources = list_images([source], RESTORABLE_EXTENSIONS, with_others=True)
     if leave_out:
         # listed local files are absolute paths: so must the prefix be ("failed/" given relative)
         prefix = (os.path.abspath(leave_out) if is_local(leave_out) else leave_out).rstrip("/") + "/"

@@ -144,6 +144,8 @@ def test_cli_writes_each_crop_at_its_size_and_format_and_records_the_faces(tmp_p
     lm68 = np.array(face["lm68"]).reshape(68, 2)  # in the crop's pixels
     assert np.abs(lm68 - template_landmarks(700)).mean() < 0.05 * 700
     assert math.isfinite(face["det_score"]) and math.isnan(rows["background.png"]["faces"][0]["det_score"])
+    assert rows["grace_hopper_700.png"]["note"] == "aligned input; landmarks: detected"
+    assert rows["background.png"]["note"].startswith("aligned input; landmarks: template")
 
 
 def test_aligned_and_draw_box_change_the_config_hash():

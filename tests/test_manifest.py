@@ -39,7 +39,8 @@ def _rows() -> list[dict]:
           "outputs": ["/out/restored/a.png", "/out/compare/a.png"], "model_id": "dfdnet-test",
           "random_weights": True, "config_hash": "cfg1",
           "seconds": {"decode": 0.25, "detect": 1.5, "restore": 2.0, "paste": 0.25, "write": 0.0, "total": 4.0},
-          "note": None, "model_version": "dfd-generator/3", "updated_at": WHEN}
+          "note": None, "model_version": "dfd-generator/3", "updated_at": WHEN,
+          "frames": None, "frames_with_faces": None, "faces_total": None, "segments": None, "frame_rate": None}
     failed = {"source_uri": "/in/bad.jpg", "relpath": "bad.jpg", "content_sha256": sha256_bytes(b"bad"),
               "status": "failed", "error": "truncated image: the file ends early", "model_id": "dfdnet-test",
               "config_hash": "cfg1", "seconds": {"decode": 0.01, "detect": None, "restore": None, "paste": None,

@@ -75,6 +75,11 @@ def test_every_dfd_restore_option_is_a_field_of_the_flow_parameters():
     fields = {f.name: group for group, cls in typed.items() for f in dataclasses.fields(cls)}
     cli = {p.name for p in restore.params} - {"inputs", "output", "allow_failures"}
     assert {"name" if n == "model_name" else n for n in cli} == set(fields)
+    defaults = {f.name: f.default for cls in typed.values() for f in dataclasses.fields(cls)}
+    parsed = restore.make_context("restore", ["in/", "-o", "out/"]).params  # what a plain `dfd restore` passes
+    differ = {name: (parsed[name], defaults[name]) for name in parsed if name in defaults
+              and parsed[name] != defaults[name]}
+    assert not differ  # (CLI default, field default): a plain `dfd restore` is the flow's default run
     schema = restore_bucket.parameters.model_dump()
     for cls in typed.values():
         properties = schema["definitions"][cls.__name__]["properties"]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from dfdcore.face.track import Observation, link_tracks, smooth_track
-from dfdcore.io.storage import list_images
+from dfdcore.io.storage import RESTORABLE_EXTENSIONS, list_images
 from dfdcore.io.video import probe_video, read_frames
 from dfdcore.restoration.bulk import RunOptions, restore_sources
 from dfdcore.restoration.manifest import read_manifest
@@ -30,11 +30,13 @@ SIZE = 192
 SEGMENT_S = 0.4  # 12 frames at 29.97 fps: three segments
 
 
-def make_clip(path: Path, frames: int = FRAMES, audio: str = "aac", rate: Fraction = RATE) -> np.ndarray:
-    """A portrait drifting slowly (sub-pixel steps, a little rotation) with a 440 Hz sine; → the frames written."""
+def make_clip(path: Path, frames: int = FRAMES, audio: str = "aac", rate: Fraction = RATE, faststart: bool = False
+              ) -> np.ndarray:
+    """A portrait drifting slowly (sub-pixel steps, a little rotation) with a 440 Hz sine; → the frames written.
+    ``faststart``: the MP4 index at the start, so a file cut short still opens."""
     still = np.asarray(Image.open(portrait("grace_hopper.jpg")).convert("RGB").resize((SIZE, SIZE), Image.LANCZOS))
     written = []
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         video = container.add_stream("libx264", rate=rate, options={"crf": "10"})
         video.width, video.height, video.pix_fmt = SIZE, SIZE, "yuv420p"
         sound = container.add_stream(audio, rate=44100)
@@ -85,7 +87,7 @@ def clips(tmp_path_factory) -> Path:
 
 
 def test_identity_video_keeps_frames_rate_audio_and_pixels(clips, tmp_path):
-    sources = list_images([str(clips)], with_others=True)  # videos are listed by default, like photos
+    sources = list_images([str(clips)], RESTORABLE_EXTENSIONS, with_others=True)  # what dfd restore lists
     assert [s.relpath for s in sources] == ["broken.mp4", "clip.mp4", "notvideo.mkv", "photo.jpg"]
     out = str(tmp_path / "out")
     segments = []
@@ -125,7 +127,7 @@ def test_identity_video_keeps_frames_rate_audio_and_pixels(clips, tmp_path):
 
 def test_interrupted_video_resumes_missing_segments(tmp_path, small_generator):
     make_clip(tmp_path / "clip.mp4", frames=12)
-    sources = list_images([str(tmp_path / "clip.mp4")])
+    sources = list_images([str(tmp_path / "clip.mp4")], RESTORABLE_EXTENSIONS)
     out = str(tmp_path / "out")
     restorer = Restorer(small_generator, RestoreOptions(upscale=2), batch_size=4)
     run = RunOptions(segment_seconds=0.14)  # 4 frames: three segments
@@ -151,7 +153,7 @@ def test_audio_reencoded_when_mp4_does_not_take_it(tmp_path):
     clip = tmp_path / "pcm.mov"
     make_clip(clip, frames=12, audio="pcm_s16le")
     restorer = Restorer(IdentityModel(128), RestoreOptions(upscale=1), batch_size=8)
-    summary = restore_sources(list_images([str(clip)]), str(tmp_path / "out"), restorer)
+    summary = restore_sources(list_images([str(clip)], RESTORABLE_EXTENSIONS), str(tmp_path / "out"), restorer)
     output = summary.rows[0]["outputs"][0]
     with av.open(output) as container:
         assert container.streams.audio[0].codec_context.name == "aac"
@@ -260,7 +262,7 @@ def test_video_in_and_out_of_a_bucket(tmp_path, s3_server):
     write_bytes_atomic(f"{bucket}/in/clip.mp4", (tmp_path / "clip.mp4").read_bytes())
     restorer = Restorer(IdentityModel(128), RestoreOptions(upscale=1), batch_size=8)
     run = RunOptions(segment_seconds=0.2)  # 6 frames: two segments, uploaded then fetched back for the mux
-    summary = restore_sources(list_images([f"{bucket}/in"]), f"{bucket}/out", restorer, run)
+    summary = restore_sources(list_images([f"{bucket}/in"], RESTORABLE_EXTENSIONS), f"{bucket}/out", restorer, run)
     row = summary.rows[0]
     assert (row["status"], row["frames"], row["segments"]) == ("ok", 12, 2), row
     assert row["outputs"] == [f"{bucket}/out/restored_imgs/clip.mp4"]
@@ -270,12 +272,26 @@ def test_video_in_and_out_of_a_bucket(tmp_path, s3_server):
 
     fs, _ = filesystem_for(bucket)
     assert not [key for key in fs.find("videos/out") if "/.dfd-video/" in key]  # the work folder is removed
-    again = restore_sources(list_images([f"{bucket}/in"]), f"{bucket}/out", restorer, run)
+    again = restore_sources(list_images([f"{bucket}/in"], RESTORABLE_EXTENSIONS), f"{bucket}/out", restorer, run)
     assert again.skipped == 1
 
 
 def test_aligned_mode_refuses_a_video_with_a_reason(tmp_path):
     make_clip(tmp_path / "clip.mp4", frames=3)
     restorer = Restorer(IdentityModel(128), RestoreOptions(upscale=1, aligned=True))
-    summary = restore_sources(list_images([str(tmp_path / "clip.mp4")]), str(tmp_path / "out"), restorer)
+    summary = restore_sources(list_images([str(tmp_path / "clip.mp4")], RESTORABLE_EXTENSIONS), str(tmp_path / "out"), restorer)
     assert summary.failed == 1 and summary.rows[0]["error"].startswith("not an aligned face crop")
+
+
+def test_truncated_video_with_its_header_restores_what_decodes_and_says_so(tmp_path):
+    whole = tmp_path / "whole.mp4"
+    make_clip(whole, faststart=True)
+    cut = tmp_path / "in" / "cut.mp4"
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    restorer = Restorer(IdentityModel(128), RestoreOptions(upscale=1))
+    summary = restore_sources(list_images([str(cut)], RESTORABLE_EXTENSIONS), str(tmp_path / "out"), restorer)
+    [row] = read_manifest(str(tmp_path / "out" / "manifest.parquet")).values()
+    assert summary.failed == 0 and row["status"] == "ok"
+    assert 0 < row["frames"] < FRAMES
+    assert f"the header declares {FRAMES} frames: the file may be truncated" in row["note"]

@@ -7,6 +7,7 @@ environment.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import stat
@@ -24,8 +25,8 @@ from dfdcore.io.atomic import atomic_path
 from dfdcore.io.video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "jpe", "jfif", "png", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm")
-# What ``dfd restore`` and the restore_bucket flow take from folders by default: photos and videos. Stages that read
-# only photos (dictionary building, training) pass ``extensions=IMAGE_EXTENSIONS``.
+# What ``dfd restore`` and the restore_bucket flow take from folders: photos and videos. ``list_images`` lists photos
+# unless given these (dictionary building and training read photos only).
 RESTORABLE_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 _S3_PROTOCOLS = frozenset({"s3", "s3a"})
 # Stores where one upload replaces an object whole, so writing in place is already atomic.
@@ -78,7 +79,7 @@ def storage_options_for(uri: str) -> dict[str, object]:
     return options
 
 
-def list_images(inputs: Sequence[str], extensions: Iterable[str] = RESTORABLE_EXTENSIONS, *,
+def list_images(inputs: Sequence[str], extensions: Iterable[str] = IMAGE_EXTENSIONS, *,
                 with_others: bool = False) -> list[Source]:
     """Expand inputs (files, folders, globs, fsspec URLs of files or prefixes) → Sources sorted by uri, each once.
 
@@ -204,6 +205,15 @@ def _read_blocks(read, max_bytes: int, timeout_s: float) -> bytes:
             raise UnreadableInput("file too large", f"more than the limit of {max_bytes} bytes")
         if time.monotonic() > deadline:
             raise UnreadableInput("read timed out", f"{total} bytes in {timeout_s:.0f} s")
+
+
+def storage_refused(exc: OSError) -> bool:
+    """Whether a failed write means the output storage itself refuses (full, over quota, read-only, no permission):
+    then every later write fails too, and a run stops instead of failing each input in turn."""
+    return exc.errno in _REFUSING_ERRNOS or isinstance(exc, PermissionError)
+
+
+_REFUSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:

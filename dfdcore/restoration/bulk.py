@@ -10,16 +10,15 @@ rows and a rerun redoes only them. A full or read-only output ends the run at on
 """
 from __future__ import annotations
 
-import errno
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 from dfdcore.face.pipeline import to_photo_points
 from dfdcore.io.atomic import remove_stale_parts
-from dfdcore.io.hashing import sha256_bytes, sha256_path, stable_json
+from dfdcore.io.hashing import sha256_bytes, stable_json
 from dfdcore.io.images import encode_image
 from dfdcore.io.pixels import uint8_to_unit, unit_to_uint8
 from dfdcore.io.storage import (
@@ -30,11 +29,11 @@ from dfdcore.io.storage import (
     filesystem_for,
     is_local,
     join_uri,
-    local_copy,
     read_input,
+    storage_refused,
     write_bytes_atomic,
 )
-from dfdcore.io.video import VideoDecodeError, is_video_name
+from dfdcore.io.video import is_video_name
 from dfdcore.restoration.manifest import (
     append_rows,
     compact,
@@ -53,12 +52,11 @@ from dfdcore.restoration.restorer import (
     model_label,
     output_name,
 )
+from dfdcore.restoration.video import video_manifest_row
 from dfdcore.viz import side_by_side
 
 __all__ = ["MANIFEST_NAME", "OUTPUT_FOLDERS", "BulkSummary", "OutputStorageError", "RunOptions", "restore_sources"]
 
-# Errors of the output's storage that every later write would meet too: stop, don't spend hours restoring.
-_FATAL_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 COMPACT_EVERY_PARTS = 32
 
 
@@ -197,7 +195,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
                    "status": status, "error": error, "n_faces": 0, "faces": [], "outputs": [],
                    "model_id": stable_json(identity), "model_version": identity.get("registered"),
                    "random_weights": bool(identity.get("random_weights", False)),
-                   "config_hash": config_hash, "updated_at": datetime.now(timezone.utc)}
+                   "config_hash": config_hash, "updated_at": datetime.now(UTC)}
         record_.update(extra)
         return normalise_row(record_)  # a column or timing the schema lacks fails here, where it was made
 
@@ -253,7 +251,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         try:
             outputs = _write_outputs(out, source, image, result, restorer, identity, run.save_faces, run.cmp)
         except OSError as exc:
-            if exc.errno in _FATAL_STORAGE_ERRNOS or isinstance(exc, PermissionError):
+            if storage_refused(exc):
                 summary.storage_error = f"output storage {out} refused a write: {exc.strerror or exc}"
             finish(row(source, digest, "failed", f"cannot write output: {printable(str(exc))}"))
             continue
@@ -266,7 +264,8 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         summary.no_face += not n_faces
         seconds = dict(result.seconds, decode=decode_seconds, write=time.perf_counter() - t0)
         seconds["total"] = sum(seconds.values())
-        note = f"first of {image.frames} frames restored" if image.frames > 1 else None
+        note = "; ".join(filter(None, [f"first of {image.frames} frames restored" if image.frames > 1 else None,
+                                       result.note])) or None  # result.note: an aligned crop's landmark source
         finish(row(source, digest, "ok" if n_faces else "no_face", None if n_faces else "no face found",
                    note=note, n_faces=n_faces, faces=[_face_record(f) for f in result.faces], outputs=outputs,
                    seconds={k: float(v) for k, v in seconds.items()}))  # a key the schema lacks is refused
@@ -275,7 +274,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         if summary.storage_error:
             finish(row(source, None, "failed", f"not attempted: {summary.storage_error}"))
             continue
-        video_row = _restore_video_row(source, out, restorer, run, config_hash, old_rows, max_pixels, row,
+        video_row = video_manifest_row(source, out, restorer, run, config_hash, old_rows, max_pixels, row,
                                        on_segment)
         if video_row is None:  # current: not redone
             summary.skipped += 1
@@ -294,45 +293,6 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         compact_quietly(manifest_uri)
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _restore_video_row(source: Source, out: str, restorer: Restorer, run: RunOptions, config_hash: str,
-                       old_rows: Mapping[str, Mapping], max_pixels: int, row: Callable[..., dict],
-                       on_segment: Callable[[Source, int, int], None] | None) -> dict | None:
-    """The manifest row of one video restored (``dfdcore.restoration.video``), or None when it is current."""
-    from dfdcore.restoration.video import restore_video, video_config_hash
-
-    video_hash = video_config_hash(config_hash)
-    digest = None
-    try:
-        with local_copy(source.uri) as path:
-            digest = sha256_path(path)
-            if not run.force and is_current(old_rows.get(source.uri), digest, video_hash):
-                return None
-            stem = source.stem or str(PurePosixPath(source.relpath).with_suffix(""))
-            hook = (lambda k, n: on_segment(source, k, n)) if on_segment else None
-            done = restore_video(path, printable(source.relpath), digest, out, stem, restorer, video_hash,
-                                 max_pixels=max_pixels, segment_seconds=run.segment_seconds, on_segment=hook)
-    except UnreadableInput as exc:
-        return row(source, None, "skipped" if exc.skipped else "failed", f"{exc.reason}: {exc.detail}",
-                   config_hash=video_hash)
-    except VideoDecodeError as exc:
-        return row(source, digest, "failed", printable(f"{exc.reason}: {exc.detail}"), config_hash=video_hash)
-    except OSError as exc:
-        failed = row(source, digest, "failed", f"cannot restore video: {printable(str(exc))}", config_hash=video_hash)
-        if exc.errno in _FATAL_STORAGE_ERRNOS or isinstance(exc, PermissionError):
-            failed["_storage_error"] = True
-            failed["error"] = f"output storage {out} refused a write: {exc.strerror or exc}"
-        return failed
-    except Exception as exc:  # noqa: BLE001 - one bad video is a row, not the end of the batch
-        return row(source, digest, "failed", printable(f"{type(exc).__name__}: {exc}"), config_hash=video_hash)
-    reused = f"; {done.segments_reused} of {done.segments} segments kept from an earlier run" \
-        if done.segments_reused else ""
-    return row(source, digest, "ok" if done.faces_total else "no_face", None if done.faces_total else "no face found",
-               config_hash=video_hash, note=f"video: {done.frames} frames at {done.frame_rate} fps{reused}",
-               n_faces=done.tracks, outputs=[done.output], frames=done.frames,
-               frames_with_faces=done.frames_with_faces, faces_total=done.faces_total, segments=done.segments,
-               frame_rate=str(done.frame_rate), seconds={k: float(v) for k, v in done.seconds.items()})
 
 
 def prepare_run(sources: Sequence[Source], out: str, on_image: Callable[[], None] | None = None

@@ -23,10 +23,10 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
 import cv2
@@ -39,10 +39,21 @@ from dfdcore.face.detect import DetectedFace, detect_faces, landmarks
 from dfdcore.face.pipeline import AlignedFace
 from dfdcore.face.track import TRACK_SETTINGS, Observation, TrackedFace, face_motion, link_tracks, smooth_tracks
 from dfdcore.io.atomic import atomic_path
-from dfdcore.io.hashing import sha256_json
+from dfdcore.io.hashing import sha256_json, sha256_path
 from dfdcore.io.images import DecodedImage
 from dfdcore.io.pixels import uint8_to_unit, unit_to_uint8
-from dfdcore.io.storage import exists, filesystem_for, is_local, join_uri, read_bytes, write_bytes_atomic
+from dfdcore.io.storage import (
+    Source,
+    UnreadableInput,
+    exists,
+    filesystem_for,
+    is_local,
+    join_uri,
+    local_copy,
+    read_bytes,
+    storage_refused,
+    write_bytes_atomic,
+)
 from dfdcore.io.video import (
     H264_OPTIONS,
     OUTPUT_EXT,
@@ -52,6 +63,7 @@ from dfdcore.io.video import (
     probe_video,
     read_frames,
 )
+from dfdcore.restoration.manifest import is_current, printable
 from dfdcore.restoration.restorer import Restorer, select_faces
 
 WORK_FOLDER = ".dfd-video"
@@ -82,6 +94,7 @@ class VideoOutcome:
     segments_reused: int
     frame_rate: Fraction
     seconds: dict[str, float] = field(default_factory=dict)
+    declared_frames: int = 0  # what the container's header says (0: it does not say)
 
 
 def restore_video(path: str, name: str, digest: str, out: str, stem: str, restorer: Restorer, config_hash: str, *,
@@ -122,7 +135,7 @@ def restore_video(path: str, name: str, digest: str, out: str, stem: str, restor
     seconds["decode"] = max(0.0, seconds["total"] - sum(v for k, v in seconds.items() if k != "total"))
     tracks = {face.track for faces in plan for face in faces}
     return VideoOutcome(output, frames, sum(bool(f) for f in plan), sum(len(f) for f in plan), len(tracks), count,
-                        count - len(missing), info.frame_rate, seconds)
+                        count - len(missing), info.frame_rate, seconds, declared_frames=info.frames)
 
 
 def detect_frame(rgb: np.ndarray, index: int, restorer: Restorer, previous: np.ndarray | None = None
@@ -324,3 +337,43 @@ def _remove(work: str) -> None:
     if is_local(work):
         with contextlib.suppress(OSError):  # another video's work is still there
             os.rmdir(os.path.dirname(work))
+
+
+def video_manifest_row(source: Source, out: str, restorer: Restorer, run, config_hash: str,
+                       old_rows: Mapping[str, Mapping], max_pixels: int, row: Callable[..., dict],
+                       on_segment: Callable[[Source, int, int], None] | None) -> dict | None:
+    """The manifest row of one video restored by ``restore_video`` (``row`` builds it as ``restore_sources``
+    does), or None when the manifest says it is current. ``run``: the run's ``RunOptions``."""
+    video_hash = video_config_hash(config_hash)
+    digest = None
+    try:
+        with local_copy(source.uri) as path:
+            digest = sha256_path(path)
+            if not run.force and is_current(old_rows.get(source.uri), digest, video_hash):
+                return None
+            stem = source.stem or str(PurePosixPath(source.relpath).with_suffix(""))
+            hook = (lambda k, n: on_segment(source, k, n)) if on_segment else None
+            done = restore_video(path, printable(source.relpath), digest, out, stem, restorer, video_hash,
+                                 max_pixels=max_pixels, segment_seconds=run.segment_seconds, on_segment=hook)
+    except UnreadableInput as exc:
+        return row(source, None, "skipped" if exc.skipped else "failed", f"{exc.reason}: {exc.detail}",
+                   config_hash=video_hash)
+    except VideoDecodeError as exc:
+        return row(source, digest, "failed", printable(f"{exc.reason}: {exc.detail}"), config_hash=video_hash)
+    except OSError as exc:
+        failed = row(source, digest, "failed", f"cannot restore video: {printable(str(exc))}", config_hash=video_hash)
+        if storage_refused(exc):
+            failed["_storage_error"] = True
+            failed["error"] = f"output storage {out} refused a write: {exc.strerror or exc}"
+        return failed
+    except Exception as exc:  # noqa: BLE001 - one bad video is a row, not the end of the batch
+        return row(source, digest, "failed", printable(f"{type(exc).__name__}: {exc}"), config_hash=video_hash)
+    reused = f"; {done.segments_reused} of {done.segments} segments kept from an earlier run" \
+        if done.segments_reused else ""
+    if done.declared_frames > done.frames:  # decoding stopped early: what came is restored, and said
+        reused += f"; the header declares {done.declared_frames} frames: the file may be truncated"
+    return row(source, digest, "ok" if done.faces_total else "no_face", None if done.faces_total else "no face found",
+               config_hash=video_hash, note=f"video: {done.frames} frames at {done.frame_rate} fps{reused}",
+               n_faces=done.tracks, outputs=[done.output], frames=done.frames,
+               frames_with_faces=done.frames_with_faces, faces_total=done.faces_total, segments=done.segments,
+               frame_rate=str(done.frame_rate), seconds={k: float(v) for k, v in done.seconds.items()})

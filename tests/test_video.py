@@ -279,7 +279,8 @@ def test_video_in_and_out_of_a_bucket(tmp_path, s3_server):
 def test_aligned_mode_refuses_a_video_with_a_reason(tmp_path):
     make_clip(tmp_path / "clip.mp4", frames=3)
     restorer = Restorer(IdentityModel(128), RestoreOptions(upscale=1, aligned=True))
-    summary = restore_sources(list_images([str(tmp_path / "clip.mp4")], RESTORABLE_EXTENSIONS), str(tmp_path / "out"), restorer)
+    clip = list_images([str(tmp_path / "clip.mp4")], RESTORABLE_EXTENSIONS)
+    summary = restore_sources(clip, str(tmp_path / "out"), restorer)
     assert summary.failed == 1 and summary.rows[0]["error"].startswith("not an aligned face crop")
 
 
@@ -295,3 +296,25 @@ def test_truncated_video_with_its_header_restores_what_decodes_and_says_so(tmp_p
     assert summary.failed == 0 and row["status"] == "ok"
     assert 0 < row["frames"] < FRAMES
     assert f"the header declares {FRAMES} frames: the file may be truncated" in row["note"]
+
+
+def test_restore_bucket_flow_restores_a_video_beside_photos(prefect_server, tmp_path):
+    """The nightly flow (Prefect, a Ray actor, MLflow) takes a clip as it takes photos; its rerun skips both."""
+    from dfd.flows.restore_bucket import restore_bucket
+    from dfdcore.restoration.restorer import ModelSpec
+
+    from .conftest import copy_portraits
+
+    source = copy_portraits(tmp_path / "incoming", ["obama.jpg"])
+    make_clip(source / "clip.mp4", frames=24)
+    out = tmp_path / "out"
+    identity, same_size = ModelSpec("identity", face_size=128), RestoreOptions(upscale=1)
+    run = RunOptions(workers=1, segment_seconds=0.4)
+    first = restore_bucket(str(source), str(out), identity, same_size, run)
+    assert (first.listed, first.restored, first.failed) == (2, 2, 0)
+    rows = {r["relpath"]: r for r in read_manifest(str(out / "manifest.parquet")).values()}
+    clip = rows["clip.mp4"]
+    assert (clip["status"], clip["frames"], clip["segments"], clip["frame_rate"]) == ("ok", 24, 2, "30000/1001")
+    assert probe_video(str(out / "restored_imgs" / "clip.mp4")).frames == 24
+    again = restore_bucket(str(source), str(out), identity, same_size, run)
+    assert (again.restored, again.skipped) == (0, 2)

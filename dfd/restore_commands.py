@@ -86,6 +86,9 @@ def _report(summary, label: str, output: str) -> None:
     click.echo(f"  model      {label}")
     click.echo(f"  files      {summary.images}: {summary.restored} restored, {summary.no_face} without a face, "
                f"{summary.skipped} already done, {summary.not_read} not images (skipped), {summary.failed} failed")
+    if summary.skipped:
+        click.echo(f"  read       {summary.read} of {summary.images} files (an unchanged file whose size and time, or "
+                   "ETag, match the manifest is not read)")
     if summary.excluded:
         click.echo(f"  left out   {summary.excluded} files of the output itself (it lies inside an input)")
     click.echo(f"  faces      {summary.faces} in {summary.seconds:.1f} s")

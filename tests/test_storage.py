@@ -1,6 +1,7 @@
 """Finding, reading and writing files on local disk and on a real S3 API (moto's server on loopback)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 
@@ -124,6 +125,8 @@ def test_s3_list_read_write_join(s3_server):
     prefix = list_images([f"{bucket}/set"])
     assert prefix == [Source("s3://photos/set/a.jpg", "a.jpg"), Source("s3://photos/set/sub/b.PNG", "sub/b.PNG")]
     assert list_images([f"{bucket}/set/"]) == prefix
+    assert [s.listing for s in prefix] == [f"etag:{hashlib.md5(name.encode()).hexdigest()};size:{len(name)}"
+                                           for name in ("set/a.jpg", "set/sub/b.PNG")]  # S3's ETag: the MD5
     globbed = list_images([f"{bucket}/set/**/*.PNG", f"{bucket}/other/d.jpg"])
     assert globbed == [Source("s3://photos/other/d.jpg", "d.jpg"), Source("s3://photos/set/sub/b.PNG", "sub/b.PNG")]
     assert read_bytes("s3://photos/set/sub/b.PNG") == b"set/sub/b.PNG"

@@ -14,8 +14,8 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import fsspec
 from fsspec.core import split_protocol, url_to_fs
@@ -43,6 +43,10 @@ class Source:
     relpath: str
     skip: str | None = None  # why a listed file is not read (not an image name, not a regular file, odd key)
     stem: str | None = None  # output path without extension, when not relpath's (see bulk.plan_outputs)
+    # What the listing said of the object, without reading it: "etag:…" on object stores, "size:…;mtime:…" on file
+    # systems (None when the listing said neither). A rerun whose listing matches the manifest's skips the object
+    # without downloading it; see ``listing_signature``. Not part of a Source's equality: the same object.
+    listing: str | None = field(default=None, compare=False)
 
 
 class UnreadableInput(OSError):
@@ -291,9 +295,9 @@ def _expand(spec: str, wanted: frozenset[str], with_others: bool) -> list[Source
     path = path.rstrip("/") or path
     # A literal name wins over a glob reading of it: "photo [1].jpg" is a file, not a pattern.
     if fs.isfile(path):
-        return [Source(uri_of(fs, path), posixpath.basename(path))]
+        return [Source(uri_of(fs, path), posixpath.basename(path), listing=listing_signature(fs.info(path)))]
     if fs.isdir(path):
-        return _under(fs, path, fs.find(path), wanted, with_others)
+        return _under(fs, path, fs.find(path, detail=True), wanted, with_others)
     if isinstance(fs, LocalFileSystem) and os.path.lexists(path):
         kind = special_file_kind(path)
         if with_others:
@@ -301,7 +305,7 @@ def _expand(spec: str, wanted: frozenset[str], with_others: bool) -> list[Source
         raise FileNotFoundError(f"{spec}: not a regular file or folder ({kind})")
     if _GLOB_CHARS & set(path):
         root = _glob_root(path)
-        matches = [match for match, info in fs.glob(path, detail=True).items() if info.get("type") == "file"]
+        matches = {match: info for match, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
         sources = _under(fs, root, matches, wanted, with_others)
         if not sources:
             raise FileNotFoundError(f"{spec}: the pattern matches no image files (extensions {sorted(wanted)})")
@@ -309,13 +313,27 @@ def _expand(spec: str, wanted: frozenset[str], with_others: bool) -> list[Source
     raise FileNotFoundError(f"{spec}: no such file or folder")
 
 
-def _under(fs: fsspec.AbstractFileSystem, root: str, paths: Iterable[str], wanted: frozenset[str],
-           with_others: bool) -> list[Source]:
-    """Sources for the image files among ``paths`` (all below ``root``), relpaths taken from ``root``; with
-    ``with_others`` the other visible files too, each with its reason to be skipped."""
+def listing_signature(info: Mapping[str, object]) -> str | None:
+    """An object's identity as its listing gives it, from fsspec's ``info``: the ETag where the store has one (S3:
+    it changes with the content), else size and modification time; None when the listing has neither."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"etag:{str(etag).strip(chr(34))};size:{info.get('size')}"
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    if mtime is None or info.get("size") is None:
+        return None
+    if hasattr(mtime, "isoformat"):
+        mtime = mtime.isoformat()
+    return f"size:{info['size']};mtime:{mtime}"
+
+
+def _under(fs: fsspec.AbstractFileSystem, root: str, infos: Mapping[str, Mapping[str, object]],
+           wanted: frozenset[str], with_others: bool) -> list[Source]:
+    """Sources for the image files among ``infos`` (path → fsspec info, all below ``root``), relpaths taken from
+    ``root``; with ``with_others`` the other visible files too, each with its reason to be skipped."""
     sources = []
     prefix = root.rstrip("/") + "/"
-    for path in paths:
+    for path, info in infos.items():
         relpath = path[len(prefix):] if path.startswith(prefix) else posixpath.basename(path)
         parts = relpath.split("/")
         if any(part.startswith(".") and part not in (".", "..") for part in parts):
@@ -329,7 +347,7 @@ def _under(fs: fsspec.AbstractFileSystem, root: str, paths: Iterable[str], wante
         else:
             skip = None
         if skip is None or with_others:
-            sources.append(Source(uri_of(fs, path), relpath, skip))
+            sources.append(Source(uri_of(fs, path), relpath, skip, listing=listing_signature(info)))
     return sources
 
 

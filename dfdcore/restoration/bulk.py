@@ -3,10 +3,13 @@
 Layout under OUT: ``restored_imgs/<relpath>``, optionally ``cropped_faces/`` and ``restored_faces/``
 (``<relpath stem>_<face>.png``) and ``cmp/<relpath>.png`` (input | output), and ``manifest.parquet`` with one row
 per input file (see ``manifest``). Videos (``dfdcore.io.video.VIDEO_EXTENSIONS``) are restored frame by frame into
-``restored_imgs/<relpath stem>.mp4`` by ``dfdcore.restoration.video``, resumable by segments of frames. Before any work, ``plan_outputs`` leaves out the output's own files (an output
-inside or equal to an input folder) and gives inputs that would share an output name distinct names. Each output
-is written atomically; rows are appended to the manifest every few images, so a killed run loses at most those
-rows and a rerun redoes only them. A full or read-only output ends the run at once, every remaining input a row.
+``restored_imgs/<relpath stem>.mp4`` by ``dfdcore.restoration.video``, resumable by segments of frames. Before any
+work, ``plan_outputs`` leaves out the output's own files (an output inside or equal to an input folder) and gives
+inputs that would share an output name distinct names. Each output is written atomically; rows are appended to the
+manifest every few images, so a killed run loses at most those rows and a rerun redoes only them. A full or
+read-only output ends the run at once, every remaining input a row. A rerun skips an input unread when its listing
+(ETag, or size and modification time) and the configuration match its row; else it reads and hashes it, and skips
+it when the content is unchanged (recording the new listing, so the next run need not read it either).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from dfdcore.restoration.manifest import (
     append_rows,
     compact,
     is_current,
+    is_listed_current,
     normalise_row,
     printable,
     read_manifest,
@@ -52,7 +56,7 @@ from dfdcore.restoration.restorer import (
     model_label,
     output_name,
 )
-from dfdcore.restoration.video import video_manifest_row
+from dfdcore.restoration.video import video_config_hash, video_manifest_row
 from dfdcore.viz import side_by_side
 
 __all__ = ["MANIFEST_NAME", "OUTPUT_FOLDERS", "BulkSummary", "OutputStorageError", "RunOptions", "restore_sources"]
@@ -107,6 +111,7 @@ class BulkSummary:
     restored: int = 0
     no_face: int = 0
     skipped: int = 0           # unchanged since the last run: not redone
+    read: int = 0              # inputs whose bytes were read (unchanged ones whose listing matches are not)
     not_read: int = 0          # listed but not read (not an image name, a FIFO, ...): rows with the reason
     failed: int = 0
     faces: int = 0
@@ -195,7 +200,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
                    "status": status, "error": error, "n_faces": 0, "faces": [], "outputs": [],
                    "model_id": stable_json(identity), "model_version": identity.get("registered"),
                    "random_weights": bool(identity.get("random_weights", False)),
-                   "config_hash": config_hash, "updated_at": datetime.now(UTC)}
+                   "config_hash": config_hash, "listing": source.listing, "updated_at": datetime.now(UTC)}
         record_.update(extra)
         return normalise_row(record_)  # a column or timing the schema lacks fails here, where it was made
 
@@ -211,6 +216,17 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         if len(pending) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
             flush()
 
+    def skip_current(refresh: Mapping | None = None, listing: str | None = None) -> None:
+        """An input found unchanged. ``refresh``: its row, recorded again with the new ``listing`` when only the
+        listing changed (a touched or copied file), so that the next run need not read it either."""
+        summary.skipped += 1
+        if refresh is not None and listing is not None and refresh.get("listing") != listing:
+            refreshed = normalise_row({**refresh, "listing": listing, "updated_at": datetime.now(UTC)})
+            summary.rows.append(refreshed)  # parallel workers' rows are recorded by their driver
+            pending.append(refreshed)
+        if on_image:
+            on_image()
+
     videos = [s for s in sources if s.skip is None and is_video_name(s.relpath)]
     photos = [s for s in sources if not (s.skip is None and is_video_name(s.relpath))]
 
@@ -222,7 +238,12 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
             if source.skip:
                 finish(row(source, None, "skipped", source.skip))
                 continue
+            old_row = old_rows.get(source.uri)
+            if not run.force and is_listed_current(old_row, source.listing, config_hash):
+                skip_current()  # the listing vouches for the bytes: not read
+                continue
             t0 = time.perf_counter()
+            summary.read += 1
             try:
                 data = read_input(source.uri, run.max_bytes, read_timeout_s)
             except UnreadableInput as exc:
@@ -232,10 +253,8 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
                 finish(row(source, None, "failed", f"cannot read: {printable(str(exc))}"))
                 continue
             digest = sha256_bytes(data)
-            if not run.force and is_current(old_rows.get(source.uri), digest, config_hash):
-                summary.skipped += 1
-                if on_image:
-                    on_image()
+            if not run.force and is_current(old_row, digest, config_hash):
+                skip_current(refresh=old_row, listing=source.listing)
                 continue
             image = decode_or_error(data, source.relpath, max_pixels)
             if isinstance(image, Exception):
@@ -274,12 +293,15 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         if summary.storage_error:
             finish(row(source, None, "failed", f"not attempted: {summary.storage_error}"))
             continue
+        if not run.force and is_listed_current(old_rows.get(source.uri), source.listing,
+                                               video_config_hash(config_hash)):
+            skip_current()
+            continue
+        summary.read += 1
         video_row = video_manifest_row(source, out, restorer, run, config_hash, old_rows, max_pixels, row,
                                        on_segment)
-        if video_row is None:  # current: not redone
-            summary.skipped += 1
-            if on_image:
-                on_image()
+        if video_row is None:  # current by content: not redone
+            skip_current(refresh=old_rows.get(source.uri), listing=source.listing)
             continue
         if video_row.pop("_storage_error", None):
             summary.storage_error = video_row["error"]

@@ -60,6 +60,9 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
     "source_uri": (pa.string(), False, "where the input was read from (absolute local path or URL); the row key"),
     "relpath": (pa.string(), False, "input path below the INPUT it was found under; outputs mirror it"),
     "content_sha256": (pa.string(), True, "hex SHA-256 of the input bytes; null when they could not be read"),
+    "listing": (pa.string(), True, "the input as its listing described it when the row was made ('etag:…' on "
+                                   "object stores, 'size:…;mtime:…' on file systems): a rerun whose listing "
+                                   "matches skips it without reading it"),
     "status": (pa.string(), False, "'ok', 'failed' (see error), 'no_face' (decoded, no face found) or 'skipped' "
                                    "(not read: not an image name, a FIFO or device, ...; see error)"),
     "error": (pa.string(), True, "why the file failed or was skipped ('reason: detail'); null for ok rows"),
@@ -320,6 +323,13 @@ def merge_rows(old: Mapping[str, Mapping[str, object]],
     for row in (new.values() if isinstance(new, Mapping) else new):
         merged[str(row["source_uri"])] = dict(row)
     return merged
+
+
+def is_listed_current(row: Mapping[str, object] | None, listing: str | None, config_hash: str) -> bool:
+    """Whether ``row`` records finished work with this configuration on the object the listing describes the same
+    way (ETag, or size and modification time): then its bytes need not be read to know it is unchanged."""
+    return (listing is not None and row is not None and row.get("status") in ("ok", "no_face")
+            and row.get("listing") == listing and row.get("config_hash") == config_hash)
 
 
 def is_current(row: Mapping[str, object] | None, content_sha256: str, config_hash: str) -> bool:

@@ -17,10 +17,17 @@ from dfdcore.io.pixels import images_to_tensor
 from dfdcore.io.storage import read_bytes
 
 
-def aligned_face(face_row: dict, face_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Re-align one ``faces.parquet`` row from its photo: (S, S, 3) uint8 face and its 68 landmarks on it."""
-    image = decode_image(read_bytes(face_row["uri"]), name=face_row["uri"])
-    return aligned_from_landmarks(image.rgb8, face_row["lm5"], face_row["lm68"], face_size)
+def aligned_faces(face_rows: Sequence[dict], face_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Re-align ``faces.parquet`` rows from their photos: per row the (S, S, 3) uint8 face and its 68 landmarks on
+    it. Each photo is read and decoded once, however many of its faces the rows hold (a group photo)."""
+    photos: dict[str, np.ndarray] = {}
+    aligned = []
+    for row in face_rows:
+        uri = row["uri"]
+        if uri not in photos:
+            photos[uri] = decode_image(read_bytes(uri), name=uri).rgb8
+        aligned.append(aligned_from_landmarks(photos[uri], row["lm5"], row["lm68"], face_size))
+    return aligned
 
 
 @torch.inference_mode()
@@ -29,7 +36,7 @@ def extract_shard(vgg, extractor_checksum: str, random_vgg: bool, config: Genera
     """Write ``root/scale=S/part=P/<shard>.parquet`` for every (scale, part); returns the number of rows.
 
     ``vgg``, ``extractor_checksum``, ``random_vgg``: as ``load_vgg`` returns them (recorded in every shard)."""
-    crops, landmarks = zip(*(aligned_face(row, config.face_size) for row in faces))
+    crops, landmarks = zip(*aligned_faces(faces, config.face_size))
     batch = images_to_tensor(list(crops))
     lm = torch.from_numpy(np.stack(landmarks)).float()
     meta = [{"image_id": r["image_id"], "face_index": int(r["face_index"]), "flip": False} for r in faces]

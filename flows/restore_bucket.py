@@ -93,7 +93,8 @@ def record_results(tracked: FlowRun, summary: BulkSummary, copied: int) -> None:
     counts = {k: v for k, v in asdict(summary).items() if isinstance(v, int) and not isinstance(v, bool)}
     processed = summary.restored + summary.no_face + summary.failed
     tracked.log(metrics={**counts, "listed": summary.listed, "failures_copied": copied, "seconds": summary.seconds,
-                         "images_per_second": processed / summary.seconds if summary.seconds else 0.0})
+                         "images_per_second": processed / summary.seconds if summary.seconds else 0.0,
+                         "manifest_seconds_per_append": summary.manifest_seconds / max(1, summary.manifest_appends)})
     model_id = next((row["model_id"] for row in summary.rows if row.get("model_id")), None)
     if model_id:
         tracked.log(tags={"model_id": model_id})

@@ -19,8 +19,9 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from dfd.tasks.runtime import ensure_ray, threads_per_worker
 from dfdcore.io.storage import Source, is_local, join_uri
+from dfdcore.io.video import is_video_name
 from dfdcore.restoration.bulk import MANIFEST_NAME, BulkSummary, RunOptions, compact_quietly, prepare_run
-from dfdcore.restoration.manifest import append_rows
+from dfdcore.restoration.manifest import append_rows, is_listed_current
 from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer
 
 WORKER_RESTARTS = 2  # a worker killed twice more on one chunk: that chunk's images are failed rows
@@ -41,6 +42,14 @@ class RestoreWorker:
 
         return restore_sources(sources, out, self.restorer, self.run, previous=previous, record=False)
 
+    def config_hashes(self) -> tuple[str, str]:
+        """The configuration hashes this worker's rows get: (photos, videos)."""
+        from dfdcore.restoration.restorer import model_identity
+        from dfdcore.restoration.video import video_config_hash
+
+        photo = self.restorer.options.config_hash(model_identity(self.restorer.model))
+        return photo, video_config_hash(photo)
+
 
 def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, options: RestoreOptions, run: RunOptions,
                      on_image: Callable[[], None] | None = None) -> BulkSummary:
@@ -54,22 +63,33 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
     planned, excluded, previous = prepare_run(sources, out, on_image)
     manifest_uri = join_uri(out, MANIFEST_NAME)
     total = BulkSummary(excluded=len(excluded))
-    chunks = [planned[i:i + run.chunk] for i in range(0, len(planned), run.chunk)]
-    chunks.reverse()  # popped from the end: submitted in listing order
+
+    def counted(part: list[Source]) -> None:
+        for _ in part if on_image else ():
+            on_image()
 
     ensure_ray()
     threads = threads_per_worker(run.workers)
     actors = [RestoreWorker.remote(spec, options, run, threads) for _ in range(run.workers)]
     in_flight: dict[ray.ObjectRef, tuple[list[Source], int]] = {}
+    # What the listing shows unchanged is skipped here: no chunk, no read, no worker time. (A worker that cannot
+    # start says nothing here: its chunks become failed rows below, with the reason.)
+    hashes = None if run.force else _config_hashes(actors[0])
+    if hashes:
+        unchanged = [s for s in planned if is_listed_current(
+            previous.get(s.uri), s.listing, hashes[is_video_name(s.relpath)])]
+        if unchanged:
+            total = total + BulkSummary(images=len(unchanged), skipped=len(unchanged))
+            counted(unchanged)
+            kept = {s.uri for s in unchanged}
+            planned = [s for s in planned if s.uri not in kept]
+    chunks = [planned[i:i + run.chunk] for i in range(0, len(planned), run.chunk)]
+    chunks.reverse()  # popped from the end: submitted in listing order
 
     def submit(actor_index: int) -> None:
         part = chunks.pop()
         rows = {s.uri: previous[s.uri] for s in part if s.uri in previous}
         in_flight[actors[actor_index].restore.remote(part, out, rows)] = (part, actor_index)
-
-    def counted(part: list[Source]) -> None:
-        for _ in part if on_image else ():
-            on_image()
 
     for i in range(min(len(chunks), run.workers * CHUNKS_IN_FLIGHT_PER_WORKER)):
         submit(i % run.workers)
@@ -78,8 +98,11 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
             done, _ = ray.wait(list(in_flight), num_returns=1)
             part, actor_index = in_flight.pop(done[0])
             summary = _chunk_summary(done[0], part)
+            t0 = time.perf_counter()
             try:
                 append_rows(manifest_uri, summary.rows)
+                summary = dataclasses.replace(summary, manifest_appends=1,
+                                              manifest_seconds=time.perf_counter() - t0)
             except OSError as exc:
                 summary = summary + BulkSummary(unrecorded=len(summary.rows),
                                                 storage_error=f"cannot record rows in {manifest_uri}: {exc}")
@@ -97,6 +120,13 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
     if total.storage_error is None:
         compact_quietly(manifest_uri)
     return dataclasses.replace(total, seconds=time.perf_counter() - started)
+
+
+def _config_hashes(actor) -> tuple[str, str] | None:
+    try:
+        return ray.get(actor.config_hashes.remote())
+    except (RayActorError, RayTaskError):
+        return None
 
 
 def _chunk_summary(ref: ray.ObjectRef, part: list[Source]) -> BulkSummary:

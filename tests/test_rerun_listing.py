@@ -78,7 +78,8 @@ def test_s3_rerun_compares_etags_without_downloading(tmp_path, s3_server):
 
 
 def test_restore_bucket_rerun_reads_no_photo(prefect_server, tmp_path):
-    """Through the flow and its Ray workers: the listing travels with each chunk and the rerun reads nothing."""
+    """Through the flow and its Ray workers: the driver recognises the unchanged photos from the listing and sends
+    no chunk at all; a changed photo is the only one a worker reads."""
     from dfd.flows.restore_bucket import restore_bucket
     from dfdcore.restoration.restorer import ModelSpec
 
@@ -88,4 +89,7 @@ def test_restore_bucket_rerun_reads_no_photo(prefect_server, tmp_path):
     first = restore_bucket(*args)
     assert (first.restored, first.read) == (3, 3)
     again = restore_bucket(*args)
-    assert (again.skipped, again.read) == (3, 0)
+    assert (again.skipped, again.read, again.manifest_appends) == (3, 0, 0)
+    shutil.copy(portrait("astronaut.png"), source / "obama.jpg")
+    third = restore_bucket(*args)
+    assert (third.restored, third.read, third.skipped, third.manifest_appends) == (1, 1, 2, 1)

@@ -117,6 +117,8 @@ class BulkSummary:
     faces: int = 0
     excluded: int = 0          # files of the output itself found among the inputs, left out
     unrecorded: int = 0        # rows that could not be appended to the manifest (their images are redone)
+    manifest_appends: int = 0  # parts appended to the manifest (one per flush, or per chunk with workers)
+    manifest_seconds: float = 0.0  # time spent appending them (what recording costs; constant per append)
     seconds: float = 0.0       # wall clock of the whole run (set by whoever ran it: parts run side by side)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source_uri, reason)
     rows: list[dict] = field(default_factory=list)
@@ -136,7 +138,7 @@ class BulkSummary:
             mine, theirs = getattr(self, item.name), getattr(other, item.name)
             if item.name == "seconds":
                 merged[item.name] = max(mine, theirs)
-            elif isinstance(mine, (int, list)):
+            elif isinstance(mine, (int, float, list)):
                 merged[item.name] = mine + theirs
             else:  # optional text: the first one says what happened first
                 merged[item.name] = mine if mine is not None else theirs
@@ -181,6 +183,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         nonlocal last_flush, parts_since_compaction
         if not record or not pending:
             return
+        t0 = time.perf_counter()
         try:
             append_rows(manifest_uri, pending)
         except OSError as exc:  # the rows stay pending: the next flush tries again
@@ -189,6 +192,8 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
                 summary.storage_error = summary.storage_error or f"cannot record rows in {manifest_uri}: {exc}"
             return
         pending.clear()
+        summary.manifest_appends += 1
+        summary.manifest_seconds += time.perf_counter() - t0
         last_flush = time.monotonic()
         parts_since_compaction += 1
         if parts_since_compaction >= COMPACT_EVERY_PARTS:

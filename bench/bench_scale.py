@@ -1,0 +1,179 @@
+"""How restore_bucket grows with the bucket: wall time, photos/s, peak RSS of the driver and of each Ray worker,
+Ray object-store use and spilling, output and manifest sizes, time per manifest update, and the rerun.
+
+    python bench/bench_scale.py --n 1000 --work /data/scale      # makes /data/scale/bucket-1000 if missing
+    python bench/bench_scale.py --n 1000,4000,16000 --work /data/scale --plot
+
+Each N: a bucket from ``bench/make_bucket.py`` (same seed: the 1,000 photos are the first of the 4,000), the flow
+with the identity model (detection, alignment, paste-back, encoding: everything but the network) and ``--workers``
+Ray actors, then a rerun over the unchanged bucket (photos read, seconds). Results are appended to
+``bench/results/scale.json``; ``--plot`` draws ``bench/results/scale.png`` from all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "scale.json"
+
+
+class PeakRSS:
+    """Samples the RSS of this process (the driver: the flow runs in it) and of every Ray worker process
+    (``ray::RestoreWorker`` in its title) every ``interval`` seconds, and Ray's object store every 10th time;
+    peaks in bytes (object store: MiB)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.driver, self.workers = interval, 0, {}
+        self.store_used_mib, self.store_spilled_mib = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        ticks = 0
+        while not self._stop.wait(self.interval):
+            ticks += 1
+            self.driver = max(self.driver, me.memory_info().rss)
+            if ticks % 10 == 0:
+                store = object_store()
+                self.store_used_mib = max(self.store_used_mib, store.get("used_mib") or 0)
+                self.store_spilled_mib = max(self.store_spilled_mib, store.get("spilled_mib") or 0)
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                try:
+                    title = " ".join(proc.info["cmdline"] or [])
+                    if title.startswith("ray::RestoreWorker"):
+                        self.workers[proc.pid] = max(self.workers.get(proc.pid, 0), proc.memory_info().rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+
+
+def folder_bytes(path: Path) -> tuple[int, int]:
+    """(bytes, files) under ``path``."""
+    sizes = [p.stat().st_size for p in path.rglob("*") if p.is_file()]
+    return sum(sizes), len(sizes)
+
+
+def object_store() -> dict:
+    """Ray's object store now: used and spilled MiB (from ``ray memory --stats-only``'s summary); {} before this
+    process has started Ray."""
+    import re
+
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    if not ray.is_initialized():
+        return {}
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    used = re.search(r"Plasma memory usage (\d+) MiB", text)
+    spilled = re.search(r"Spilled (\d+) MiB", text)
+    return {"used_mib": int(used.group(1)) if used else None, "spilled_mib": int(spilled.group(1)) if spilled else 0}
+
+
+def run_once(bucket: Path, out: Path, workers: int, chunk: int) -> dict:
+    from dfd.flows.restore_bucket import restore_bucket
+    from dfdcore.restoration.bulk import RunOptions
+    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions
+
+    with PeakRSS() as rss:
+        started = time.perf_counter()
+        summary = restore_bucket(str(bucket), str(out), ModelSpec("identity"), RestoreOptions(),
+                                 RunOptions(workers=workers, chunk=chunk))
+        seconds = time.perf_counter() - started
+    processed = summary.restored + summary.no_face + summary.failed
+    return {"seconds": seconds, "listed": summary.listed, "restored": summary.restored, "no_face": summary.no_face,
+            "failed": summary.failed, "skipped": summary.skipped, "read": summary.read, "faces": summary.faces,
+            "photos_per_second": processed / seconds if processed else None,
+            "seconds_per_photo": seconds / processed if processed else None,
+            "driver_peak_rss_mib": rss.driver / 2**20,
+            "worker_peak_rss_mib": sorted(v / 2**20 for v in rss.workers.values()),
+            "manifest_appends": summary.manifest_appends,
+            "seconds_per_manifest_append": summary.manifest_seconds / max(1, summary.manifest_appends),
+            "object_store_peak_used_mib": rss.store_used_mib, "object_store_peak_spilled_mib": rss.store_spilled_mib}
+
+
+def measure(n: int, work: Path, workers: int, chunk: int) -> dict:
+    bucket = work / f"bucket-{n}"
+    if not bucket.exists():
+        subprocess.run([sys.executable, str(HERE / "make_bucket.py"), "--n", str(n), "--out", str(bucket)],
+                       check=True)
+    out = work / f"out-{n}"
+    if out.exists():
+        raise SystemExit(f"{out} exists: remove it for a first run")
+    first = run_once(bucket, out, workers, chunk)
+    output_bytes, output_files = folder_bytes(out / "restored_imgs")
+    manifest_bytes, manifest_files = folder_bytes(out / "manifest.parquet")
+    rerun = run_once(bucket, out, workers, chunk)
+    return {"n": n, "workers": workers, "chunk": chunk, "first": first, "rerun": rerun,
+            "output_mib": output_bytes / 2**20, "output_files": output_files,
+            "manifest_mib": manifest_bytes / 2**20, "manifest_files": manifest_files,
+            "input_mib": folder_bytes(bucket)[0] / 2**20, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_average": os.getloadavg(), "gpu": None}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = sorted(results, key=lambda r: r["n"])
+    ns = [r["n"] for r in results]
+    panels = [("seconds per photo", [r["first"]["seconds_per_photo"] for r in results]),
+              ("driver peak RSS (MiB)", [r["first"]["driver_peak_rss_mib"] for r in results]),
+              ("ms per manifest append", [1000 * r["first"]["seconds_per_manifest_append"] for r in results]),
+              ("rerun seconds / first run seconds", [r["rerun"]["seconds"] / r["first"]["seconds"] for r in results])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (title, values) in zip(axes, panels):
+        ax.plot(ns, values, "o-")
+        ax.set_xscale("log")
+        ax.set_xlabel("photos in the bucket")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(bottom=0)
+    fig.suptitle("restore_bucket, identity model, 2 Ray workers on 2 CPU cores", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", default="1000", help="bucket sizes, comma-separated")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the buckets and outputs")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=8)
+    parser.add_argument("--plot", action="store_true")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    for n in (int(v) for v in args.n.split(",")):
+        result = measure(n, args.work, args.workers, args.chunk)
+        print(json.dumps(result, indent=1), flush=True)
+        results = [r for r in results if r["n"] != n] + [result]
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1))
+    if args.plot:
+        plot(results, RESULTS.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ so promoting another version to the alias changes what the next scheduled run us
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, replace
 
 from prefect import flow, task
@@ -51,11 +52,34 @@ def restore_photos(sources: list, output: str, model: ModelSpec, restore: Restor
     """Restore every listed photo not already done (same content and configuration) into ``output``: on
     ``run.workers`` Ray actors, or in this flow run's process with 0. Each finished chunk is recorded in the
     manifest at once, so a retried or rerun task redoes only what was not recorded."""
+    progress = Progress(len(sources))
     if run.workers:
         from dfd.tasks.restore import restore_parallel
 
-        return restore_parallel(sources, output, model, restore, run)
-    return restore_sources(sources, output, Restorer.from_spec(model, restore, run.batch_size), run)
+        return restore_parallel(sources, output, model, restore, run, on_image=progress)
+    return restore_sources(sources, output, Restorer.from_spec(model, restore, run.batch_size), run,
+                           on_image=progress)
+
+
+class Progress:
+    """A Prefect progress artifact of the task it is made in, counting files done (restored, skipped or failed):
+    updated as chunks finish, at most every ``every_s`` seconds, so that the UI shows how far a long run is."""
+
+    def __init__(self, total: int, every_s: float = 5.0) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.total, self.done, self.every_s = max(1, total), 0, every_s
+        self.artifact = create_progress_artifact(0.0, description=f"0 of {total} files")
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.done == self.total or time.monotonic() - self.last >= self.every_s:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(self.artifact, 100.0 * self.done / self.total,
+                                     description=f"{self.done} of {self.total} files")
+            self.last = time.monotonic()
 
 
 @task(cache_policy=NONE, **STORAGE_RETRIES)

@@ -33,6 +33,8 @@ def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server
     assert (failed / "broken.jpg.reason.txt").read_text().strip() == first.failures[0][1]
     manifest = read_manifest(str(out / "manifest.parquet"))
     assert sorted(row["status"] for row in manifest.values()) == ["failed", "ok", "ok"]
+    progress = latest_progress()  # the Prefect UI's view of the restore task: every file done
+    assert progress.data == 100.0 and progress.description == "3 of 3 files"
 
     # A changed photo is redone, unchanged ones are skipped, the failure is retried (and fails again).
     photo = sorted(p for p in bucket.iterdir() if p.name != "broken.jpg")[0]
@@ -42,6 +44,18 @@ def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server
     run = MlflowClient().get_run(second.run_id)
     assert run.data.metrics["restored"] == 1 and run.data.metrics["skipped"] == 1
     assert run.data.params["model_name"] == "identity" and "model_id" in run.data.tags
+
+
+def latest_progress():
+    """The progress artifact Prefect holds that was updated last."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])),
+                                          sort=ArtifactSort.UPDATED_DESC, limit=1)
+    return artifacts[0]
 
 
 def test_failed_copies_inside_the_source_are_not_listed_again(bucket):

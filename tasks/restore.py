@@ -20,8 +20,15 @@ from ray.exceptions import RayActorError, RayTaskError
 from dfd.tasks.runtime import ensure_ray, threads_per_worker
 from dfdcore.io.storage import Source, is_local, join_uri
 from dfdcore.io.video import is_video_name
-from dfdcore.restoration.bulk import MANIFEST_NAME, BulkSummary, RunOptions, compact_quietly, prepare_run
-from dfdcore.restoration.manifest import append_rows, is_listed_current
+from dfdcore.restoration.bulk import (
+    COMPACT_TIER_EVERY,
+    MANIFEST_NAME,
+    BulkSummary,
+    RunOptions,
+    compact_quietly,
+    prepare_run,
+)
+from dfdcore.restoration.manifest import append_rows, compact_tier, is_listed_current
 from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer
 
 WORKER_RESTARTS = 2  # a worker killed twice more on one chunk: that chunk's images are failed rows
@@ -101,6 +108,8 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
             t0 = time.perf_counter()
             try:
                 append_rows(manifest_uri, summary.rows)
+                if (total.manifest_appends + 1) % COMPACT_TIER_EVERY == 0:
+                    compact_tier(manifest_uri)  # bounded: merges one level's oldest parts at most
                 summary = dataclasses.replace(summary, manifest_appends=1,
                                               manifest_seconds=time.perf_counter() - t0)
             except OSError as exc:

@@ -15,6 +15,7 @@ from dfdcore.restoration.manifest import (
     SCHEMA,
     append_rows,
     compact,
+    compact_tier,
     is_current,
     manifest_parts,
     merge_rows,
@@ -166,3 +167,27 @@ def test_the_latest_row_of_a_source_wins_across_parts(tmp_path):
     append_rows(uri, [{**_rows()[1], "updated_at": later}])           # written first, but newer
     append_rows(uri, [{**_rows()[1], "status": "ok", "error": None}])  # written second, older
     assert read_manifest(uri)["/in/bad.jpg"]["status"] == "failed"
+
+
+def test_tiered_compaction_keeps_parts_few_and_rows_latest(tmp_path):
+    """200 appends of one row each (50 sources, each written 4 times, later rows newer), compact_tier after every
+    append: never more than fan_in - 1 parts per level, every source's latest row kept, each row rewritten once
+    per level (not the whole manifest every few appends); compact() then leaves one part above the levels."""
+    uri = str(tmp_path / "manifest.parquet")
+    fan_in, expected, most_parts, merged = 4, {}, 0, 0
+    for i in range(200):
+        source = f"/in/{i % 50:02d}.jpg"
+        row = {**_rows()[0], "source_uri": source, "relpath": source[4:], "n_faces": i,
+               "updated_at": WHEN + dt.timedelta(seconds=i)}
+        append_rows(uri, [row])
+        merged += compact_tier(uri, fan_in=fan_in)
+        expected[source] = i
+        most_parts = max(most_parts, len(manifest_parts(uri)))
+    levels = 4  # 4**4 = 256 > 200 appends
+    assert most_parts <= levels * (fan_in - 1) + 1
+    assert merged <= 200 * levels  # each appended part merged once per level at most (the whole-manifest way: ~5000)
+    assert {k: v["n_faces"] for k, v in read_manifest(uri).items()} == expected
+    assert compact(uri) >= 2 and len(manifest_parts(uri)) == 1
+    [part] = manifest_parts(uri)
+    assert part.endswith(".parquet") and "-L" in part.rsplit("/", 1)[1]
+    assert {k: v["n_faces"] for k, v in read_manifest(uri).items()} == expected

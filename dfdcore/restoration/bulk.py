@@ -40,6 +40,7 @@ from dfdcore.io.video import is_video_name
 from dfdcore.restoration.manifest import (
     append_rows,
     compact,
+    compact_tier,
     is_current,
     is_listed_current,
     normalise_row,
@@ -61,7 +62,7 @@ from dfdcore.viz import side_by_side
 
 __all__ = ["MANIFEST_NAME", "OUTPUT_FOLDERS", "BulkSummary", "OutputStorageError", "RunOptions", "restore_sources"]
 
-COMPACT_EVERY_PARTS = 32
+COMPACT_TIER_EVERY = 4  # appends between looks at the manifest's parts (a listing each)
 
 
 class OutputStorageError(OSError):
@@ -196,8 +197,8 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         summary.manifest_seconds += time.perf_counter() - t0
         last_flush = time.monotonic()
         parts_since_compaction += 1
-        if parts_since_compaction >= COMPACT_EVERY_PARTS:
-            compact(manifest_uri)
+        if parts_since_compaction >= COMPACT_TIER_EVERY:
+            compact_tier(manifest_uri)
             parts_since_compaction = 0
 
     def row(source: Source, digest: str | None, status: str, error: str | None, **extra) -> dict:

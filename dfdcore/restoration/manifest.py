@@ -207,12 +207,17 @@ def _decode_names(row: dict[str, object]) -> dict[str, object]:
 def append_rows(uri: str, rows: Iterable[Mapping[str, object]]) -> str | None:
     """Record ``rows`` in the manifest at ``uri`` as a new part; returns the part's URI (None for no rows).
     Costs what the rows cost, whatever the manifest's size."""
+    return _write_part(uri, rows, level=0)
+
+
+def _write_part(uri: str, rows: Iterable[Mapping[str, object]], level: int) -> str | None:
     table = rows_to_table(rows)
     if not table.num_rows:
         return None
     _migrate_single_file(uri)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    part = join_uri(uri, f"{PART_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}.parquet")
+    suffix = f"-L{level}" if level else ""
+    part = join_uri(uri, f"{PART_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}{suffix}.parquet")
     write_parquet(part, table)
     return part
 
@@ -248,9 +253,40 @@ def compact(uri: str, min_parts: int = 2) -> int:
         rows = _latest(_read_part(part) for part in parts)
     except FileNotFoundError:
         return 0  # another process is compacting these
-    append_rows(uri, rows.values())
+    # above every level merged, so that compact_tier never rewrites the whole manifest with a few small parts
+    _write_part(uri, rows.values(), level=1 + max(_level(part) for part in parts))
     _delete(parts)
     return len(parts)
+
+
+def compact_tier(uri: str, fan_in: int = 16) -> int:
+    """Merge the ``fan_in`` oldest parts of the lowest level that holds that many into one part a level up;
+    returns how many were merged (0: no level is full). Called after appends, this keeps the number of parts
+    below ``fan_in`` per level (so O(fan_in · log N) parts) while each row is rewritten only once per level: a
+    run's recording stays O(rows · log N), where merging everything every few appends was O(N²). Safe beside
+    writers and other compactions, as ``compact``."""
+    levels: dict[int, list[str]] = {}
+    for part in _parts(uri):
+        levels.setdefault(_level(part), []).append(part)
+    for level in sorted(levels):
+        group = levels[level][:fan_in]
+        if len(group) < fan_in:
+            continue
+        try:
+            rows = _latest(_read_part(part) for part in group)
+        except FileNotFoundError:
+            return 0  # another process is compacting these
+        _write_part(uri, rows.values(), level=level + 1)
+        _delete(group)
+        return len(group)
+    return 0
+
+
+def _level(part: str) -> int:
+    """The compaction level in a part's name (``…-L2.parquet``); 0 for appended parts and older names."""
+    stem = posixpath.basename(part).removesuffix(".parquet")
+    tail = stem.rpartition("-")[2]
+    return int(tail[1:]) if tail.startswith("L") and tail[1:].isdigit() else 0
 
 
 def manifest_parts(uri: str) -> list[str]:

@@ -155,6 +155,22 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def table(results: list[dict]) -> str:
+    """The markdown table of docs/scale.md and bench/RESULTS.md."""
+    lines = ["| photos | wall (first run) | photos/s | s per photo | driver peak RSS | worker peak RSS | "
+             "manifest appends | ms per append | rerun | rerun reads | outputs | manifest |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: r["n"]):
+        f, g = r["first"], r["rerun"]
+        lines.append(
+            f"| {r['n']:,} | {f['seconds']:.0f} s | {f['photos_per_second']:.2f} | {f['seconds_per_photo']:.3f} | "
+            f"{f['driver_peak_rss_mib']:.0f} MiB | {max(f['worker_peak_rss_mib']):.0f} MiB | {f['manifest_appends']} | "
+            f"{1000 * f['seconds_per_manifest_append']:.0f} | {g['seconds']:.1f} s "
+            f"({100 * g['seconds'] / f['seconds']:.1f} %) | {g['read']} | {r['output_mib']:.0f} MiB | "
+            f"{r['manifest_mib']:.2f} MiB |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="1000", help="bucket sizes, comma-separated")
@@ -162,7 +178,11 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=8)
     parser.add_argument("--plot", action="store_true")
+    parser.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for n in (int(v) for v in args.n.split(",")):

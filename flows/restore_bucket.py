@@ -148,7 +148,8 @@ def restore_bucket(source: str, output: str, model: ModelSpec = ModelSpec(), res
         done = replace(done, seconds=tracked.seconds(), run_id=tracked.run_id)
         record_results(tracked, done, copied)
     print(f"restore_bucket: {done.listed} listed, {done.restored} restored, {done.no_face} without a face, "
-          f"{done.skipped} unchanged, {done.not_read} not images, {done.failed} failed ({done.seconds:.1f} s)")
+          f"{done.skipped} unchanged ({done.failed_before} of them failed before on their own bytes), "
+          f"{done.not_read} not images, {done.failed} failed ({done.seconds:.1f} s)")
     if done.storage_error:
         raise RuntimeError(f"restore_bucket stopped: {done.storage_error}")
     return done

@@ -86,7 +86,8 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
         unchanged = [s for s in planned if is_listed_current(
             previous.get(s.uri), s.listing, hashes[is_video_name(s.relpath)])]
         if unchanged:
-            total = total + BulkSummary(images=len(unchanged), skipped=len(unchanged))
+            failed_before = sum(previous[s.uri].get("status") == "failed" for s in unchanged)
+            total = total + BulkSummary(images=len(unchanged), skipped=len(unchanged), failed_before=failed_before)
             counted(unchanged)
             kept = {s.uri for s in unchanged}
             planned = [s for s in planned if s.uri not in kept]

@@ -42,7 +42,7 @@ def _rows() -> list[dict]:
           "seconds": {"decode": 0.25, "detect": 1.5, "restore": 2.0, "paste": 0.25, "write": 0.0, "total": 4.0},
           "note": None, "model_version": "dfd-generator/3", "updated_at": WHEN,
           "frames": None, "frames_with_faces": None, "faces_total": None, "segments": None, "frame_rate": None,
-          "listing": "size:1;mtime:1796145790.5"}
+          "listing": "size:1;mtime:1796145790.5", "retry": None}
     failed = {"source_uri": "/in/bad.jpg", "relpath": "bad.jpg", "content_sha256": sha256_bytes(b"bad"),
               "status": "failed", "error": "truncated image: the file ends early", "model_id": "dfdnet-test",
               "config_hash": "cfg1", "seconds": {"decode": 0.01, "detect": None, "restore": None, "paste": None,

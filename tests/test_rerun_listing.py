@@ -93,3 +93,23 @@ def test_restore_bucket_rerun_reads_no_photo(prefect_server, tmp_path):
     shutil.copy(portrait("astronaut.png"), source / "obama.jpg")
     third = restore_bucket(*args)
     assert (third.restored, third.read, third.skipped, third.manifest_appends) == (1, 1, 2, 1)
+
+
+def test_a_corrupt_file_is_not_retried_until_it_changes_but_a_limit_failure_is(tmp_path):
+    source = copy_portraits(tmp_path / "in", NAMES[:1])
+    (source / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = str(tmp_path / "out")
+    first = run(str(source), out)
+    rows = {r["relpath"]: r for r in read_manifest(f"{out}/manifest.parquet").values()}
+    assert first.failed == 1 and rows["broken.jpg"]["retry"] is False and rows["grace_hopper.jpg"]["retry"] is None
+    again = run(str(source), out)
+    assert (again.read, again.failed, again.skipped, again.failed_before) == (0, 0, 2, 1)
+    (source / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 still not a jpeg")  # changed: tried again
+    assert run(str(source), out).failed == 1
+    assert run(str(source), out, force=True).read == 2
+
+    # Refused for this run's --max-pixels, not for its bytes: retried by every run (the limit may be raised).
+    small = run(str(source), str(tmp_path / "out2"), max_pixels=1000)
+    rows = {r["relpath"]: r for r in read_manifest(f"{tmp_path}/out2/manifest.parquet").values()}
+    assert small.failed == 2 and rows["grace_hopper.jpg"]["retry"] is True
+    assert run(str(source), str(tmp_path / "out2")).restored == 1

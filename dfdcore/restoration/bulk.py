@@ -38,6 +38,7 @@ from dfdcore.io.storage import (
 )
 from dfdcore.io.video import is_video_name
 from dfdcore.restoration.manifest import (
+    UNRESTORABLE_BYTES,
     append_rows,
     compact,
     compact_tier,
@@ -112,6 +113,7 @@ class BulkSummary:
     restored: int = 0
     no_face: int = 0
     skipped: int = 0           # unchanged since the last run: not redone
+    failed_before: int = 0     # of those, files that failed on their own bytes (corrupt, ...): not retried
     read: int = 0              # inputs whose bytes were read (unchanged ones whose listing matches are not)
     not_read: int = 0          # listed but not read (not an image name, a FIFO, ...): rows with the reason
     failed: int = 0
@@ -222,10 +224,12 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         if len(pending) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
             flush()
 
-    def skip_current(refresh: Mapping | None = None, listing: str | None = None) -> None:
-        """An input found unchanged. ``refresh``: its row, recorded again with the new ``listing`` when only the
-        listing changed (a touched or copied file), so that the next run need not read it either."""
+    def skip_current(row_: Mapping | None, refresh: bool = False, listing: str | None = None) -> None:
+        """An input found unchanged, ``row_`` its manifest row. ``refresh``: recorded again with the new ``listing``
+        when only the listing changed (a touched or copied file), so that the next run need not read it either."""
         summary.skipped += 1
+        summary.failed_before += row_ is not None and row_.get("status") == "failed"
+        refresh = row_ if refresh else None
         if refresh is not None and listing is not None and refresh.get("listing") != listing:
             refreshed = normalise_row({**refresh, "listing": listing, "updated_at": datetime.now(UTC)})
             summary.rows.append(refreshed)  # parallel workers' rows are recorded by their driver
@@ -246,7 +250,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
                 continue
             old_row = old_rows.get(source.uri)
             if not run.force and is_listed_current(old_row, source.listing, config_hash):
-                skip_current()  # the listing vouches for the bytes: not read
+                skip_current(old_row)  # the listing vouches for the bytes: not read
                 continue
             t0 = time.perf_counter()
             summary.read += 1
@@ -260,11 +264,12 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
                 continue
             digest = sha256_bytes(data)
             if not run.force and is_current(old_row, digest, config_hash):
-                skip_current(refresh=old_row, listing=source.listing)
+                skip_current(old_row, refresh=True, listing=source.listing)
                 continue
             image = decode_or_error(data, source.relpath, max_pixels)
             if isinstance(image, Exception):
-                finish(row(source, digest, "failed", printable(str(image))))
+                finish(row(source, digest, "failed", printable(str(image)),
+                           retry=image.reason not in UNRESTORABLE_BYTES))
                 continue
             yield (source, digest, image, time.perf_counter() - t0), image
 
@@ -301,13 +306,13 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
             continue
         if not run.force and is_listed_current(old_rows.get(source.uri), source.listing,
                                                video_config_hash(config_hash)):
-            skip_current()
+            skip_current(old_rows.get(source.uri))
             continue
         summary.read += 1
         video_row = video_manifest_row(source, out, restorer, run, config_hash, old_rows, max_pixels, row,
                                        on_segment)
         if video_row is None:  # current by content: not redone
-            skip_current(refresh=old_rows.get(source.uri), listing=source.listing)
+            skip_current(old_rows.get(source.uri), refresh=True, listing=source.listing)
             continue
         if video_row.pop("_storage_error", None):
             summary.storage_error = video_row["error"]

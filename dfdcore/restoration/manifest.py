@@ -30,6 +30,9 @@ from dfdcore.io.parquet import write_parquet
 from dfdcore.io.storage import filesystem_for, is_local, join_uri, read_bytes, uri_of
 
 STATUSES = ("ok", "failed", "no_face", "skipped")
+# Decoding failures that only other bytes can change (not a limit of the run): their rows say retry=False.
+UNRESTORABLE_BYTES = frozenset({"empty file", "not an image", "truncated image", "corrupt image", "unsupported mode",
+                                "corrupt video", "not a readable video", "no video stream", "no frame rate"})
 
 # Coordinate lists are variable-size Arrow lists with their lengths (field metadata "size") checked by
 # ``normalise_row``: pyarrow 25 cannot read back a nullable fixed-size list nested in a list of structs from Parquet
@@ -66,6 +69,9 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
     "status": (pa.string(), False, "'ok', 'failed' (see error), 'no_face' (decoded, no face found) or 'skipped' "
                                    "(not read: not an image name, a FIFO or device, ...; see error)"),
     "error": (pa.string(), True, "why the file failed or was skipped ('reason: detail'); null for ok rows"),
+    "retry": (pa.bool_(), True, "failed rows: false when the input's own bytes cannot be restored (empty, corrupt, "
+                                "not an image or video): reruns leave it until its content changes (or --force); "
+                                "true or null: a rerun retries it"),
     "note": (pa.string(), True, "what to know about a finished row (e.g. 'first of 5 frames restored')"),
     "n_faces": (pa.int32(), False, "number of faces restored (length of faces); for a video, its face tracks"),
     "faces": (pa.list_(pa.field("item", FACE_TYPE, nullable=False)), False, "per-face detection results"),
@@ -364,12 +370,17 @@ def merge_rows(old: Mapping[str, Mapping[str, object]],
 def is_listed_current(row: Mapping[str, object] | None, listing: str | None, config_hash: str) -> bool:
     """Whether ``row`` records finished work with this configuration on the object the listing describes the same
     way (ETag, or size and modification time): then its bytes need not be read to know it is unchanged."""
-    return (listing is not None and row is not None and row.get("status") in ("ok", "no_face")
+    return (listing is not None and row is not None and is_finished(row)
             and row.get("listing") == listing and row.get("config_hash") == config_hash)
 
 
 def is_current(row: Mapping[str, object] | None, content_sha256: str, config_hash: str) -> bool:
-    """Whether ``row`` records finished work (ok or no_face) on these input bytes with this configuration.
-    Failed rows are never current, so reruns retry them."""
-    return (row is not None and row.get("status") in ("ok", "no_face")
+    """Whether ``row`` records finished work on these input bytes with this configuration."""
+    return (row is not None and is_finished(row)
             and row.get("content_sha256") == content_sha256 and row.get("config_hash") == config_hash)
+
+
+def is_finished(row: Mapping[str, object]) -> bool:
+    """ok, no_face, or failed on bytes that cannot be restored (``retry`` false): nothing a rerun could change.
+    Other failed rows (a timeout, a dead worker, a full disk, an option's limit) are retried."""
+    return row.get("status") in ("ok", "no_face") or (row.get("status") == "failed" and row.get("retry") is False)

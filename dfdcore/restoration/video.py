@@ -63,7 +63,7 @@ from dfdcore.io.video import (
     probe_video,
     read_frames,
 )
-from dfdcore.restoration.manifest import is_current, printable
+from dfdcore.restoration.manifest import UNRESTORABLE_BYTES, is_current, printable
 from dfdcore.restoration.restorer import Restorer, select_faces
 
 WORK_FOLDER = ".dfd-video"
@@ -359,7 +359,8 @@ def video_manifest_row(source: Source, out: str, restorer: Restorer, run, config
         return row(source, None, "skipped" if exc.skipped else "failed", f"{exc.reason}: {exc.detail}",
                    config_hash=video_hash)
     except VideoDecodeError as exc:
-        return row(source, digest, "failed", printable(f"{exc.reason}: {exc.detail}"), config_hash=video_hash)
+        return row(source, digest, "failed", printable(f"{exc.reason}: {exc.detail}"), config_hash=video_hash,
+                   retry=exc.reason not in UNRESTORABLE_BYTES)
     except OSError as exc:
         failed = row(source, digest, "failed", f"cannot restore video: {printable(str(exc))}", config_hash=video_hash)
         if storage_refused(exc):

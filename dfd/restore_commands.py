@@ -90,8 +90,9 @@ def _report(summary, label: str, output: str) -> None:
         click.echo(f"  read       {summary.read} of {summary.images} files (an unchanged file whose size and time, or "
                    "ETag, match the manifest is not read)")
     if summary.failed_before:
-        click.echo(f"  not retried {summary.failed_before} files that failed before on their own bytes (corrupt, "
-                   "empty, not an image) and have not changed; --force retries them")
+        files = f"{summary.failed_before} file" + ("s" if summary.failed_before != 1 else "")
+        click.echo(f"  not retried {files} that failed before on their own bytes (corrupt, empty, not an image) and "
+                   "have not changed; --force retries them")
     if summary.excluded:
         click.echo(f"  left out   {summary.excluded} files of the output itself (it lies inside an input)")
     click.echo(f"  faces      {summary.faces} in {summary.seconds:.1f} s")

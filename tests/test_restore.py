@@ -58,7 +58,9 @@ def test_rerun_does_no_work_and_force_redoes(tmp_path, photo_folder):
     output = out / "restored_imgs" / "grace_hopper.jpg"
     stamp = output.stat().st_mtime_ns
     second = run("restore", photo_folder, "-o", out, "--model", "identity", "--allow-failures")
-    assert "2 already done" in second.output and "0 restored" in second.output
+    # 2 photos done, 3 files that failed on their own bytes (corrupt, truncated, empty) are not read again
+    assert "5 already done" in second.output and "0 restored" in second.output and "0 failed" in second.output
+    assert "not retried 3 files" in second.output and "read       0 of" in second.output
     assert output.stat().st_mtime_ns == stamp
     changed = run("restore", photo_folder, "-o", out, "--model", "identity", "--allow-failures", "--upscale", "1")
     assert "2 restored" in changed.output  # a different configuration is new work
@@ -104,7 +106,7 @@ def test_s3_bucket_as_input_and_output(tmp_path, s3_server):  # noqa: F811
     assert restored.size == Image.open(portrait("grace_hopper.jpg")).size
     again = run("restore", "s3://photos/in", "-o", "s3://photos/out", "--model", "identity", "--upscale", "1",
                 "--allow-failures", "--save-faces", "--cmp")
-    assert "1 already done" in again.output
+    assert "2 already done" in again.output and "not retried 1 file that" in again.output  # broken.png: its own bytes
 
 
 def test_missing_model_explains_what_to_do(tmp_path, photo_folder):

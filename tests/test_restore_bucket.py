@@ -42,7 +42,8 @@ def test_failures_are_listed_and_copied_and_reruns_skip_unchanged(prefect_server
     second = restore_bucket(str(bucket), str(out), identity, same_size, one_worker)
     assert (second.restored, second.skipped, second.failed, second.failed_before) == (1, 2, 0, 1)
     run = MlflowClient().get_run(second.run_id)
-    assert run.data.metrics["restored"] == 1 and run.data.metrics["skipped"] == 1
+    assert run.data.metrics["restored"] == 1 and run.data.metrics["skipped"] == 2
+    assert run.data.metrics["failed_before"] == 1
     assert run.data.params["model_name"] == "identity" and "model_id" in run.data.tags
 
 

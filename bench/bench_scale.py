@@ -1,8 +1,8 @@
 """How restore_bucket grows with the bucket: wall time, photos/s, peak RSS of the driver and of each Ray worker,
 Ray object-store use and spilling, output and manifest sizes, time per manifest update, and the rerun.
 
-    python bench/bench_scale.py --n 1000 --work /data/scale      # makes /data/scale/bucket-1000 if missing
-    python bench/bench_scale.py --n 1000,4000,16000 --work /data/scale --plot
+    python bench/bench_scale.py --n 1000 --work scale      # makes scale/bucket-1000 if missing
+    python bench/bench_scale.py --n 1000,4000,16000 --work scale --plot
 
 Each N: a bucket from ``bench/make_bucket.py`` (same seed: the 1,000 photos are the first of the 4,000), the flow
 with the identity model (detection, alignment, paste-back, encoding: everything but the network) and ``--workers``

@@ -1,6 +1,6 @@
 """A deterministic synthetic bucket of N photographs made from the real faces of the team's data set, for scale runs.
 
-    python bench/make_bucket.py --n 16000 --out /data/bucket16k                 # a folder
+    python bench/make_bucket.py --n 16000 --out scale/bucket-16000                 # a folder
     AWS_ENDPOINT_URL=http://127.0.0.1:5000 python bench/make_bucket.py --n 1000 --out s3://photos/b1k
 
 Each photo: a procedural background (gradients, blurred noise, shapes), 0-6 real faces (cut from the photos of

@@ -33,10 +33,6 @@ def annotated() -> dict[str, list[tuple[float, float, float, float]]]:
     return boxes
 
 
-def iou(a, b) -> float:
-    return box_iou(a, b)
-
-
 def true_found(truth, faces: list[DetectedFace]) -> int:
     """Annotated faces matched one-to-one (greedy, best overlap first) by a detection with IoU >= 0.4."""
     return len(pair_boxes(truth, [f.box for f in faces], IOU))
@@ -109,7 +105,7 @@ def test_yunet_on_greyscale_any_size_and_a_photo_without_faces():
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     [colour] = detect_faces(rgb, detector="yunet")
     [from_grey] = detect_faces(grey, detector="yunet")
-    assert iou(colour.box, from_grey.box) > 0.8
+    assert box_iou(colour.box, from_grey.box) > 0.8
     assert detect_faces(grey[..., None], detector="yunet")  # (H, W, 1) too
     assert detect_faces(np.zeros((7, 5, 3), np.uint8), detector="yunet") == []
     assert detect_faces(np.full((37, 301, 3), 128, np.uint8), detector="yunet") == []

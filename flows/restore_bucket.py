@@ -119,9 +119,8 @@ def record_results(tracked: FlowRun, summary: BulkSummary, copied: int) -> None:
     tracked.log(metrics={**counts, "listed": summary.listed, "failures_copied": copied, "seconds": summary.seconds,
                          "images_per_second": processed / summary.seconds if summary.seconds else 0.0,
                          "manifest_seconds_per_append": summary.manifest_seconds / max(1, summary.manifest_appends)})
-    model_id = next((row["model_id"] for row in summary.rows if row.get("model_id")), None)
-    if model_id:
-        tracked.log(tags={"model_id": model_id})
+    if summary.model_id:
+        tracked.log(tags={"model_id": summary.model_id})
     if summary.failures:
         tracked.text("failures.json", json.dumps(summary.failures, indent=1))
 

@@ -27,6 +27,7 @@ from dfdcore.restoration.bulk import (
     RunOptions,
     compact_quietly,
     prepare_run,
+    relist_quietly,
 )
 from dfdcore.restoration.manifest import append_rows, compact_tier, is_listed_current
 from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer
@@ -111,7 +112,8 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
                 append_rows(manifest_uri, summary.rows)
                 if (total.manifest_appends + 1) % COMPACT_TIER_EVERY == 0:
                     compact_tier(manifest_uri)  # bounded: merges one level's oldest parts at most
-                summary = dataclasses.replace(summary, manifest_appends=1,
+                # recorded: the driver keeps counts and failures, not rows (its memory stays flat with the bucket)
+                summary = dataclasses.replace(summary, rows=[], manifest_appends=1,
                                               manifest_seconds=time.perf_counter() - t0)
             except OSError as exc:
                 summary = summary + BulkSummary(unrecorded=len(summary.rows),
@@ -128,6 +130,7 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
         for actor in actors:
             ray.kill(actor)
     if total.storage_error is None:
+        relist_quietly(manifest_uri, total.relisted)
         compact_quietly(manifest_uri)
     return dataclasses.replace(total, seconds=time.perf_counter() - started)
 

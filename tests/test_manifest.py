@@ -12,6 +12,7 @@ from dfdcore.io import join_uri, read_bytes, write_bytes_atomic
 from dfdcore.io.hashing import sha256_bytes
 from dfdcore.restoration.manifest import (
     COLUMNS,
+    PLAN_COLUMNS,
     SCHEMA,
     append_rows,
     compact,
@@ -20,6 +21,7 @@ from dfdcore.restoration.manifest import (
     manifest_parts,
     merge_rows,
     read_manifest,
+    relist,
     write_manifest,
 )
 
@@ -167,6 +169,38 @@ def test_the_latest_row_of_a_source_wins_across_parts(tmp_path):
     append_rows(uri, [{**_rows()[1], "updated_at": later}])           # written first, but newer
     append_rows(uri, [{**_rows()[1], "status": "ok", "error": None}])  # written second, older
     assert read_manifest(uri)["/in/bad.jpg"]["status"] == "failed"
+    append_rows(uri, [{**_rows()[0], "n_faces": 5}])  # the same time twice: the later part wins
+    append_rows(uri, [{**_rows()[0], "n_faces": 7}])
+    assert read_manifest(uri)["/in/a.jpg"]["n_faces"] == 7
+    before = read_manifest(uri)
+    assert compact(uri) == 4 and len(manifest_parts(uri)) == 1  # merged in Arrow: the same latest rows
+    assert read_manifest(uri) == before and before["/in/bad.jpg"]["status"] == "failed"
+
+
+def test_compaction_keeps_names_that_are_not_utf8(tmp_path):
+    uri = str(tmp_path / "manifest.parquet")
+    odd = b"/in/caf\xe9.jpg".decode("utf-8", "surrogateescape")  # a Latin-1 name, as os.listdir gives it
+    row = {**_rows()[0], "source_uri": odd, "relpath": odd[4:], "outputs": [odd + ".png"]}
+    append_rows(uri, [row])
+    append_rows(uri, [{**row, "n_faces": 1, "faces": [_face(0)], "updated_at": WHEN + dt.timedelta(seconds=1)}])
+    compact(uri)
+    [(key, kept)] = read_manifest(uri).items()
+    assert key == odd and kept["outputs"] == [odd + ".png"] and kept["n_faces"] == 1
+
+
+def test_plan_columns_and_relist(tmp_path):
+    """A rerun plans from a few columns (no faces, outputs or timings); ``relist`` records a new listing on the
+    latest full row of each source named, every other column kept."""
+    uri = str(tmp_path / "manifest.parquet")
+    append_rows(uri, _rows())
+    plan = read_manifest(uri, PLAN_COLUMNS)["/in/a.jpg"]
+    assert set(plan) == {"source_uri", "updated_at", *PLAN_COLUMNS} and plan["status"] == "ok"
+    assert relist(uri, {"/in/a.jpg": "size:1;mtime:2", "/in/gone.jpg": "size:3;mtime:4"}) == 1
+    rows = read_manifest(uri)
+    assert rows["/in/a.jpg"]["listing"] == "size:1;mtime:2" and rows["/in/a.jpg"]["updated_at"] > WHEN
+    assert {k: v for k, v in rows["/in/a.jpg"].items() if k not in ("listing", "updated_at")} == \
+        {k: v for k, v in _rows()[0].items() if k not in ("listing", "updated_at")}
+    assert rows["/in/bad.jpg"]["listing"] is None and "/in/gone.jpg" not in rows
 
 
 def test_tiered_compaction_keeps_parts_few_and_rows_latest(tmp_path):

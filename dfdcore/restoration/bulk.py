@@ -38,6 +38,7 @@ from dfdcore.io.storage import (
 )
 from dfdcore.io.video import is_video_name
 from dfdcore.restoration.manifest import (
+    PLAN_COLUMNS,
     UNRESTORABLE_BYTES,
     append_rows,
     compact,
@@ -47,6 +48,7 @@ from dfdcore.restoration.manifest import (
     normalise_row,
     printable,
     read_manifest,
+    relist,
 )
 from dfdcore.restoration.plan import MANIFEST_NAME, OUTPUT_FOLDERS, check_left_out, plan_outputs
 from dfdcore.restoration.restorer import (
@@ -124,7 +126,9 @@ class BulkSummary:
     manifest_seconds: float = 0.0  # time spent appending them (what recording costs; constant per append)
     seconds: float = 0.0       # wall clock of the whole run (set by whoever ran it: parts run side by side)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source_uri, reason)
-    rows: list[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # kept by single-process runs; a Ray driver drops them
+    relisted: list[tuple[str, str]] = field(default_factory=list)  # (source_uri, new listing): unchanged bytes
+    model_id: str | None = None  # the identity of the model that made the outputs (stable JSON)
     storage_error: str | None = None  # why the run stopped early, or why rows could not be recorded
     run_id: str | None = None  # the tracking run (e.g. MLflow) that recorded this restore, when one did
 
@@ -177,7 +181,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
     max_pixels = run.pixel_limit(restorer.options.upscale)
     identity = model_identity(restorer.model)
     config_hash = restorer.options.config_hash(identity)
-    summary = BulkSummary(images=len(sources), excluded=len(excluded))
+    summary = BulkSummary(images=len(sources), excluded=len(excluded), model_id=stable_json(identity))
     pending: list[dict] = []
     last_flush = time.monotonic()
     parts_since_compaction = 0
@@ -229,11 +233,8 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         when only the listing changed (a touched or copied file), so that the next run need not read it either."""
         summary.skipped += 1
         summary.failed_before += row_ is not None and row_.get("status") == "failed"
-        refresh = row_ if refresh else None
-        if refresh is not None and listing is not None and refresh.get("listing") != listing:
-            refreshed = normalise_row({**refresh, "listing": listing, "updated_at": datetime.now(UTC)})
-            summary.rows.append(refreshed)  # parallel workers' rows are recorded by their driver
-            pending.append(refreshed)
+        if refresh and row_ is not None and listing is not None and row_.get("listing") != listing:
+            summary.relisted.append((str(row_["source_uri"]), listing))  # recorded at the end (``relist``)
         if on_image:
             on_image()
 
@@ -323,6 +324,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
 
     flush(final=True)
     if record:
+        relist_quietly(manifest_uri, summary.relisted)
         compact_quietly(manifest_uri)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -332,11 +334,13 @@ def prepare_run(sources: Sequence[Source], out: str, on_image: Callable[[], None
                 ) -> tuple[list[Source], list[Source], dict[str, dict]]:
     """What every run does before any work: check that ``out`` takes writes, plan the outputs (``plan``), read the
     manifest and refuse when the output's folders hold files dfd did not write. Returns (sources to work on, the
-    output's own files left out — counted on ``on_image`` —, the manifest's rows)."""
+    output's own files left out — counted on ``on_image`` —, the manifest's rows: their ``PLAN_COLUMNS`` only)."""
     check_writable(out)
     planned, excluded = plan_outputs(sources, out)
-    rows = read_manifest(join_uri(out, MANIFEST_NAME))
-    check_left_out(excluded, out, rows)
+    manifest_uri = join_uri(out, MANIFEST_NAME)
+    rows = read_manifest(manifest_uri, PLAN_COLUMNS)  # not faces, outputs, timings: bounded per row
+    if excluded:
+        check_left_out(excluded, out, read_manifest(manifest_uri, ("outputs",)))
     for _ in excluded if on_image else ():
         on_image()
     return planned, excluded, rows
@@ -353,6 +357,14 @@ def check_writable(out: str) -> None:
         raise OutputStorageError(exc.errno, f"cannot write to the output {out}: {exc.strerror or exc}") from exc
     if is_local(out):
         remove_stale_parts(out)
+
+
+def relist_quietly(manifest_uri: str, relisted: Sequence[tuple[str, str]]) -> None:
+    """``relist`` the files found unchanged under a new listing; a failure only costs the next run a read."""
+    try:
+        relist(manifest_uri, dict(relisted))
+    except (OSError, ValueError):
+        pass
 
 
 def compact_quietly(manifest_uri: str) -> None:

@@ -21,9 +21,10 @@ import os
 import posixpath
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfdcore.io.parquet import write_parquet
@@ -97,6 +98,9 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
                                          "name that is not UTF-8); read_manifest decodes them"),
 }
 _NAME_COLUMNS = ("source_uri", "relpath")
+_KEY_COLUMNS = ("source_uri", "updated_at", "names_escaped")  # read with any columns: which row counts
+# What deciding a rerun reads (``is_listed_current``, ``is_current``, ``is_finished``): not faces, outputs, timings.
+PLAN_COLUMNS = ("listing", "content_sha256", "config_hash", "status", "retry")
 _TEXT_COLUMNS = ("error", "note", "model_id", "model_version", "frame_rate")
 PART_PREFIX = "part-"
 
@@ -204,8 +208,9 @@ def _encode_names(row: dict[str, object]) -> dict[str, object]:
 
 def _decode_names(row: dict[str, object]) -> dict[str, object]:
     if row.get("names_escaped"):
-        row.update({name: _unescape(str(row[name])) for name in _NAME_COLUMNS},
-                   outputs=[_unescape(str(uri)) for uri in row["outputs"] or ()])
+        row.update({name: _unescape(str(row[name])) for name in _NAME_COLUMNS if name in row})
+        if "outputs" in row:
+            row["outputs"] = [_unescape(str(uri)) for uri in row["outputs"] or ()]
     row.pop("names_escaped", None)
     return row
 
@@ -216,8 +221,8 @@ def append_rows(uri: str, rows: Iterable[Mapping[str, object]]) -> str | None:
     return _write_part(uri, rows, level=0)
 
 
-def _write_part(uri: str, rows: Iterable[Mapping[str, object]], level: int) -> str | None:
-    table = rows_to_table(rows)
+def _write_part(uri: str, rows: Iterable[Mapping[str, object]] | pa.Table, level: int) -> str | None:
+    table = rows if isinstance(rows, pa.Table) else rows_to_table(rows)
     if not table.num_rows:
         return None
     _migrate_single_file(uri)
@@ -238,15 +243,35 @@ def write_manifest(uri: str, rows: Iterable[Mapping[str, object]] | Mapping[str,
     _delete(before)
 
 
-def read_manifest(uri: str) -> dict[str, dict[str, object]]:
+def read_manifest(uri: str, columns: Iterable[str] | None = None) -> dict[str, dict[str, object]]:
     """The manifest at ``uri`` as {source_uri: latest row}; empty when there is none yet. Columns a writer of an
-    older schema did not have come back as None; ValueError naming the part when one is not readable."""
+    older schema did not have come back as None; ValueError naming the part when one is not readable.
+    ``columns``: only these (``PLAN_COLUMNS``: what deciding a rerun needs, a tenth of a row's memory)."""
     for _ in range(8):  # a part deleted between listing and reading was compacted: list again
         try:
-            return _latest(_read_part(part) for part in _parts(uri))
+            return _latest(_read_part(part, columns) for part in _parts(uri))
         except FileNotFoundError:
             continue
     raise ValueError(f"{uri}: parts keep disappearing while being read (another process compacting?); retry")
+
+
+def relist(uri: str, listings: Mapping[str, str]) -> int:
+    """Record new listings (``{source_uri: listing}``: files touched or copied, found unchanged by their bytes) so
+    that the next run need not read them: their latest rows appended again with the new listing and time. One
+    pass over the manifest for all of them, keeping only their rows; returns how many rows were appended."""
+    if not listings:
+        return 0
+    for _ in range(8):
+        try:
+            rows = _latest(_read_part(part, only=listings) for part in _parts(uri))
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        raise ValueError(f"{uri}: parts keep disappearing while being read (another process compacting?); retry")
+    now = dt.datetime.now(dt.timezone.utc)
+    append_rows(uri, [{**row, "listing": listings[key], "updated_at": now} for key, row in rows.items()])
+    return len(rows)
 
 
 def compact(uri: str, min_parts: int = 2) -> int:
@@ -256,11 +281,11 @@ def compact(uri: str, min_parts: int = 2) -> int:
     if len(parts) < min_parts:
         return 0
     try:
-        rows = _latest(_read_part(part) for part in parts)
+        merged = _merged(parts)
     except FileNotFoundError:
         return 0  # another process is compacting these
     # above every level merged, so that compact_tier never rewrites the whole manifest with a few small parts
-    _write_part(uri, rows.values(), level=1 + max(_level(part) for part in parts))
+    _write_part(uri, merged, level=1 + max(_level(part) for part in parts))
     _delete(parts)
     return len(parts)
 
@@ -279,13 +304,33 @@ def compact_tier(uri: str, fan_in: int = 16) -> int:
         if len(group) < fan_in:
             continue
         try:
-            rows = _latest(_read_part(part) for part in group)
+            merged = _merged(group)
         except FileNotFoundError:
             return 0  # another process is compacting these
-        _write_part(uri, rows.values(), level=level + 1)
+        _write_part(uri, merged, level=level + 1)
         _delete(group)
         return len(group)
     return 0
+
+
+def _merged(parts: list[str]) -> pa.Table:
+    """The latest row of each source_uri over ``parts``, as one table sorted by source_uri. Done in Arrow (a row
+    costs its encoded size, about a tenth of it as Python objects), so compacting a large manifest stays small;
+    parts of an older schema go through Python rows, which fills their missing columns."""
+    tables = []
+    for part in parts:
+        table = pq.read_table(pa.BufferReader(read_bytes(part)))
+        if [(f.name, f.type) for f in table.schema] != [(f.name, f.type) for f in SCHEMA]:
+            return rows_to_table(_latest(_read_part(p) for p in parts).values())
+        tables.append(table.cast(SCHEMA).append_column("_order", pa.array([len(tables)] * table.num_rows,
+                                                                          pa.int32())))
+    table = pa.concat_tables(tables)
+    # latest updated_at first within each source_uri; equal times: the later part wins, as in ``read_manifest``
+    table = table.sort_by([("source_uri", "ascending"), ("updated_at", "descending"), ("_order", "descending")])
+    keys = table["source_uri"].combine_chunks()
+    first = pc.not_equal(keys[1:], keys[:-1]) if len(keys) > 1 else pa.array([], pa.bool_())
+    keep = pa.concat_arrays([pa.array([True] * min(1, len(keys))), first.fill_null(True)]) if len(keys) else first
+    return table.filter(keep).drop_columns(["_order"])
 
 
 def _level(part: str) -> int:
@@ -310,17 +355,25 @@ def _parts(uri: str) -> list[str]:
     return [uri_of(fs, p) for p in found]
 
 
-def _read_part(part: str) -> list[dict[str, object]]:
+def _read_part(part: str, columns: Iterable[str] | None = None,
+               only: Collection[str] | None = None) -> list[dict[str, object]]:
+    """A part's rows (``columns`` of them; those whose source_uri is in ``only``, when given)."""
     data = read_bytes(part)  # FileNotFoundError: compacted away meanwhile
+    wanted = list(COLUMNS) if columns is None else list(dict.fromkeys([*_KEY_COLUMNS, *columns]))
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        schema = pq.read_schema(pa.BufferReader(data))
+        table = pq.read_table(pa.BufferReader(data), columns=[c for c in wanted if c in schema.names])
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"{part}: not a readable manifest (Parquet: {exc}). Move it aside or delete it: the "
                          f"images it recorded are then redone by the next run") from exc
     if "source_uri" not in table.column_names:
         raise ValueError(f"{part}: not a manifest (no source_uri column; columns {table.column_names}). Move it "
                          f"aside or delete it: the images it recorded are then redone by the next run")
-    return [_decode_names({name: row.get(name) for name in COLUMNS}) for row in table.to_pylist()]
+    if only is not None:  # stored names: as given, and percent-encoded for names that are not UTF-8
+        keys = pa.array(sorted({*only, *(_escape(uri) for uri in only)}), pa.string())
+        table = table.filter(pc.is_in(table["source_uri"], value_set=keys))
+    rows = [_decode_names({name: row.get(name) for name in wanted}) for row in table.to_pylist()]
+    return rows if only is None else [row for row in rows if row["source_uri"] in only]
 
 
 def _latest(parts: Iterable[list[dict[str, object]]]) -> dict[str, dict[str, object]]:

@@ -28,11 +28,11 @@ RESULTS = HERE / "results" / "scale.json"
 
 class PeakRSS:
     """Samples the RSS of this process (the driver: the flow runs in it) and of every Ray worker process
-    (``ray::RestoreWorker`` in its title) every ``interval`` seconds, and Ray's object store every 10th time;
+    (``titles``: how their titles start) every ``interval`` seconds, and Ray's object store every 10th time;
     peaks in bytes (object store: MiB)."""
 
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval, self.driver, self.workers = interval, 0, {}
+    def __init__(self, interval: float = 0.5, titles: tuple[str, ...] = ("ray::RestoreWorker",)) -> None:
+        self.interval, self.titles, self.driver, self.workers = interval, titles, 0, {}
         self.store_used_mib, self.store_spilled_mib = 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -58,7 +58,7 @@ class PeakRSS:
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 try:
                     title = " ".join(proc.info["cmdline"] or [])
-                    if title.startswith("ray::RestoreWorker"):
+                    if title.startswith(self.titles):
                         self.workers[proc.pid] = max(self.workers.get(proc.pid, 0), proc.memory_info().rss)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
@@ -92,13 +92,15 @@ def run_once(bucket: Path, out: Path, workers: int, chunk: int) -> dict:
     from dfdcore.restoration.restorer import ModelSpec, RestoreOptions
 
     with PeakRSS() as rss:
-        started = time.perf_counter()
+        started, started_wall = time.perf_counter(), time.time()
         summary = restore_bucket(str(bucket), str(out), ModelSpec("identity"), RestoreOptions(),
                                  RunOptions(workers=workers, chunk=chunk))
         seconds = time.perf_counter() - started
     processed = summary.restored + summary.no_face + summary.failed
-    return {"seconds": seconds, "listed": summary.listed, "restored": summary.restored, "no_face": summary.no_face,
-            "failed": summary.failed, "skipped": summary.skipped, "read": summary.read, "faces": summary.faces,
+    steady = steady_rate(out, started_wall)
+    return {"seconds": seconds, **steady, "listed": summary.listed, "restored": summary.restored,
+            "no_face": summary.no_face, "failed": summary.failed, "skipped": summary.skipped, "read": summary.read,
+            "faces": summary.faces,
             "photos_per_second": processed / seconds if processed else None,
             "seconds_per_photo": seconds / processed if processed else None,
             "driver_peak_rss_mib": rss.driver / 2**20,
@@ -108,11 +110,26 @@ def run_once(bucket: Path, out: Path, workers: int, chunk: int) -> dict:
             "object_store_peak_used_mib": rss.store_used_mib, "object_store_peak_spilled_mib": rss.store_spilled_mib}
 
 
-def measure(n: int, work: Path, workers: int, chunk: int) -> dict:
+def steady_rate(out: Path, started_wall: float) -> dict:
+    """From the manifest rows' ``updated_at``: seconds from the run's start to the first row (start-up: flow, Ray,
+    actors, listing, planning) and seconds per photo between the 10th and 90th percentile of rows written this run
+    (the marginal cost, without start-up and the last chunks' tail)."""
+    import pyarrow.dataset as ds
+
+    stamps = ds.dataset(str(out / "manifest.parquet")).to_table(columns=["updated_at"])["updated_at"]
+    times = sorted(t.timestamp() for t in stamps.to_pylist() if t.timestamp() >= started_wall)
+    if len(times) < 20:
+        return {"startup_seconds": None, "steady_seconds_per_photo": None}
+    lo, hi = times[len(times) // 10], times[9 * len(times) // 10]
+    return {"startup_seconds": times[0] - started_wall,
+            "steady_seconds_per_photo": (hi - lo) / (9 * len(times) // 10 - len(times) // 10)}
+
+
+def measure(n: int, work: Path, workers: int, chunk: int, bucket_args: list[str]) -> dict:
     bucket = work / f"bucket-{n}"
     if not bucket.exists():
-        subprocess.run([sys.executable, str(HERE / "make_bucket.py"), "--n", str(n), "--out", str(bucket)],
-                       check=True)
+        subprocess.run([sys.executable, str(HERE / "make_bucket.py"), "--n", str(n), "--out", str(bucket),
+                        *bucket_args], check=True)
     out = work / f"out-{n}"
     if out.exists():
         raise SystemExit(f"{out} exists: remove it for a first run")
@@ -120,7 +137,7 @@ def measure(n: int, work: Path, workers: int, chunk: int) -> dict:
     output_bytes, output_files = folder_bytes(out / "restored_imgs")
     manifest_bytes, manifest_files = folder_bytes(out / "manifest.parquet")
     rerun = run_once(bucket, out, workers, chunk)
-    return {"n": n, "workers": workers, "chunk": chunk, "first": first, "rerun": rerun,
+    return {"n": n, "workers": workers, "chunk": chunk, "bucket_args": bucket_args, "first": first, "rerun": rerun,
             "output_mib": output_bytes / 2**20, "output_files": output_files,
             "manifest_mib": manifest_bytes / 2**20, "manifest_files": manifest_files,
             "input_mib": folder_bytes(bucket)[0] / 2**20, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -139,36 +156,45 @@ def plot(results: list[dict], path: Path) -> None:
 
     results = sorted(results, key=lambda r: r["n"])
     ns = [r["n"] for r in results]
-    panels = [("seconds per photo", [r["first"]["seconds_per_photo"] for r in results]),
+    steady = [r["first"].get("steady_seconds_per_photo") for r in results]
+    panels = [("seconds per photo (wall / N; steady: dashed)", [r["first"]["seconds_per_photo"] for r in results]),
               ("driver peak RSS (MiB)", [r["first"]["driver_peak_rss_mib"] for r in results]),
               ("ms per manifest append", [1000 * r["first"]["seconds_per_manifest_append"] for r in results]),
               ("rerun seconds / first run seconds", [r["rerun"]["seconds"] / r["first"]["seconds"] for r in results])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (title, values) in zip(axes, panels):
         ax.plot(ns, values, "o-")
+        if title.startswith("seconds per photo") and all(v is not None for v in steady):
+            ax.plot(ns, steady, "s--")
         ax.set_xscale("log")
         ax.set_xlabel("photos in the bucket")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(bottom=0)
-    fig.suptitle("restore_bucket, identity model, 2 Ray workers on 2 CPU cores", fontsize=10)
+    fig.suptitle("restore_bucket, identity model, 2 Ray workers on 2 CPU cores; bucket "
+                 f"{' '.join(results[0].get('bucket_args') or [])}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def table(results: list[dict]) -> str:
     """The markdown table of docs/scale.md and bench/RESULTS.md."""
-    lines = ["| photos | wall (first run) | photos/s | s per photo | driver peak RSS | worker peak RSS | "
-             "manifest appends | ms per append | rerun | rerun reads | outputs | manifest |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| photos | wall (first run) | photos/s | s per photo | start-up | steady s per photo | driver peak RSS | "
+             "worker peak RSS | manifest appends | ms per append | rerun | rerun reads | outputs | manifest |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: r["n"]):
         f, g = r["first"], r["rerun"]
         lines.append(
             f"| {r['n']:,} | {f['seconds']:.0f} s | {f['photos_per_second']:.2f} | {f['seconds_per_photo']:.3f} | "
+            f"{_num(f.get('startup_seconds'), '.0f', ' s')} | {_num(f.get('steady_seconds_per_photo'), '.4f')} | "
             f"{f['driver_peak_rss_mib']:.0f} MiB | {max(f['worker_peak_rss_mib']):.0f} MiB | {f['manifest_appends']} | "
             f"{1000 * f['seconds_per_manifest_append']:.0f} | {g['seconds']:.1f} s "
             f"({100 * g['seconds'] / f['seconds']:.1f} %) | {g['read']} | {r['output_mib']:.0f} MiB | "
             f"{r['manifest_mib']:.2f} MiB |")
     return "\n".join(lines)
+
+
+def _num(value, spec: str, unit: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{unit}"
 
 
 def main(argv=None) -> None:
@@ -177,22 +203,26 @@ def main(argv=None) -> None:
     parser.add_argument("--work", type=Path, required=True, help="folder for the buckets and outputs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=8)
+    parser.add_argument("--face-px", default="40,600", help="make_bucket.py --face-px (for buckets it makes)")
+    parser.add_argument("--max-side", default="1024", help="make_bucket.py --max-side (for buckets it makes)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file the results are added to")
     parser.add_argument("--plot", action="store_true")
     parser.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(RESULTS.read_text())))
+        print(table(json.loads(args.results.read_text())))
         return
-    args.work.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    bucket_args = ["--face-px", args.face_px, "--max-side", args.max_side]
+    results = json.loads(args.results.read_text()) if args.results.exists() else []
     for n in (int(v) for v in args.n.split(",")):
-        result = measure(n, args.work, args.workers, args.chunk)
+        args.work.mkdir(parents=True, exist_ok=True)
+        result = measure(n, args.work, args.workers, args.chunk, bucket_args)
         print(json.dumps(result, indent=1), flush=True)
         results = [r for r in results if r["n"] != n] + [result]
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1))
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=1))
     if args.plot:
-        plot(results, RESULTS.with_suffix(".png"))
+        plot(results, args.results.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -7,11 +7,16 @@ run resumes where it stopped.
 """
 from __future__ import annotations
 
+import io
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
@@ -20,7 +25,7 @@ from dfdcore.dictionary.collection import EXPRESSION_COLUMNS, FACES_SCHEMA, IMAG
 from dfdcore.dictionary.kmeans import KMeansOptions
 from dfdcore.io.hashing import sha256_json
 from dfdcore.io.parquet import write_parquet
-from dfdcore.io.storage import Source, exists, join_uri, list_images, write_bytes_atomic
+from dfdcore.io.storage import Source, exists, join_uri, list_images, read_bytes, write_bytes_atomic
 
 EXPERIMENT = "dfd-build-dictionary"
 
@@ -60,8 +65,9 @@ def _json(value) -> str:
     return json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
-def _gather(refs: list, description: str, sizes: list[int]) -> list:
-    """ray.get with a progress bar counting the items of each finished batch; results in submission order."""
+def _gather(refs: list, description: str, sizes: list[int], convert: Callable | None = None) -> list:
+    """ray.get with a progress bar counting the items of each finished batch; results in submission order, each
+    passed through ``convert`` as it arrives (rows → an Arrow table: the driver holds no Python rows)."""
     import ray
     from tqdm import tqdm
 
@@ -71,9 +77,20 @@ def _gather(refs: list, description: str, sizes: list[int]) -> list:
     with tqdm(total=sum(sizes), desc=description, unit="item") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            results[order[done[0]]] = ray.get(done[0])
+            result = ray.get(done[0])
+            results[order[done[0]]] = convert(result) if convert else result
             bar.update(sizes[order[done[0]]])
     return results
+
+
+def _gather_table(refs: list, description: str, sizes: list[int], schema: pa.Schema) -> pa.Table:
+    """The rows the batches return, as one table in submission order (each batch converted as it arrives)."""
+    tables = _gather(refs, description, sizes, lambda rows: pa.Table.from_pylist(rows, schema=schema))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _ok(table: pa.Table) -> pa.Table:
+    return table.filter(pc.equal(table["status"], "ok"))
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -88,10 +105,9 @@ def scan(sources: list[Source], out: str, batch: int) -> dict:
 
     ensure_ray()
     chunks = _chunks(sources, batch)
-    rows = [r for part in _gather([scan_batch.remote(c) for c in chunks], "scan", [len(c) for c in chunks])
-            for r in part]
-    write_parquet(join_uri(out, "images.parquet"), rows, IMAGES_SCHEMA)
-    return {"images": len(rows), "failed_images": sum(r["status"] != "ok" for r in rows)}
+    table = _gather_table([scan_batch.remote(c) for c in chunks], "scan", [len(c) for c in chunks], IMAGES_SCHEMA)
+    write_parquet(join_uri(out, "images.parquet"), table)
+    return {"images": table.num_rows, "failed_images": table.num_rows - _ok(table).num_rows}
 
 
 @task(cache_policy=NONE, retries=1)
@@ -103,31 +119,29 @@ def landmarks(out: str, cfg: DictionaryConfig) -> dict:
     ensure_ray()
     images = ok_rows(read_table(join_uri(out, "images.parquet")))
     chunks = _chunks(images, cfg.batch)
-    parts = _gather([landmarks_batch.remote(c, cfg.upsample) for c in chunks], "landmarks", [len(c) for c in chunks])
-    rows = [r for part in parts for r in part]
-    write_parquet(join_uri(out, "faces.parquet"), rows, FACES_SCHEMA)
-    return {"faces": len(ok_rows(rows))}
+    table = _gather_table([landmarks_batch.remote(c, cfg.upsample) for c in chunks], "landmarks",
+                          [len(c) for c in chunks], FACES_SCHEMA)
+    write_parquet(join_uri(out, "faces.parquet"), table)
+    return {"faces": _ok(table).num_rows}
 
 
 @task(cache_policy=NONE)
 def select(out: str, cfg: DictionaryConfig) -> dict:
     """A pose/expression-balanced subset of the faces → OUT/selection.parquet and selection.png; → its statistics."""
     import numpy as np
-    import pyarrow as pa
 
     from dfdcore.dictionary.selection import select_balanced, selection_histogram
 
-    faces = ok_rows(read_table(join_uri(out, "faces.parquet")))
+    faces = _ok(pq.read_table(io.BytesIO(read_bytes(join_uri(out, "faces.parquet")))))
     names = ("yaw", "pitch", "roll", *EXPRESSION_COLUMNS)
-    descriptors = np.array([[f[n] for n in names] for f in faces], dtype=np.float64).reshape(len(faces), -1)
+    descriptors = np.stack([faces[n].to_numpy(zero_copy_only=False).astype(np.float64) for n in names], axis=1)
     chosen, bins, stats = select_balanced(descriptors, cfg.select, method=cfg.selection_method, seed=cfg.seed)
     picked = set(int(i) for i in chosen)
-    rows = [{"image_id": f["image_id"], "face_index": f["face_index"], "uri": f["uri"], "lm5": f["lm5"],
-             "lm68": f["lm68"], "bin": int(bins[i]), "selected": i in picked} for i, f in enumerate(faces)]
-    schema = pa.schema([("image_id", pa.string()), ("face_index", pa.int32()), ("uri", pa.string()),
-                        ("lm5", pa.list_(pa.float32())), ("lm68", pa.list_(pa.float32())), ("bin", pa.int32()),
-                        ("selected", pa.bool_())], metadata={"stats": _json(stats)})
-    write_parquet(join_uri(out, "selection.parquet"), rows, schema)
+    selected = np.zeros(faces.num_rows, dtype=bool)
+    selected[sorted(picked)] = True
+    table = faces.select(["image_id", "face_index", "uri", "lm5", "lm68"]).append_column(
+        "bin", pa.array(np.asarray(bins, dtype=np.int32))).append_column("selected", pa.array(selected))
+    write_parquet(join_uri(out, "selection.parquet"), table.replace_schema_metadata({"stats": _json(stats)}))
     with tempfile.TemporaryDirectory() as tmp:
         plot = selection_histogram(descriptors, np.asarray(sorted(picked), dtype=np.int64), names,
                                    Path(tmp) / "selection.png")

@@ -1,9 +1,10 @@
 """What every dfd flow does around its tasks, once: skip a step that is already done, keep the flow's MLflow run,
 and summarise the call.
 
-Steps: a step that finished under an output folder OUT leaves ``OUT/.steps/<name>.json`` = {"key": …, "info": …},
-``key`` being a content hash of its inputs and settings; ``run_step`` skips the step while the key is unchanged and
-hands back what it recorded, so a rerun costs nothing and a change reruns only the steps it reaches.
+Steps: a step that finished under an output folder OUT leaves ``OUT/.steps/<name>.json`` = {"key": …, "info": …,
+"seconds": …}, ``key`` being a content hash of its inputs and settings; ``run_step`` skips the step while the key
+is unchanged and hands back what it recorded, so a rerun costs nothing and a change reruns only the steps it
+reaches.
 
 Runs: ``flow_run`` opens the MLflow run of one flow call (in the embedded store unless MLFLOW_TRACKING_URI says
 otherwise); with ``keep_in=OUT`` the run id is kept as OUT's step "mlflow-run", and a later call on OUT continues
@@ -39,9 +40,10 @@ def finished(out: str, name: str, key: str) -> dict | None:
     return marker.get("info") if marker.get("key") == key else None  # a marker of another layout: not done
 
 
-def record(out: str, name: str, key: str, info: dict) -> dict:
-    """Mark step ``name`` done under ``out`` with ``key`` and ``info`` (JSON; numpy values as lists) → info."""
-    text = json.dumps({"key": key, "info": info}, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+def record(out: str, name: str, key: str, info: dict, seconds: float | None = None) -> dict:
+    """Mark step ``name`` done under ``out`` with ``key`` and ``info`` (JSON; numpy values as lists) → info;
+    ``seconds``: how long the step took (kept beside, for people and benchmarks)."""
+    text = json.dumps({"key": key, "info": info, "seconds": seconds}, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     write_bytes_atomic(marker_uri(out, name), text.encode())
     return json.loads(text)["info"]  # what a skipped rerun will hand back, so both paths return the same
 
@@ -53,7 +55,9 @@ def run_step(out: str, name: str, key: str, work: Callable[..., dict | None], *a
     if done is not None:
         print(f"{name}: done already ({marker_uri(out, name)})")
         return done
-    return record(out, name, key, work(*args, **kwargs) or {})
+    started = time.perf_counter()
+    info = work(*args, **kwargs) or {}
+    return record(out, name, key, info, seconds=time.perf_counter() - started)
 
 
 @dataclass

@@ -136,6 +136,7 @@ def main(argv=None) -> None:
 
     driver, _ = start(args.bucket, args.out, "run1")
     result["driver_kill_after_s"] = wait_for_outputs(args.out, int(args.driver_at * inputs), driver)
+    spawned = psutil.Process(driver.pid).children(recursive=True)  # Ray's head processes, Prefect's server
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     at_kill = outputs_on_disk(args.out)
@@ -143,11 +144,23 @@ def main(argv=None) -> None:
     gone = time.perf_counter()
     while workers() and time.perf_counter() - gone < 120:
         time.sleep(1)
+    orphans, described = [], set()
+    for proc in spawned:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                described.add(" ".join(proc.cmdline()[:2])[-60:])
+                orphans.append(proc)
+        except psutil.Error:
+            continue
     result["driver_kill"] = {"outputs_on_disk": len(at_kill), "rows_recorded": len(rows_at_kill),
-                             "workers_alive_after_s": round(time.perf_counter() - gone, 1),
-                             "workers_left": len(workers()), "part_files": len(part_files(args.out))}
-    for proc in workers():  # a worker outliving its driver would compete with the rerun: counted above, ended
-        proc.kill()
+                             "workers_gone_after_s": round(time.perf_counter() - gone, 1),
+                             "workers_left": len(workers()), "part_files": len(part_files(args.out)),
+                             "orphaned_processes": sorted(described)}
+    for proc in workers() + orphans:  # what outlives its driver would compete with the rerun: counted, ended
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
     rerun, summary_path = start(args.bucket, args.out, "run2")
     wait_for_outputs(args.out, int(args.worker_at * inputs), rerun)

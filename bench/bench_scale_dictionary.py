@@ -64,6 +64,34 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = sorted(results, key=lambda r: r["n"])
+    ns = [r["n"] for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(ns, [r["seconds_per_photo_scan_landmarks"] for r in results], "o-")
+    axes[0].set_title("scan + landmarks: seconds per photo", fontsize=10)
+    for name in ("select", "features", "kmeans"):
+        axes[1].plot(ns, [r["steps"][name] for r in results], "o-", label=name)
+    axes[1].legend(fontsize=8)
+    axes[1].set_title(f"steps on the {results[0]['config']['select']:,} selected: seconds", fontsize=10)
+    axes[2].plot(ns, [r["driver_peak_rss_mib"] for r in results], "o-")
+    axes[2].set_title("driver peak RSS (MiB)", fontsize=10)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("photos in the collection")
+        ax.set_ylim(bottom=0)
+    cfg = results[0]["config"]
+    fig.suptitle(f"build_dictionary, random VGG19 at {cfg['face_size']} px, K={cfg['k']}, {cfg['workers']} Ray workers "
+                 "on 2 CPU cores", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
@@ -74,6 +102,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true", help="only print the table of the results so far")
+    parser.add_argument("--plot", action="store_true", help="draw RESULTS.png from all results")
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text()) if args.results.exists() else []
     if not args.table:
@@ -83,6 +112,8 @@ def main(argv=None) -> None:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=1))
     print(table(results))
+    if args.plot:
+        plot(results, args.results.with_suffix(".png"))
 
 
 if __name__ == "__main__":

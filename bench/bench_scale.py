@@ -3,11 +3,14 @@ Ray object-store use and spilling, output and manifest sizes, time per manifest 
 
     python bench/bench_scale.py --n 1000 --work scale      # makes scale/bucket-1000 if missing
     python bench/bench_scale.py --n 1000,4000,16000 --work scale --plot
+    python bench/bench_scale.py --n 1000 --work scale/small --face-px 40,200 --max-side 400 \
+        --model small-dfdnet --results bench/results/scale-small-dfdnet.json
 
 Each N: a bucket from ``bench/make_bucket.py`` (same seed: the 1,000 photos are the first of the 4,000), the flow
-with the identity model (detection, alignment, paste-back, encoding: everything but the network) and ``--workers``
-Ray actors, then a rerun over the unchanged bucket (photos read, seconds). Results are appended to
-``bench/results/scale.json``; ``--plot`` draws ``bench/results/scale.png`` from all of them.
+with ``--model`` (identity: detection, alignment, paste-back, encoding, everything but the network; small-dfdnet: a
+seeded random DFDNet at 128 px, 16 channels, K=64) on ``--workers`` Ray actors, then a rerun over the unchanged
+bucket (photos read, seconds). Results are added to ``--results`` (``bench/results/scale.json``); ``--plot`` draws
+the PNG beside it from all of them. Run each N in a process of its own: the driver's RSS is this process's.
 """
 from __future__ import annotations
 
@@ -86,14 +89,20 @@ def object_store() -> dict:
     return {"used_mib": int(used.group(1)) if used else None, "spilled_mib": int(spilled.group(1)) if spilled else 0}
 
 
-def run_once(bucket: Path, out: Path, workers: int, chunk: int) -> dict:
+MODELS = {  # --model: what the workers run
+    "identity": {"name": "identity"},
+    "small-dfdnet": {"name": "dfdnet", "random_weights": True, "face_size": 128, "ngf": 16, "k": 64},
+}
+
+
+def run_once(bucket: Path, out: Path, workers: int, chunk: int, model: str = "identity") -> dict:
     from dfd.flows.restore_bucket import restore_bucket
     from dfdcore.restoration.bulk import RunOptions
     from dfdcore.restoration.restorer import ModelSpec, RestoreOptions
 
     with PeakRSS() as rss:
         started, started_wall = time.perf_counter(), time.time()
-        summary = restore_bucket(str(bucket), str(out), ModelSpec("identity"), RestoreOptions(),
+        summary = restore_bucket(str(bucket), str(out), ModelSpec(**MODELS[model]), RestoreOptions(),
                                  RunOptions(workers=workers, chunk=chunk))
         seconds = time.perf_counter() - started
     processed = summary.restored + summary.no_face + summary.failed
@@ -125,19 +134,20 @@ def steady_rate(out: Path, started_wall: float) -> dict:
             "steady_seconds_per_photo": (hi - lo) / (9 * len(times) // 10 - len(times) // 10)}
 
 
-def measure(n: int, work: Path, workers: int, chunk: int, bucket_args: list[str]) -> dict:
+def measure(n: int, work: Path, workers: int, chunk: int, bucket_args: list[str], model: str = "identity") -> dict:
     bucket = work / f"bucket-{n}"
     if not bucket.exists():
         subprocess.run([sys.executable, str(HERE / "make_bucket.py"), "--n", str(n), "--out", str(bucket),
                         *bucket_args], check=True)
-    out = work / f"out-{n}"
+    out = work / (f"out-{n}" if model == "identity" else f"out-{model}-{n}")
     if out.exists():
         raise SystemExit(f"{out} exists: remove it for a first run")
-    first = run_once(bucket, out, workers, chunk)
+    first = run_once(bucket, out, workers, chunk, model)
     output_bytes, output_files = folder_bytes(out / "restored_imgs")
     manifest_bytes, manifest_files = folder_bytes(out / "manifest.parquet")
-    rerun = run_once(bucket, out, workers, chunk)
-    return {"n": n, "workers": workers, "chunk": chunk, "bucket_args": bucket_args, "first": first, "rerun": rerun,
+    rerun = run_once(bucket, out, workers, chunk, model)
+    return {"n": n, "model": model, "workers": workers, "chunk": chunk, "bucket_args": bucket_args,
+            "first": first, "rerun": rerun,
             "output_mib": output_bytes / 2**20, "output_files": output_files,
             "manifest_mib": manifest_bytes / 2**20, "manifest_files": manifest_files,
             "input_mib": folder_bytes(bucket)[0] / 2**20, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -170,7 +180,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("photos in the bucket")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(bottom=0)
-    fig.suptitle("restore_bucket, identity model, 2 Ray workers on 2 CPU cores; bucket "
+    fig.suptitle(f"restore_bucket, {results[0].get('model', 'identity')} model, 2 Ray workers on 2 CPU cores; bucket "
                  f"{' '.join(results[0].get('bucket_args') or [])}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -205,6 +215,7 @@ def main(argv=None) -> None:
     parser.add_argument("--chunk", type=int, default=8)
     parser.add_argument("--face-px", default="40,600", help="make_bucket.py --face-px (for buckets it makes)")
     parser.add_argument("--max-side", default="1024", help="make_bucket.py --max-side (for buckets it makes)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="identity")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file the results are added to")
     parser.add_argument("--plot", action="store_true")
     parser.add_argument("--table", action="store_true", help="only print the table of the results so far")
@@ -216,7 +227,7 @@ def main(argv=None) -> None:
     results = json.loads(args.results.read_text()) if args.results.exists() else []
     for n in (int(v) for v in args.n.split(",")):
         args.work.mkdir(parents=True, exist_ok=True)
-        result = measure(n, args.work, args.workers, args.chunk, bucket_args)
+        result = measure(n, args.work, args.workers, args.chunk, bucket_args, args.model)
         print(json.dumps(result, indent=1), flush=True)
         results = [r for r in results if r["n"] != n] + [result]
         args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,8 @@ def run_ray_data(bucket: str, out: str, chunk: int, workers: int) -> int:
     from dfd.tasks.runtime import ensure_ray, threads_per_worker
     from dfdcore.io.storage import RESTORABLE_EXTENSIONS, join_uri, list_images
     from dfdcore.restoration.bulk import MANIFEST_NAME, prepare_run
-    from dfdcore.restoration.manifest import append_rows, compact, compact_tier
+    from dfdcore.restoration.compaction import compact, compact_tier
+    from dfdcore.restoration.manifest import append_rows
 
     ensure_ray()
     planned, _, _ = prepare_run(list_images([bucket], RESTORABLE_EXTENSIONS, with_others=True), out)

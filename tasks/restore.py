@@ -29,7 +29,8 @@ from dfdcore.restoration.bulk import (
     prepare_run,
     relist_quietly,
 )
-from dfdcore.restoration.manifest import append_rows, compact_tier, is_listed_current
+from dfdcore.restoration.compaction import compact_tier
+from dfdcore.restoration.manifest import append_rows, is_listed_current
 from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer
 
 WORKER_RESTARTS = 2  # a worker killed twice more on one chunk: that chunk's images are failed rows

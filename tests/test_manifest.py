@@ -10,18 +10,16 @@ import pytest
 
 from dfdcore.io import join_uri, read_bytes, write_bytes_atomic
 from dfdcore.io.hashing import sha256_bytes
+from dfdcore.restoration.compaction import compact, compact_tier, relist
 from dfdcore.restoration.manifest import (
     COLUMNS,
     PLAN_COLUMNS,
     SCHEMA,
     append_rows,
-    compact,
-    compact_tier,
     is_current,
     manifest_parts,
     merge_rows,
     read_manifest,
-    relist,
     write_manifest,
 )
 

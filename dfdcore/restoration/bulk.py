@@ -37,18 +37,16 @@ from dfdcore.io.storage import (
     write_bytes_atomic,
 )
 from dfdcore.io.video import is_video_name
+from dfdcore.restoration.compaction import compact_quietly, compact_tier, relist_quietly
 from dfdcore.restoration.manifest import (
     PLAN_COLUMNS,
     UNRESTORABLE_BYTES,
     append_rows,
-    compact,
-    compact_tier,
     is_current,
     is_listed_current,
     normalise_row,
     printable,
     read_manifest,
-    relist,
 )
 from dfdcore.restoration.plan import MANIFEST_NAME, OUTPUT_FOLDERS, check_left_out, plan_outputs
 from dfdcore.restoration.restorer import (
@@ -357,22 +355,6 @@ def check_writable(out: str) -> None:
         raise OutputStorageError(exc.errno, f"cannot write to the output {out}: {exc.strerror or exc}") from exc
     if is_local(out):
         remove_stale_parts(out)
-
-
-def relist_quietly(manifest_uri: str, relisted: Sequence[tuple[str, str]]) -> None:
-    """``relist`` the files found unchanged under a new listing; a failure only costs the next run a read."""
-    try:
-        relist(manifest_uri, dict(relisted))
-    except (OSError, ValueError):
-        pass
-
-
-def compact_quietly(manifest_uri: str) -> None:
-    """Merge the manifest's parts at the end of a run; a failure leaves the parts, which the next run merges."""
-    try:
-        compact(manifest_uri)
-    except OSError:
-        pass  # the parts are all there; the next run compacts
 
 
 def _face_record(face) -> dict:

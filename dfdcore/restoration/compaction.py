@@ -24,6 +24,7 @@ from dfdcore.restoration.manifest import (
     _read_part,
     _write_part,
     append_rows,
+    read_manifest,
     rows_to_table,
 )
 
@@ -34,14 +35,7 @@ def relist(uri: str, listings: Mapping[str, str]) -> int:
     pass over the manifest for all of them, keeping only their rows; returns how many rows were appended."""
     if not listings:
         return 0
-    for _ in range(8):
-        try:
-            rows = _latest(_read_part(part, only=listings) for part in _parts(uri))
-            break
-        except FileNotFoundError:
-            continue
-    else:
-        raise ValueError(f"{uri}: parts keep disappearing while being read (another process compacting?); retry")
+    rows = read_manifest(uri, only=listings)
     now = dt.datetime.now(dt.timezone.utc)
     append_rows(uri, [{**row, "listing": listings[key], "updated_at": now} for key, row in rows.items()])
     return len(rows)
@@ -100,10 +94,11 @@ def _merged(parts: list[str]) -> pa.Table:
     table = pa.concat_tables(tables)
     # latest updated_at first within each source_uri; equal times: the later part wins, as in ``read_manifest``
     table = table.sort_by([("source_uri", "ascending"), ("updated_at", "descending"), ("_order", "descending")])
-    keys = table["source_uri"].combine_chunks()
-    first = pc.not_equal(keys[1:], keys[:-1]) if len(keys) > 1 else pa.array([], pa.bool_())
-    keep = pa.concat_arrays([pa.array([True] * min(1, len(keys))), first.fill_null(True)]) if len(keys) else first
-    return table.filter(keep).drop_columns(["_order"])
+    table = table.drop_columns(["_order"])
+    if not table.num_rows:
+        return table
+    keys = table["source_uri"].combine_chunks()  # not null (the schema says so)
+    return table.filter(pa.concat_arrays([pa.array([True]), pc.not_equal(keys[1:], keys[:-1])]))
 
 
 def _level(part: str) -> int:

@@ -244,13 +244,15 @@ def write_manifest(uri: str, rows: Iterable[Mapping[str, object]] | Mapping[str,
     _delete(before)
 
 
-def read_manifest(uri: str, columns: Iterable[str] | None = None) -> dict[str, dict[str, object]]:
+def read_manifest(uri: str, columns: Iterable[str] | None = None,
+                  only: Collection[str] | None = None) -> dict[str, dict[str, object]]:
     """The manifest at ``uri`` as {source_uri: latest row}; empty when there is none yet. Columns a writer of an
     older schema did not have come back as None; ValueError naming the part when one is not readable.
-    ``columns``: only these (``PLAN_COLUMNS``: what deciding a rerun needs, a tenth of a row's memory)."""
+    ``columns``: only these (``PLAN_COLUMNS``: what deciding a rerun needs, a tenth of a row's memory);
+    ``only``: only the rows of these source_uris (filtered in Arrow, part by part)."""
     for _ in range(8):  # a part deleted between listing and reading was compacted: list again
         try:
-            return _latest(_read_part(part, columns) for part in _parts(uri))
+            return _latest(_read_part(part, columns, only) for part in _parts(uri))
         except FileNotFoundError:
             continue
     raise ValueError(f"{uri}: parts keep disappearing while being read (another process compacting?); retry")
@@ -277,8 +279,8 @@ def _read_part(part: str, columns: Iterable[str] | None = None,
     data = read_bytes(part)  # FileNotFoundError: compacted away meanwhile
     wanted = list(COLUMNS) if columns is None else list(dict.fromkeys([*_KEY_COLUMNS, *columns]))
     try:
-        schema = pq.read_schema(pa.BufferReader(data))
-        table = pq.read_table(pa.BufferReader(data), columns=[c for c in wanted if c in schema.names])
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        table = parquet.read(columns=[c for c in wanted if c in parquet.schema_arrow.names])
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"{part}: not a readable manifest (Parquet: {exc}). Move it aside or delete it: the "
                          f"images it recorded are then redone by the next run") from exc

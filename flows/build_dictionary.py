@@ -7,7 +7,6 @@ run resumes where it stopped.
 """
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from collections.abc import Callable
@@ -16,16 +15,22 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from dfd.flows.steps import Summary, flat_params, flow_run, run_step
-from dfdcore.dictionary.collection import EXPRESSION_COLUMNS, FACES_SCHEMA, IMAGES_SCHEMA, ok_rows, read_table
+from dfdcore.dictionary.collection import (
+    EXPRESSION_COLUMNS,
+    FACES_SCHEMA,
+    IMAGES_SCHEMA,
+    ok_rows,
+    read_arrow,
+    read_table,
+)
 from dfdcore.dictionary.kmeans import KMeansOptions
 from dfdcore.io.hashing import sha256_json
 from dfdcore.io.parquet import write_parquet
-from dfdcore.io.storage import Source, exists, join_uri, list_images, read_bytes, write_bytes_atomic
+from dfdcore.io.storage import Source, exists, join_uri, list_images, write_bytes_atomic
 
 EXPERIMENT = "dfd-build-dictionary"
 
@@ -132,7 +137,7 @@ def select(out: str, cfg: DictionaryConfig) -> dict:
 
     from dfdcore.dictionary.selection import select_balanced, selection_histogram
 
-    faces = _ok(pq.read_table(io.BytesIO(read_bytes(join_uri(out, "faces.parquet")))))
+    faces = _ok(read_arrow(join_uri(out, "faces.parquet")))
     names = ("yaw", "pitch", "roll", *EXPRESSION_COLUMNS)
     descriptors = np.stack([faces[n].to_numpy(zero_copy_only=False).astype(np.float64) for n in names], axis=1)
     chosen, bins, stats = select_balanced(descriptors, cfg.select, method=cfg.selection_method, seed=cfg.seed)

@@ -41,8 +41,12 @@ FACES_SCHEMA = pa.schema([
 ])
 
 
+def read_arrow(uri: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(read_bytes(uri)))
+
+
 def read_table(uri: str) -> list[dict]:
-    return pq.read_table(io.BytesIO(read_bytes(uri))).to_pylist()
+    return read_arrow(uri).to_pylist()
 
 
 def scan_image(source: Source, max_pixels: int = 178_956_970) -> dict:

@@ -56,6 +56,10 @@ def build_dictionary_command(source, output, k, select_n, selection, flip, worke
     click.echo("")
     click.echo(f"  images     {summary.images} ({summary.failed_images} unreadable)")
     click.echo(f"  faces      {summary.faces} found, {summary.selected} selected")
+    rates = [f"{step} {t['steady_seconds_per_item']:.3f}" for step, t in summary.timing.items()
+             if t.get("steady_seconds_per_item") is not None]
+    if rates:
+        click.echo(f"  steady     {', '.join(rates)} s per photo (features: per face)")
     click.echo("  k-means    scale/part      rows   empty   final inertia")
     for name, m in summary.kmeans.items():
         click.echo(f"             {name:<14} {m['rows']:>6} {m['empty_clusters']:>7}   {m['objective'][-1]:.4g}")

@@ -7,8 +7,10 @@ run resumes where it stopped.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,28 +72,49 @@ def _json(value) -> str:
     return json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
-def _gather(refs: list, description: str, sizes: list[int], convert: Callable | None = None) -> list:
-    """ray.get with a progress bar counting the items of each finished batch; results in submission order, each
-    passed through ``convert`` as it arrives (rows → an Arrow table: the driver holds no Python rows)."""
+def _gather(refs: list, description: str, sizes: list[int],
+            convert: Callable | None = None) -> tuple[list, dict]:
+    """ray.get with a progress bar counting the items of each finished batch → (results in submission order, each
+    passed through ``convert`` as it arrives (rows → an Arrow table: the driver holds no Python rows); timing: see
+    ``batch_timing``)."""
     import ray
     from tqdm import tqdm
 
     order = {ref: i for i, ref in enumerate(refs)}
     results: list = [None] * len(refs)
-    pending = list(refs)
+    pending, started, done_at = list(refs), time.perf_counter(), []
     with tqdm(total=sum(sizes), desc=description, unit="item") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             result = ray.get(done[0])
             results[order[done[0]]] = convert(result) if convert else result
+            done_at.append((time.perf_counter() - started, sizes[order[done[0]]]))
             bar.update(sizes[order[done[0]]])
-    return results
+    return results, batch_timing(done_at)
 
 
-def _gather_table(refs: list, description: str, sizes: list[int], schema: pa.Schema) -> pa.Table:
-    """The rows the batches return, as one table in submission order (each batch converted as it arrives)."""
-    tables = _gather(refs, description, sizes, lambda rows: pa.Table.from_pylist(rows, schema=schema))
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+def batch_timing(done_at: list[tuple[float, int]]) -> dict:
+    """``done_at``: (seconds since the step's work was sent, items) of each batch in the order they finished →
+    ``startup_seconds`` (until the first batch came back: workers starting, imports, one batch) and
+    ``steady_seconds_per_item`` between the 10th and 90th percentile of the items (the marginal cost, without start-up
+    and the last batches' tail; None below 10 batches)."""
+    if not done_at:
+        return {"startup_seconds": None, "steady_seconds_per_item": None}
+    times = [t for t, _ in done_at]
+    counts = list(itertools.accumulate(n for _, n in done_at))
+    steady = None
+    if len(done_at) >= 10:
+        lo = next(i for i, c in enumerate(counts) if c >= 0.1 * counts[-1])
+        hi = next(i for i, c in enumerate(counts) if c >= 0.9 * counts[-1])
+        steady = (times[hi] - times[lo]) / (counts[hi] - counts[lo]) if counts[hi] > counts[lo] else None
+    return {"startup_seconds": times[0], "steady_seconds_per_item": steady}
+
+
+def _gather_table(refs: list, description: str, sizes: list[int], schema: pa.Schema) -> tuple[pa.Table, dict]:
+    """The rows the batches return, as one table in submission order (each batch converted as it arrives), and the
+    timing of the batches."""
+    tables, timing = _gather(refs, description, sizes, lambda rows: pa.Table.from_pylist(rows, schema=schema))
+    return (pa.concat_tables(tables) if tables else schema.empty_table()), timing
 
 
 def _ok(table: pa.Table) -> pa.Table:
@@ -110,9 +133,10 @@ def scan(sources: list[Source], out: str, batch: int) -> dict:
 
     ensure_ray()
     chunks = _chunks(sources, batch)
-    table = _gather_table([scan_batch.remote(c) for c in chunks], "scan", [len(c) for c in chunks], IMAGES_SCHEMA)
+    table, timing = _gather_table([scan_batch.remote(c) for c in chunks], "scan", [len(c) for c in chunks],
+                                  IMAGES_SCHEMA)
     write_parquet(join_uri(out, "images.parquet"), table)
-    return {"images": table.num_rows, "failed_images": table.num_rows - _ok(table).num_rows}
+    return {"images": table.num_rows, "failed_images": table.num_rows - _ok(table).num_rows, "timing": timing}
 
 
 @task(cache_policy=NONE, retries=1)
@@ -124,10 +148,10 @@ def landmarks(out: str, cfg: DictionaryConfig) -> dict:
     ensure_ray()
     images = ok_rows(read_table(join_uri(out, "images.parquet")))
     chunks = _chunks(images, cfg.batch)
-    table = _gather_table([landmarks_batch.remote(c, cfg.upsample) for c in chunks], "landmarks",
-                          [len(c) for c in chunks], FACES_SCHEMA)
+    table, timing = _gather_table([landmarks_batch.remote(c, cfg.upsample) for c in chunks], "landmarks",
+                                  [len(c) for c in chunks], FACES_SCHEMA)
     write_parquet(join_uri(out, "faces.parquet"), table)
-    return {"faces": _ok(table).num_rows}
+    return {"faces": _ok(table).num_rows, "timing": timing}
 
 
 @task(cache_policy=NONE)
@@ -176,11 +200,11 @@ def features(out: str, shard_prefix: str, cfg: DictionaryConfig) -> dict:
             continue  # written by an earlier, interrupted run (extract_shard writes the coarsest mouth last)
         jobs.append(actors[i % workers].extract.remote(chunk, root, shard, cfg.flip))
         sizes.append(len(chunk))
-    _gather(jobs, "features", sizes)
+    _, timing = _gather(jobs, "features", sizes)
     extractor_checksum, random_vgg = ray.get(actors[0].extractor.remote())
     for actor in actors:
         ray.kill(actor)
-    return {"extractor_checksum": extractor_checksum, "random_vgg": random_vgg}
+    return {"extractor_checksum": extractor_checksum, "random_vgg": random_vgg, "timing": timing}
 
 
 @task(cache_policy=NONE)
@@ -209,6 +233,7 @@ class BuildSummary(Summary):
     extractor_checksum: str = ""
     random_vgg: bool = False
     kmeans: dict = field(default_factory=dict)  # "scale/part" → what cluster_and_export returns for it
+    timing: dict = field(default_factory=dict)  # scan / landmarks / features → batch_timing of the step
 
 
 ARTIFACTS = ["selection.png", "images.parquet", "faces.parquet", "selection.parquet", "dictionary.safetensors"]
@@ -226,8 +251,10 @@ def build_dictionary(source: str, out: str, config: DictionaryConfig = Dictionar
         selection = run_step(out, "select", keys["select"], select, out, config)
         extractor = run_step(out, "features", keys["features"], features, out, keys["features"], config)
         kmeans = run_step(out, "kmeans", keys["kmeans"], cluster_and_export, out, config)
+        timing = {name: info.pop("timing", {}) for name, info in
+                  (("scan", images), ("landmarks", faces), ("features", extractor))}
         summary = BuildSummary(run_id=run.run_id, **images, **faces, selected=selection["selected"], **extractor,
-                               kmeans=kmeans)
+                               kmeans=kmeans, timing=timing)
         log_build(run, out, summary)
     return summary
 
@@ -236,6 +263,9 @@ def log_build(run, out: str, summary: BuildSummary) -> None:
     """The build's figures, extractor and files in its MLflow run (``summary.seconds`` set here)."""
     run.log(tags={"extractor_checksum": summary.extractor_checksum, "random_vgg": summary.random_vgg},
             metrics={name: getattr(summary, name) for name in ("images", "failed_images", "faces", "selected")})
+    for step, timing in summary.timing.items():
+        if timing.get("steady_seconds_per_item") is not None:
+            run.log(metrics={f"{step}_steady_seconds_per_item": timing["steady_seconds_per_item"]})
     for name, partition in summary.kmeans.items():
         tag = name.replace("/", "_")
         run.log(metrics={f"empty_clusters_{tag}": partition["empty_clusters"]})

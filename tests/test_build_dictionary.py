@@ -67,6 +67,20 @@ def test_dictionary_has_reference_shapes_and_loads(built, tmp_path):
         assert dfdcore.load_generator(weights, exported).bank.k == 4
     assert summary.images == 10 and summary.failed_images == 1
     assert summary.faces == 4 + 4 + 3 and summary.selected == 8
+    assert summary.timing["scan"]["startup_seconds"] > 0  # 3 batches: too few for a steady rate
+    assert summary.timing["landmarks"]["steady_seconds_per_item"] is None
+
+
+def test_batch_timing_leaves_out_start_up_and_tail():
+    from dfd.flows.build_dictionary import batch_timing
+
+    # 20 batches of 10 items: the first after 5 s of start-up, then one a second, the last two slow (a tail).
+    done_at = [(5.0 + i, 10) for i in range(18)] + [(40.0, 10), (60.0, 10)]
+    timing = batch_timing(done_at)
+    assert timing["startup_seconds"] == 5.0
+    assert timing["steady_seconds_per_item"] == pytest.approx(0.1)  # items 20 → 180: 16 s for 160 items
+    assert batch_timing(done_at[:9])["steady_seconds_per_item"] is None
+    assert batch_timing([]) == {"startup_seconds": None, "steady_seconds_per_item": None}
 
 
 def test_tables_have_the_documented_schemas(built):

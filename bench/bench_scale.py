@@ -8,7 +8,8 @@ Ray object-store use and spilling, output and manifest sizes, time per manifest 
 
 Each N: a bucket from ``bench/make_bucket.py`` (same seed: the 1,000 photos are the first of the 4,000), the flow
 with ``--model`` (identity: detection, alignment, paste-back, encoding, everything but the network; small-dfdnet: a
-seeded random DFDNet at 128 px, 16 channels, K=64) on ``--workers`` Ray actors, then a rerun over the unchanged
+seeded random DFDNet at 128 px, 16 channels, K=64; official-size: the official 512 px, 64 channels, K=512 with random
+weights) on ``--workers`` Ray actors, then a rerun over the unchanged
 bucket (photos read, seconds). Results are added to ``--results`` (``bench/results/scale.json``); ``--plot`` draws
 the PNG beside it from all of them. Run each N in a process of its own: the driver's RSS is this process's.
 """
@@ -92,6 +93,7 @@ def object_store() -> dict:
 MODELS = {  # --model: what the workers run
     "identity": {"name": "identity"},
     "small-dfdnet": {"name": "dfdnet", "random_weights": True, "face_size": 128, "ngf": 16, "k": 64},
+    "official-size": {"name": "dfdnet", "random_weights": True, "face_size": 512, "ngf": 64, "k": 512},
 }
 
 

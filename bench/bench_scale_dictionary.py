@@ -44,6 +44,8 @@ def measure(n: int, work: Path, select: int, face_size: int, k: int, workers: in
     return {"n": n, "seconds": seconds, "steps": steps, "images": summary.images,
             "failed_images": summary.failed_images, "faces": summary.faces, "selected": summary.selected,
             "seconds_per_photo_scan_landmarks": (steps["scan"] + steps["landmarks"]) / n,
+            "timing": summary.timing,  # per step: start-up seconds and steady seconds per item (10th-90th pct)
+            "steady_seconds_per_photo_scan_landmarks": _steady_sum(summary.timing),
             "driver_peak_rss_mib": rss.driver / 2**20,
             "worker_peak_rss_mib": sorted(v / 2**20 for v in rss.workers.values())[-4:],
             "output_mib": folder_bytes(out)[0] / 2**20,
@@ -51,14 +53,25 @@ def measure(n: int, work: Path, select: int, face_size: int, k: int, workers: in
             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _steady_sum(timing: dict) -> float | None:
+    rates = [timing.get(step, {}).get("steady_seconds_per_item") for step in ("scan", "landmarks")]
+    return None if None in rates else sum(rates)
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| photos | faces | selected | scan | landmarks | scan+landmarks s/photo | select | features | k-means | "
-             "wall | driver peak RSS | worker peak RSS | output |", "|---" * 13 + "|"]
+    lines = ["| photos | faces | selected | scan | landmarks | scan+landmarks s/photo | steady s/photo | select | "
+             "features | k-means | wall | driver peak RSS | worker peak RSS | output |", "|---" * 14 + "|"]
     for r in sorted(results, key=lambda r: r["n"]):
         s = r["steps"]
         lines.append(f"| {r['n']:,} | {r['faces']:,} | {r['selected']:,} | {s['scan']:.0f} s | "
                      f"{s['landmarks']:.0f} s | "
-                     f"{r['seconds_per_photo_scan_landmarks']:.4f} | {s['select']:.1f} s | {s['features']:.0f} s | "
+                     f"{r['seconds_per_photo_scan_landmarks']:.4f} | "
+                     f"{_num(r.get('steady_seconds_per_photo_scan_landmarks'))} | "
+                     f"{s['select']:.1f} s | {s['features']:.0f} s | "
                      f"{s['kmeans']:.0f} s | {r['seconds']:.0f} s | {r['driver_peak_rss_mib']:.0f} MiB | "
                      f"{max(r['worker_peak_rss_mib']):.0f} MiB | {r['output_mib']:.0f} MiB |")
     return "\n".join(lines)
@@ -73,7 +86,11 @@ def plot(results: list[dict], path: Path) -> None:
     results = sorted(results, key=lambda r: r["n"])
     ns = [r["n"] for r in results]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    axes[0].plot(ns, [r["seconds_per_photo_scan_landmarks"] for r in results], "o-")
+    axes[0].plot(ns, [r["seconds_per_photo_scan_landmarks"] for r in results], "o-", label="wall / N")
+    steady = [r.get("steady_seconds_per_photo_scan_landmarks") for r in results]
+    if all(v is not None for v in steady):
+        axes[0].plot(ns, steady, "s--", label="steady (10th-90th pct)")
+    axes[0].legend(fontsize=8)
     axes[0].set_title("scan + landmarks: seconds per photo", fontsize=10)
     for name in ("select", "features", "kmeans"):
         axes[1].plot(ns, [r["steps"][name] for r in results], "o-", label=name)

@@ -161,28 +161,33 @@ def machine() -> dict:
 
 
 def plot(results: list[dict], path: Path) -> None:
+    """One panel per figure, one line per model (steady seconds per photo dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = sorted(results, key=lambda r: r["n"])
-    ns = [r["n"] for r in results]
-    steady = [r["first"].get("steady_seconds_per_photo") for r in results]
-    panels = [("seconds per photo (wall / N; steady: dashed)", [r["first"]["seconds_per_photo"] for r in results]),
-              ("driver peak RSS (MiB)", [r["first"]["driver_peak_rss_mib"] for r in results]),
-              ("ms per manifest append", [1000 * r["first"]["seconds_per_manifest_append"] for r in results]),
-              ("rerun seconds / first run seconds", [r["rerun"]["seconds"] / r["first"]["seconds"] for r in results])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (title, values) in zip(axes, panels):
-        ax.plot(ns, values, "o-")
-        if title.startswith("seconds per photo") and all(v is not None for v in steady):
-            ax.plot(ns, steady, "s--")
+    panels = [("seconds per photo (wall / N; steady: dashed)", lambda r: r["first"]["seconds_per_photo"]),
+              ("driver peak RSS (MiB)", lambda r: r["first"]["driver_peak_rss_mib"]),
+              ("ms per manifest append", lambda r: 1000 * r["first"]["seconds_per_manifest_append"]),
+              ("rerun seconds / first run seconds", lambda r: r["rerun"]["seconds"] / r["first"]["seconds"])]
+    models = sorted({r.get("model", "identity") for r in results})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+    for model in models:
+        series = sorted((r for r in results if r.get("model", "identity") == model), key=lambda r: r["n"])
+        ns = [r["n"] for r in series]
+        steady = [r["first"].get("steady_seconds_per_photo") for r in series]
+        for ax, (title, value) in zip(axes, panels):
+            line, = ax.plot(ns, [value(r) for r in series], "o-", label=model)
+            if ax is axes[0] and all(v is not None for v in steady):
+                ax.plot(ns, steady, "s--", color=line.get_color())
+    for ax, (title, _) in zip(axes, panels):
         ax.set_xscale("log")
         ax.set_xlabel("photos in the bucket")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(bottom=0)
-    fig.suptitle(f"restore_bucket, {results[0].get('model', 'identity')} model, 2 Ray workers on 2 CPU cores; bucket "
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"restore_bucket, 2 Ray workers on 2 CPU cores; bucket "
                  f"{' '.join(results[0].get('bucket_args') or [])}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -219,11 +224,16 @@ def main(argv=None) -> None:
     parser.add_argument("--max-side", default="1024", help="make_bucket.py --max-side (for buckets it makes)")
     parser.add_argument("--model", choices=sorted(MODELS), default="identity")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file the results are added to")
-    parser.add_argument("--plot", action="store_true")
+    parser.add_argument("--plot", action="store_true", help="draw the PNG beside --results from its results and "
+                        "those of --plot-with")
+    parser.add_argument("--plot-with", type=Path, nargs="*", default=[],
+                        help="more results files (other models) drawn in the same plot")
     parser.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = parser.parse_args(argv)
     if args.table:
         print(table(json.loads(args.results.read_text())))
+        if args.plot:
+            plot(_with(json.loads(args.results.read_text()), args.plot_with), args.results.with_suffix(".png"))
         return
     bucket_args = ["--face-px", args.face_px, "--max-side", args.max_side]
     results = json.loads(args.results.read_text()) if args.results.exists() else []
@@ -235,7 +245,11 @@ def main(argv=None) -> None:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=1))
     if args.plot:
-        plot(results, args.results.with_suffix(".png"))
+        plot(_with(results, args.plot_with), args.results.with_suffix(".png"))
+
+
+def _with(results: list[dict], others: list[Path]) -> list[dict]:
+    return results + [r for path in others for r in json.loads(path.read_text())]
 
 
 if __name__ == "__main__":

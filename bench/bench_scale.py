@@ -109,7 +109,8 @@ def run_once(bucket: Path, out: Path, workers: int, chunk: int, model: str = "id
         seconds = time.perf_counter() - started
     processed = summary.restored + summary.no_face + summary.failed
     steady = steady_rate(out, started_wall)
-    return {"seconds": seconds, **steady, "listed": summary.listed, "restored": summary.restored,
+    return {"seconds": seconds, **steady, **stage_seconds(out, started_wall),
+            "listed": summary.listed, "restored": summary.restored,
             "no_face": summary.no_face, "failed": summary.failed, "skipped": summary.skipped, "read": summary.read,
             "faces": summary.faces,
             "photos_per_second": processed / seconds if processed else None,
@@ -134,6 +135,21 @@ def steady_rate(out: Path, started_wall: float) -> dict:
     lo, hi = times[len(times) // 10], times[9 * len(times) // 10]
     return {"startup_seconds": times[0] - started_wall,
             "steady_seconds_per_photo": (hi - lo) / (9 * len(times) // 10 - len(times) // 10)}
+
+
+def stage_seconds(out: Path, since: float = 0.0) -> dict:
+    """Per stage (decode, detect, restore — the network —, paste, write), the seconds the workers spent on the rows
+    written after ``since`` (a Unix time), summed from the manifest's ``seconds``; and the network's seconds per
+    face restored."""
+    import pyarrow.dataset as ds
+
+    rows = ds.dataset(str(out / "manifest.parquet")).to_table(
+        columns=["seconds", "n_faces", "status", "updated_at"]).to_pylist()
+    rows = [r for r in rows if r["updated_at"].timestamp() >= since and r["seconds"]]
+    stages = {name: sum(r["seconds"].get(name) or 0.0 for r in rows) for name in rows[0]["seconds"]} if rows else {}
+    faces = sum(r["n_faces"] or 0 for r in rows if r["status"] == "ok")
+    return {"stage_seconds": stages, "faces_restored": faces,
+            "network_seconds_per_face": stages.get("restore", 0.0) / faces if faces else None}
 
 
 def measure(n: int, work: Path, workers: int, chunk: int, bucket_args: list[str], model: str = "identity") -> dict:
@@ -229,7 +245,11 @@ def main(argv=None) -> None:
     parser.add_argument("--plot-with", type=Path, nargs="*", default=[],
                         help="more results files (other models) drawn in the same plot")
     parser.add_argument("--table", action="store_true", help="only print the table of the results so far")
+    parser.add_argument("--stages", type=Path, help="only print the per-stage seconds of this output folder's rows")
     args = parser.parse_args(argv)
+    if args.stages:
+        print(json.dumps(stage_seconds(args.stages), indent=1))
+        return
     if args.table:
         print(table(json.loads(args.results.read_text())))
         if args.plot:

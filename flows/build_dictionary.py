@@ -86,10 +86,10 @@ def _gather(refs: list, description: str, sizes: list[int],
     with tqdm(total=sum(sizes), desc=description, unit="item") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            result = ray.get(done[0])
-            results[order[done[0]]] = convert(result) if convert else result
-            done_at.append((time.perf_counter() - started, sizes[order[done[0]]]))
-            bar.update(sizes[order[done[0]]])
+            i, result = order[done[0]], ray.get(done[0])
+            results[i] = convert(result) if convert else result
+            done_at.append((time.perf_counter() - started, sizes[i]))
+            bar.update(sizes[i])
     return results, batch_timing(done_at)
 
 
@@ -263,9 +263,8 @@ def log_build(run, out: str, summary: BuildSummary) -> None:
     """The build's figures, extractor and files in its MLflow run (``summary.seconds`` set here)."""
     run.log(tags={"extractor_checksum": summary.extractor_checksum, "random_vgg": summary.random_vgg},
             metrics={name: getattr(summary, name) for name in ("images", "failed_images", "faces", "selected")})
-    for step, timing in summary.timing.items():
-        if timing.get("steady_seconds_per_item") is not None:
-            run.log(metrics={f"{step}_steady_seconds_per_item": timing["steady_seconds_per_item"]})
+    run.log(metrics={f"{step}_steady_seconds_per_item": t["steady_seconds_per_item"]
+                     for step, t in summary.timing.items() if t.get("steady_seconds_per_item") is not None})
     for name, partition in summary.kmeans.items():
         tag = name.replace("/", "_")
         run.log(metrics={f"empty_clusters_{tag}": partition["empty_clusters"]})

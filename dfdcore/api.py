@@ -41,7 +41,9 @@ def load_weights(checkpoint: str | os.PathLike, face_size: int = 512, *, device:
     config = GeneratorConfig(face_size=face_size, ngf=infer_ngf(state, str(checkpoint)))
     # Strict loading below overwrites every tensor of this freshly initialised model. (Building it on the "meta"
     # device would skip the initialisation but pulls in torch._dynamo: ~150 MiB resident for the process's life.)
-    model = DFDNet(config, fidelity=fidelity, residual=metadata.get("residual") == "true")
+    # Residual files written before the linear residual head have no "residual_head": their head ends in tanh.
+    model = DFDNet(config, fidelity=fidelity, residual=metadata.get("residual") == "true",
+                   residual_tanh=metadata.get("residual_head", "tanh") == "tanh")
     expected = _expected_state(model)
     state = fill_derived_keys(state, expected)
     check_state_dict(state, expected, str(checkpoint))

@@ -184,12 +184,23 @@ def test_residual_generator_starts_as_its_input_and_keeps_its_mode_through_safet
         assert torch.equal(model(faces, boxes), faces)  # a zero head: the output is the input
         model.up4[-2].bias.fill_(0.05)
         shifted = model(faces, boxes)
-    assert torch.allclose(shifted, (faces + torch.tanh(torch.tensor(0.05))).clamp(-1, 1), atol=1e-6)
+    assert torch.allclose(shifted, (faces + 0.05).clamp(-1, 1), atol=1e-6)  # a linear head, clamped at inference
     path = dfdcore.save_checkpoint(model, tmp_path / "residual.safetensors")
     loaded = dfdcore.load_generator(path, small_dictionary)
     assert loaded.residual and loaded.provenance["residual"] is True
     with torch.no_grad():
         assert torch.allclose(loaded(faces, boxes), shifted, atol=1e-6)
+    assert not loaded.residual_tanh
+    # A residual file written before the linear head (no "residual_head" in its metadata) keeps its tanh.
+    from safetensors.torch import load_file, safe_open, save_file
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != "residual_head"}
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=metadata)
+    old = dfdcore.load_generator(tmp_path / "old.safetensors", small_dictionary)
+    assert old.residual and old.residual_tanh
+    with torch.no_grad():
+        assert torch.allclose(old(faces, boxes), (faces + torch.tanh(torch.tensor(0.05))).clamp(-1, 1), atol=1e-6)
     # The official layout cannot say "residual": writing it is refused rather than silently changing the output.
     with pytest.raises(ValueError, match="residual"):
         dfdcore.save_checkpoint(model, tmp_path / "residual.pth")
@@ -197,3 +208,28 @@ def test_residual_generator_starts_as_its_input_and_keeps_its_mode_through_safet
     plain = dfdcore.save_checkpoint(DFDNet(SMALL), tmp_path / "plain.pth")
     assert load_weights(plain, 128).residual is False
     assert "residual" not in load_weights(plain, 128).provenance
+
+
+def test_a_saturated_residual_head_still_learns(small_dictionary):
+    """The demo's collapse: one bad step pushed the residual head far out, tanh and clamp passed no gradient, and the
+    model stayed a black-and-white mask. The residual head is linear and unclamped in training: it is pulled back."""
+    from dfdcore import DFDNet
+    from tests.conftest import SMALL, random_faces
+
+    model = DFDNet(SMALL, residual=True).attach_dictionary(small_dictionary).zero_output_layer().train()
+    faces, boxes = random_faces(2, seed=5)
+    with torch.no_grad():
+        model.up4[-2].bias.copy_(torch.tensor([4.0, -4.0, 4.0]))  # far out, as after a spike
+    loss = (model(faces, boxes) - faces).pow(2).mean()
+    loss.backward()
+    # d loss / d bias = 2·mean(head) per channel = 2·(±4)/3 for a linear, unclamped head; ~0 for tanh + clamp.
+    assert model.up4[-2].bias.grad.abs().min() > 2.0
+    optimiser = torch.optim.SGD([model.up4[-2].bias], lr=1.0)
+    for _ in range(5):
+        optimiser.zero_grad()
+        (model(faces, boxes) - faces).pow(2).mean().backward()
+        optimiser.step()
+    with torch.no_grad():
+        restored = model.eval()(faces, boxes)
+    assert restored.abs().max() <= 1.0  # inference clamps
+    assert (restored - faces).pow(2).mean() < 0.01 * loss.item()

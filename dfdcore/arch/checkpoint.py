@@ -160,7 +160,8 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: d
             state = {k: v for k, v in state.items() if not re.match(r"VggExtract\.features\.", k)}
             meta = {"format": "dfd-generator", "config": json.dumps(model.config.to_dict()),
                     "provenance": json.dumps(metadata or getattr(model, "provenance", {}), default=str),
-                    "residual": json.dumps(bool(getattr(model, "residual", False)))}
+                    "residual": json.dumps(bool(getattr(model, "residual", False))),
+                    "residual_head": "tanh" if getattr(model, "residual_tanh", False) else "linear"}
             save_file(state, str(tmp), metadata=meta)
         else:
             torch.save(state, tmp)

@@ -23,13 +23,19 @@ class DFDNet(nn.Module):
     ``fidelity`` scales the dictionary contribution: 1 = official, 0 = no dictionary (matching is skipped).
     ``residual`` (dfd-trained models only; official and BasicSR weights never set it): the head's output is added
     to the input face, ``clamp(faces + head, −1, 1)``, so a model whose last conv is zero returns its input.
+    A residual head is linear (its tanh left out) and the clamp applies only outside training: a saturated tanh or
+    clamp passes no gradient, so one bad step that pushed the head far out left the model stuck on a black-and-white
+    mask for good (the demo's 8.9 dB collapse). ``residual_tanh`` keeps the tanh, for residual checkpoints written
+    before this change (their metadata has no ``residual_head``).
     """
 
-    def __init__(self, config: GeneratorConfig = OFFICIAL, fidelity: float = 1.0, residual: bool = False) -> None:
+    def __init__(self, config: GeneratorConfig = OFFICIAL, fidelity: float = 1.0, residual: bool = False,
+                 residual_tanh: bool = False) -> None:
         super().__init__()
         self.config = config
         self.fidelity = fidelity
         self.residual = residual
+        self.residual_tanh = residual and residual_tanh
         self.bank: DictionaryBank | None = None
         self.provenance: dict[str, object] = {}
         # Full-resolution stages are evaluated in this many row bands when gradients are off (1 = whole maps).
@@ -46,6 +52,8 @@ class DFDNet(nn.Module):
         self.up2 = StyledUpBlock(4 * w, 2 * w)
         self.up3 = StyledUpBlock(2 * w, w)
         self.up4 = output_head(w)
+        if residual and not residual_tanh:
+            self.up4[-1] = nn.Identity()  # a linear correction (no parameters: the state_dict is unchanged)
 
     # ------------------------------------------------------------------------------------------- dictionary
     def attach_dictionary(self, dictionary: ComponentDictionary, dtype: torch.dtype | None = None) -> DFDNet:
@@ -128,7 +136,11 @@ class DFDNet(nn.Module):
         return self._output(faces, self.decode(conv5_4, styles)), chosen
 
     def _output(self, faces: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        return (faces + head).clamp(-1.0, 1.0) if self.residual else head
+        if not self.residual:
+            return head
+        restored = faces + head
+        # Training sees the unclamped sum, so the loss pulls an overshoot back instead of going flat at ±1.
+        return restored if self.training and torch.is_grad_enabled() else restored.clamp(-1.0, 1.0)
 
     def zero_output_layer(self) -> DFDNet:
         """Zero the head's last conv: a residual model then starts as the identity (its input, e.g. bicubic)."""

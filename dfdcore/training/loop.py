@@ -71,7 +71,8 @@ def build_generator(cfg: TrainConfig, device: torch.device) -> DFDNet:
 
 def ema_copy(generator: DFDNet) -> DFDNet:
     """A frozen copy of ``generator`` sharing its dictionary bank (never duplicated: up to 3 GiB), in eval mode."""
-    copy = DFDNet(generator.config, fidelity=generator.fidelity, residual=generator.residual)
+    copy = DFDNet(generator.config, fidelity=generator.fidelity, residual=generator.residual,
+                  residual_tanh=generator.residual_tanh)
     copy.load_state_dict(generator.state_dict())
     copy.to(generator.VggExtract.RGB_mean.device).requires_grad_(False).eval()
     copy.bank, copy.provenance = generator.bank, generator.provenance

@@ -143,9 +143,9 @@ def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, ste
     click.echo(f"  mlflow     run {summary.run_id}")
     from dfd.options import worse_than_bicubic_warning
 
-    warning = worse_than_bicubic_warning(None, validation)
-    if warning:
-        click.echo(f"  warning    {warning}")
+    for warning in (summary.warning, worse_than_bicubic_warning(None, validation)):
+        if warning:
+            click.echo(f"  warning    {warning}")
     if random_vgg:
         click.echo("  note       random VGG: the encoder and perceptual loss see random features")
 
@@ -299,6 +299,8 @@ def demo(output, steps, vgg_weights, max_failures) -> None:
     click.echo(f"  restored   {summary.restored} degraded held-out photos in {summary.outputs}/ "
                f"(cmp/ shows input | restored | original)")
     click.echo("  time       " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary.seconds.items()))
+    if summary.warning:
+        click.echo(f"  warning    training: {summary.warning}")
     click.echo("  verdict    " + verdict(summary.metrics, summary.bicubic, summary.random_vgg))
 
 

@@ -69,6 +69,7 @@ class DemoSummary:
     metrics: dict = field(default_factory=dict)
     bicubic: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
+    warning: str = ""
     restored: int = 0
     photos: list = field(default_factory=list)
     outputs: str = ""

@@ -77,6 +77,7 @@ class TrainSummary(Summary):
     dictionary: str = ""
     model_name: str = ""
     model_version: str = ""
+    warning: str = ""  # the run diverged (a validation > 1 dB below bicubic): tasks.train.divergence_warning
 
 
 def _local_copy(uri: str) -> str:
@@ -90,6 +91,13 @@ def _local_copy(uri: str) -> str:
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(read_bytes(uri))
     return str(local)
+
+
+def training_warning(out: str) -> str:
+    """What a person must hear about the training folder ``out``: that it diverged, or ""."""
+    from dfd.tasks.train import divergence_warning, validation_history
+
+    return divergence_warning(validation_history(out))
 
 
 def chosen_generator(out: str) -> tuple[str, dict | None]:
@@ -118,12 +126,17 @@ def train(config: TrainConfig, source: str | None = None, test_fraction: float =
                     tags={"random_vgg": config.random_vgg, "dictionary": config.dictionary})
         trained = run_training(config, run.tracking_uri, run.run_id, max_failures)
         generator, validation = chosen_generator(config.out)
+        warning = training_warning(config.out)
+        if warning:
+            print(f"WARNING: {warning}")
+            run.log(tags={"diverged": "true"})
         version = register(run, config, generator, validation, register_as, trained)
         summary = TrainSummary(run_id=run.run_id, seconds=run.seconds(), steps=config.steps,
                                resumed_from=trained["resumed_from"], train_faces=counts["train"],
                                test_faces=counts["test"], images_per_second=trained["images_per_second"],
                                final=run.metrics(), validation=validation, generator=generator,
-                               dictionary=config.dictionary, model_name=register_as, model_version=version)
+                               dictionary=config.dictionary, model_name=register_as, model_version=version,
+                               warning=warning)
     return summary
 
 

@@ -20,6 +20,8 @@ from dfdcore.runtime import dfd_home
 from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
 
 GENERATOR_NAME = "generator.safetensors"
+HISTORY_NAME = "validations.json"
+DIVERGED_DB = 1.0  # a validation this far below bicubic marks the run as diverged
 DEFAULT_MAX_FAILURES = 2  # worker-group restarts from the latest checkpoint within one fit()
 
 
@@ -108,8 +110,11 @@ def train_loop(config: dict) -> None:
     if log and resumed:  # every resume is recorded, a restart from the same checkpoint too
         log.metrics({"resumed_from_step": trainer.step}, trainer.step, again=True)
     best = BestGenerator(cfg) if rank == 0 else None
-    if log and trainer.step == 0 and cfg.val_every and not log.has("val_psnr", 0):  # where the curves start
-        log.metrics(trainer.validate(), 0)
+    if best and trainer.step == 0 and cfg.val_every:  # where the curves start, and the model to beat
+        start = trainer.validate()
+        if log and not log.has("val_psnr", 0):
+            log.metrics(start, 0)
+        best.offer(trainer, start)
     while trainer.step < cfg.steps:
         metrics = trainer.train_step(world)
         step, last = trainer.step, trainer.step == cfg.steps
@@ -143,18 +148,26 @@ def _export(trainer, uri: str, validation: dict | None) -> None:
 
 class BestGenerator:
     """Keeps ``out/best/generator.safetensors`` as the validated generator with the best ``cfg.best_metric`` so far,
-    its figures in ``out/best/validation.json`` (read back on resume)."""
+    its figures in ``out/best/validation.json`` (read back on resume), and every validation in
+    ``out/validations.json`` (``validation_history``).
+
+    Step 0 is offered too: the starting point (bicubic itself for a residual model) is a candidate, so the kept,
+    exported and registered generator is never worse than where the run started."""
 
     def __init__(self, cfg) -> None:
         from dfdcore.evaluation.pairs import HIGHER_IS_BETTER
 
         self.metric, self.higher = f"val_{cfg.best_metric}", cfg.best_metric in HIGHER_IS_BETTER
         self.generator_uri, self.figures_uri = best_uris(cfg.out)
+        self.history_uri = join_uri(cfg.out, HISTORY_NAME)
         self.best = json.loads(read_bytes(self.figures_uri)) if exists(self.figures_uri) else None
+        self.history = validation_history(cfg.out)
         self.last: dict | None = None
 
     def offer(self, trainer, validation: dict) -> bool:
         self.last = validation | {"step": trainer.step}
+        self.history = [h for h in self.history if h["step"] != trainer.step] + [self.last]
+        write_bytes_atomic(self.history_uri, json.dumps(self.history, indent=1).encode())
         value = validation.get(self.metric)
         if value is None:
             return False
@@ -165,6 +178,26 @@ class BestGenerator:
         write_bytes_atomic(self.figures_uri, json.dumps(self.last, indent=2).encode())
         self.best = self.last
         return True
+
+
+def validation_history(out: str) -> list[dict]:
+    """Every validation of the training folder ``out`` so far (step 0 first): the figures ``Trainer.validate`` gives
+    plus ``step``."""
+    uri = join_uri(out, HISTORY_NAME)
+    return sorted(json.loads(read_bytes(uri)), key=lambda h: h["step"]) if exists(uri) else []
+
+
+def divergence_warning(history: list[dict], margin_db: float = DIVERGED_DB) -> str:
+    """A plain sentence when a validation's PSNR fell more than ``margin_db`` below bicubic's, else ""."""
+    fallen = [h for h in history if h.get("val_psnr") is not None and h.get("bicubic_psnr") is not None
+              and h["val_psnr"] < h["bicubic_psnr"] - margin_db]
+    if not fallen:
+        return ""
+    worst = min(fallen, key=lambda h: h["val_psnr"] - h["bicubic_psnr"])
+    return (f"the run diverged: validation PSNR fell {worst['bicubic_psnr'] - worst['val_psnr']:.1f} dB below bicubic "
+            f"at step {worst['step']} ({worst['val_psnr']:.2f} vs {worst['bicubic_psnr']:.2f} dB; more than "
+            f"{margin_db:g} dB below at {len(fallen)} of {len(history)} validations); the kept model is the best "
+            f"validated one, never worse than step 0")
 
 
 def best_uris(out: str) -> tuple[str, str]:

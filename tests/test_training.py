@@ -218,3 +218,20 @@ def test_restore_warns_when_the_models_own_validation_was_worse_than_bicubic(tra
     assert "worse than bicubic" in warned.output and "PSNR 19.000 < bicubic 20.500" in warned.output
     quiet = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "b"), "--weights", str(good)])
     assert quiet.exit_code == 0 and "worse than bicubic" not in quiet.output
+
+
+def test_faceset_keeps_a_split_chosen_by_the_caller(tmp_path):
+    """Held-out people (``dfd train --held-out``): rows that carry a split keep it, the rest are split per photo."""
+    from dfdcore.data.faceset import write_faceset
+    from dfdcore.io.images import encode_png
+
+    face = encode_png(np.zeros((8, 8, 3), np.uint8))
+    rows = [{"image_id": f"p{i}", "face_index": 0, "uri": f"train/{i}.jpg", "face": face, "lm68": [0.0] * 136}
+            for i in range(6)]
+    rows += [{"image_id": f"q{i}", "face_index": 0, "uri": f"held/{i}.jpg", "face": face, "lm68": [0.0] * 136,
+              "split": "test"} for i in range(3)]
+    rows = [r | {"split": "train"} if r["uri"].startswith("train/") else r for r in rows]
+    counts = write_faceset(str(tmp_path / "f.parquet"), rows, 8, test_fraction=0.5)
+    assert counts == {"train": 6, "test": 3}
+    held = FaceSet(str(tmp_path / "f.parquet"), "test")
+    assert sorted(held.key(i)[0] for i in range(len(held))) == ["q0", "q1", "q2"]

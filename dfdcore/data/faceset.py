@@ -90,9 +90,13 @@ def assign_split(image_ids: Iterable[str], test_fraction: float, seed: int = 0) 
 
 
 def write_faceset(uri: str, rows: list[dict], face_size: int, test_fraction: float, seed: int = 0) -> dict:
-    """Faceset rows → ``uri`` (atomically), split assigned per photo → counts per split."""
-    split = assign_split((r["image_id"] for r in rows), test_fraction, seed)
-    rows = sorted(({**r, "split": split[r["image_id"]]} for r in rows), key=lambda r: (r["uri"], r["face_index"]))
+    """Faceset rows → ``uri`` (atomically), split assigned per photo → counts per split.
+
+    Rows that already carry a ``split`` keep it (held-out photos chosen by the caller, e.g. by person); the others
+    are split per photo with ``test_fraction``."""
+    split = assign_split((r["image_id"] for r in rows if "split" not in r), test_fraction, seed)
+    rows = sorted(({**r, "split": r.get("split") or split[r["image_id"]]} for r in rows),
+                  key=lambda r: (r["uri"], r["face_index"]))
     schema = FACESET_SCHEMA.with_metadata({"face_size": str(face_size)})
     write_parquet(uri, rows, schema, row_group_size=ROW_GROUP_ROWS)
     return {name: sum(r["split"] == name for r in rows) for name in ("train", "test")}

@@ -42,14 +42,16 @@ HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "psnr_y", "ssim_y"})
 
 def degraded_pairs(faces: FaceSet, count: int, seed: int, config: DegradationConfig) -> list[dict]:
     """``count`` (lq, hq) pairs of ``faces``, pair i from face i mod N with its own seeded degradation: with more
-    pairs than faces each face comes back under other degradations (a steadier mean on a small test set).
+    pairs than faces each face comes back under other degradations (a steadier mean on a small test set); with
+    fewer, the faces are spread evenly over the set (face ⌊i·N/count⌋), not its first ``count`` (one source).
 
     Rows: ``pair``, ``image_id``, ``face_index``, ``lq``/``hq`` (S, S, 3) uint8, ``lm68`` (68, 2), ``params``."""
     rows = []
     for i in range(count):
-        image, lm68 = faces.face(i % len(faces))
+        face = i * len(faces) // count if count < len(faces) else i % len(faces)
+        image, lm68 = faces.face(face)
         pair = degrade(image, config, seed=seed, index=i)
-        image_id, face_index = faces.key(i % len(faces))
+        image_id, face_index = faces.key(face)
         rows.append({"pair": i, "image_id": image_id, "face_index": face_index, "lq": pair.lq, "hq": pair.target,
                      "lm68": lm68, "params": json.dumps(pair.params)})
     return rows

@@ -3,6 +3,7 @@ descriptors: on the bundled portraits always (each face's chip, shifted crops an
 of the team's public-domain set when DFD_SHARED names it."""
 from __future__ import annotations
 
+import copy
 import functools
 
 import dlib
@@ -22,7 +23,7 @@ PD_FACES = "data/pd-faces/congress-hainish-225x275"  # of the team set: 225x275 
 PD_FACE_COUNT = 100
 # A 170-px chip at padding 0.35 has the scale of dlib's 150-px chip at padding 0.25 (170 / 1.7 == 150 / 1.5 px per
 # unit of dlib's face template), so its 150-px crops are that chip shifted by up to 10 px each way.
-WIDE_SIZE, WIDE_PADDING, SHIFTS = 170, 0.35, ((0, 0), (0, 20), (20, 0), (20, 20))
+WIDE_SIZE, WIDE_PADDING, SHIFTS = 170, 0.35, ((0, 0), (0, 20), (20, 20))
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +61,14 @@ def _bundled_chips() -> tuple[np.ndarray, ...]:
     chips = []
     for path in sorted(p for p in ASSETS.iterdir() if p.suffix in (".jpg", ".png")):
         rgb = read_rgb(path)
-        for shape in _shapes(rgb, upsample=1):
+        for shape in _shapes(rgb, upsample=0):  # one face in each
             chips += _chips(rgb, shape, variants=True)
     return tuple(chips)
 
 
 def test_descriptors_equal_dlib_on_bundled_faces(embedder):
     chips = _bundled_chips()
-    assert len(chips) >= 6 * 10  # the 6 sample photos, 1+ face each, 10 chips per face
+    assert len(chips) == 6 * 8  # the 6 sample photos; per face its chip, 3 shifted crops and their mirror images
     assert _compare(embedder, list(chips)) < MAX_ABS_DIFF
 
 
@@ -91,7 +92,7 @@ def test_batches_are_independent(embedder):
     with torch.inference_mode():
         together = embedder(batch)
         alone = torch.cat([embedder(chip[None]) for chip in batch])
-        precise = DlibFaceEmbedder.from_dlib_file().double()(batch.double())
+        precise = copy.deepcopy(embedder).double()(batch.double())
     torch.testing.assert_close(alone, together, atol=1e-6, rtol=0)
     torch.testing.assert_close(precise.float(), together, atol=1e-5, rtol=0)
 

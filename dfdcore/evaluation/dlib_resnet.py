@@ -189,8 +189,8 @@ def _walk(layers: list[DlibLayer]) -> tuple[dict[str, np.ndarray], list[tuple[in
     state = {"mean": layers[0].params["mean"], "stem.weight": stem["weight"], "stem.bias": stem["bias"],
              "stem_affine": np.stack([stem_affine["gamma"], stem_affine["beta"]])}
     blocks, at = [], 5
-    while layers[at].kind == "con":  # ares / ares_down: con affine relu con affine [avg_pool] add_prev relu
-        down = layers[at + 5].kind == "avg_pool"
+    while at < len(layers) and layers[at].kind == "con":  # con affine relu con affine [avg_pool] add_prev relu
+        down = at + 5 < len(layers) and layers[at + 5].kind == "avg_pool"
         _expect(layers, at, ("con", "affine", "relu"), 3, 1 + down)
         _expect(layers, at + 3, ("con", "affine"), 3, 1)
         _expect(layers, at + 5, ("avg_pool",) * down + ("add_prev", "relu"), 2 * down, 1 + down)

@@ -120,3 +120,21 @@ def test_bad_input_and_files_raise(embedder, tmp_path):
     (tmp_path / "other.dat").write_bytes(b"\x01\x02" + data[2:])
     with pytest.raises(DlibFormatError, match="not a dlib loss_metric network"):
         read_dlib_layers(tmp_path / "other.dat")
+
+
+def test_the_identity_metric_uses_the_port_and_equals_dlibs_own_call():
+    """IdentityEncoder (dfd evaluate, validation) gives dlib's compute_face_descriptor(image, shape) to 1e-4."""
+    import dlib
+
+    from dfdcore.evaluation.metrics import IdentityEncoder, face_box
+    from dfdcore.io.images import decode_image
+    from tests.conftest import portrait
+
+    encoder = IdentityEncoder()
+    for name in ("obama.jpg", "biden.jpg", "grace_hopper.jpg"):
+        rgb = np.ascontiguousarray(decode_image(portrait(name).read_bytes(), name=name).rgb8)
+        box = face_box(rgb)
+        ours = encoder.descriptor(rgb, box)
+        shape = shape_predictor(5)(rgb, dlib.rectangle(*(int(v) for v in box)))
+        theirs = np.array(face_recognizer().compute_face_descriptor(rgb, shape, 0))
+        assert np.abs(ours - theirs).max() < 1e-4, name

@@ -304,7 +304,12 @@ class IdentityEncoder:
                 return None
         image = np.ascontiguousarray(rgb)
         shape = shape_predictor(5)(image, dlib.rectangle(*(int(v) for v in box)))
-        return np.array(face_recognizer().compute_face_descriptor(image, shape, self.num_jitters), dtype=np.float64)
+        if self.num_jitters:
+            return np.array(face_recognizer().compute_face_descriptor(image, shape, self.num_jitters), np.float64)
+        # The same network in PyTorch (dfdcore.evaluation.dlib_resnet: dlib's own weights, within 1e-6 of dlib),
+        # on the chip dlib would cut: 150 px, padding 0.25 — about 7x faster per face than dlib's call here.
+        chip = dlib.get_face_chip(image, shape, size=150, padding=0.25)
+        return face_embeddings(chip[None])[0]
 
     def distance(self, a: np.ndarray, b: np.ndarray, box: Box | None = None) -> float:
         """Euclidean descriptor distance of image ``a`` (e.g. restored) to reference ``b``; < 0.6: same person.
@@ -321,6 +326,21 @@ class IdentityEncoder:
             self._references[key] = found, self.descriptor(b, found)
         box, reference = self._references[key]
         return float(np.linalg.norm(self.descriptor(a, box) - reference))
+
+
+@functools.cache
+def _embedder():
+    from dfdcore.evaluation.dlib_resnet import DlibFaceEmbedder
+
+    return DlibFaceEmbedder.from_dlib_file().eval()
+
+
+def face_embeddings(chips: np.ndarray) -> np.ndarray:
+    """(B, 150, 150, 3) uint8 RGB face chips (``dlib.get_face_chip``, padding 0.25) → (B, 128) float64 descriptors
+    of dlib's face-recognition ResNet, in one batched pass of its PyTorch port."""
+    batch = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        return _embedder()(batch).double().numpy()
 
 
 @functools.cache

@@ -64,6 +64,8 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 @click.option("--pixel-criterion", type=click.Choice(["mse", "l1", "psnr"]), default="mse", show_default=True,
               help="psnr: mean per-image log-MSE, so every image counts in dB (plain MSE favours the worst ones).")
 @click.option("--style-weight", default=0.0, show_default=True)
+@click.option("--identity-weight", default=0.0, show_default=True, help="Identity loss: distance of dlib "
+              "face-recognition descriptors (its PyTorch port, dlib's weights) of restored vs target faces.")
 @click.option("--residual/--no-residual", default=None, help="A new generator predicts a correction added to its "
               "input (starts as the identity, i.e. at bicubic; recorded in the exported .safetensors). Default: on, "
               "except with --init-weights (the checkpoint brings its own output mode).")
@@ -134,7 +136,7 @@ def train(**options) -> None:
             dictionary=o.dictionary, out=o.output, face_size=o.face_size, ngf=o.ngf, init_weights=o.init_weights,
             vgg_weights=o.vgg_weights, random_vgg=o.random_vgg, degradation=o.degradation, steps=o.steps,
             batch_size=o.batch_size, lr=o.lr, pixel_weight=o.pixel_weight, pixel_criterion=o.pixel_criterion,
-            perceptual_weight=o.perceptual_weight, style_weight=o.style_weight,
+            perceptual_weight=o.perceptual_weight, style_weight=o.style_weight, identity_weight=o.identity_weight,
             adversarial_weight=o.adversarial_weight, residual=residual, train_vgg=o.train_vgg, augment=o.augment,
             adversarial_start=adversarial_start, ema_decay=o.ema_decay, grad_clip=o.grad_clip,
             lr_schedule=o.lr_schedule, constant_fraction=o.constant_fraction, val_every=o.val_every,

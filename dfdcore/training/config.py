@@ -23,6 +23,7 @@ class LossWeights:
     perceptual: float = 1.0
     style: float = 0.0
     adversarial: float = 0.1
+    identity: float = 0.0  # dlib descriptor distance (dfdcore.training.identity); off unless asked for
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class TrainConfig:
     perceptual_weight: float = LossWeights.perceptual
     style_weight: float = LossWeights.style
     adversarial_weight: float = LossWeights.adversarial
+    identity_weight: float = LossWeights.identity
     residual: bool = False
     train_vgg: bool = False
     adversarial_start: int = 0
@@ -130,7 +132,8 @@ class TrainConfig:
 
     @property
     def loss_weights(self) -> LossWeights:
-        return LossWeights(self.pixel_weight, self.perceptual_weight, self.style_weight, self.adversarial_weight)
+        return LossWeights(self.pixel_weight, self.perceptual_weight, self.style_weight, self.adversarial_weight,
+                           self.identity_weight)
 
     @property
     def local_batch(self) -> int:

@@ -31,6 +31,7 @@ from dfdcore.evaluation.pairs import aggregate, degraded_pairs, metric_rows, res
 from dfdcore.io.pixels import images_to_tensor, tensor_to_images
 from dfdcore.io.storage import exists, filesystem_for, join_uri, read_bytes, write_bytes_atomic
 from dfdcore.training.config import TrainConfig
+from dfdcore.training.identity import IdentityLoss
 from dfdcore.training.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, l1_loss, log_mse_loss, pixel_loss
 from dfdcore.viz import side_by_side
 
@@ -126,6 +127,7 @@ class Trainer:
         # The loss sees the starting VGG, frozen: a trained encoder must not move the yardstick it is measured by.
         self.perceptual = PerceptualLoss(copy.deepcopy(self.generator.VggExtract) if cfg.train_vgg
                                          else self.generator.VggExtract)
+        self.identity = IdentityLoss(cfg.face_size).to(self.device) if cfg.identity_weight else None
         self.g_params = [p for p in self.generator.parameters() if p.requires_grad]
         self.d_params = list(self.discriminator.parameters())
         betas = (cfg.beta1, cfg.beta2)
@@ -168,7 +170,10 @@ class Trainer:
                 content = style = torch.zeros((), device=self.device)
             adversarial = hinge_g_loss(self.discriminator(restored)) if adversarial_on else \
                 torch.zeros((), device=self.device)
-            loss_g = w.pixel * pixel + w.perceptual * content + w.style * style + w.adversarial * adversarial
+            identity = self.identity(restored, hq) if self.identity is not None else \
+                torch.zeros((), device=self.device)
+            loss_g = (w.pixel * pixel + w.perceptual * content + w.style * style + w.adversarial * adversarial
+                      + w.identity * identity)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         self.scaler.unscale_(self.opt_g)
@@ -199,7 +204,7 @@ class Trainer:
 
         self.step += 1
         logged = {"loss_g": loss_g.item(), "pixel": pixel.item(), "perceptual": content.item(),
-                  "style": style.item(), "adversarial": adversarial.item(), **logged_d}
+                  "style": style.item(), "adversarial": adversarial.item(), "identity": identity.item(), **logged_d}
         logged = _global_mean(logged, self.device)
         # Gradient norms are taken after DDP's all-reduce: already global.
         return logged | {"grad_norm_g": grad_norm_g, "grad_norm_d": grad_norm_d, "lr": cfg.lr * cfg.lr_factor(

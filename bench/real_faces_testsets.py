@@ -1,32 +1,36 @@
-"""Held-out facesets for the real-faces recipe: the faces of OUT/test/pd-faces and OUT/test/train-faces (people never
-seen in training, from bench/real_faces_split.py) as two facesets whose every face is in the test split, for
-`dfd evaluate --faceset`. Usage:
+"""Held-out facesets for the real-faces recipe: the test split of a training faceset (people never seen in
+training, from `dfd train --held-out`) divided by where the photos came from — pd-faces (public-domain portraits)
+and train-faces (in-the-wild and studio photos) — as two facesets for `dfd evaluate --faceset`. Usage:
 
-    python bench/real_faces_testsets.py real/photos -o real/testsets      # → pd.parquet, wild.parquet
+    python bench/real_faces_testsets.py real/train/faceset.parquet -o real/testsets    # → pd.parquet, wild.parquet
 """
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
-from dfdcore.data.faceset import faces_from_photos, write_faceset
-from dfdcore.io.storage import list_images
+import pyarrow.parquet as pq
 
-SETS = {"pd": "test/pd-faces", "wild": "test/train-faces"}
+from dfdcore.data.faceset import write_faceset
+from dfdcore.io.storage import read_bytes
+
+SETS = {"pd": "/pd-faces/", "wild": "/train-faces/"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("photos", type=Path, help="the split's output folder (holding test/)")
+    parser.add_argument("faceset", help="the training faceset whose test split holds the held-out people")
     parser.add_argument("-o", "--out", type=Path, required=True)
-    parser.add_argument("--face-size", type=int, default=128)
     args = parser.parse_args()
+    table = pq.read_table(io.BytesIO(read_bytes(args.faceset)))
+    face_size = int(table.schema.metadata[b"face_size"])
+    held = [row for row in table.to_pylist() if row["split"] == "test"]
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, folder in SETS.items():
-        rows, skipped = faces_from_photos(list_images([str(args.photos / folder)]), args.face_size)
-        counts = write_faceset(str(args.out / f"{name}.parquet"), [r | {"split": "test"} for r in rows],
-                               args.face_size, test_fraction=0.0)
-        print(f"{name}: {counts['test']} faces held out, {len(skipped)} photo(s) without a usable face")
+    for name, marker in SETS.items():
+        rows = [row for row in held if marker in row["uri"]]
+        counts = write_faceset(str(args.out / f"{name}.parquet"), rows, face_size, test_fraction=0.0)
+        print(f"{name}: {counts['test']} held-out faces from {len({r['image_id'] for r in rows})} photos")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ path to a 4-px avg-pooled skip path (and 1 px to 2 px): the last two stages run 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -305,3 +306,16 @@ class DlibFaceEmbedder(nn.Module):
         x = (chips.to(self.mean.dtype) - self.mean.view(1, 3, 1, 1)) / 256.0  # dlib's input_rgb_image_sized
         x = F.max_pool2d(F.relu(_affine(self.stem(x), self.stem_affine)), 3, 2)
         return self.fc(self.blocks(x).mean(dim=(2, 3)))  # avg_pool_everything, fc_no_bias
+
+
+@functools.cache
+def _default_embedder() -> DlibFaceEmbedder:
+    return DlibFaceEmbedder.from_dlib_file().eval()
+
+
+def face_embeddings(chips: np.ndarray) -> np.ndarray:
+    """(B, 150, 150, 3) uint8 RGB face chips (``dlib.get_face_chip``, padding 0.25) → (B, 128) float64 descriptors
+    of dlib's face-recognition ResNet (dlib's own weights), in one batched pass."""
+    batch = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        return _default_embedder()(batch).double().numpy()

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dfdcore.face.detect import detect_faces, landmarks
+from dfdcore.evaluation.dlib_resnet import face_embeddings
 from dfdcore.face.models import face_recognizer, shape_predictor
 
 DATA_RANGE = 255.0
@@ -326,21 +327,6 @@ class IdentityEncoder:
             self._references[key] = found, self.descriptor(b, found)
         box, reference = self._references[key]
         return float(np.linalg.norm(self.descriptor(a, box) - reference))
-
-
-@functools.cache
-def _embedder():
-    from dfdcore.evaluation.dlib_resnet import DlibFaceEmbedder
-
-    return DlibFaceEmbedder.from_dlib_file().eval()
-
-
-def face_embeddings(chips: np.ndarray) -> np.ndarray:
-    """(B, 150, 150, 3) uint8 RGB face chips (``dlib.get_face_chip``, padding 0.25) → (B, 128) float64 descriptors
-    of dlib's face-recognition ResNet, in one batched pass of its PyTorch port."""
-    batch = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
-    with torch.no_grad():
-        return _embedder()(batch).double().numpy()
 
 
 @functools.cache

@@ -149,10 +149,8 @@ def train(**options) -> None:
         for key, value in config.to_dict().items():
             click.echo(f"  {key:<18} {value}")
         return
-    source, test_fraction, register_as, max_failures, best_metric, random_vgg = (
-        o.source, o.test_fraction, o.register_as, o.max_failures, o.best_metric, o.random_vgg)
-    summary = train_flow(config, source=source, test_fraction=test_fraction, register_as=register_as,
-                         max_failures=max_failures, held_out=o.held_out)
+    summary = train_flow(config, source=o.source, test_fraction=o.test_fraction, register_as=o.register_as,
+                         max_failures=o.max_failures, held_out=o.held_out)
     final = summary.final or {}
     click.echo("")
     click.echo(f"  faces      {summary.train_faces} for training, {summary.test_faces} held out")
@@ -162,7 +160,7 @@ def train(**options) -> None:
                f"held-out pixel {_cell(final.get('val_pixel'))}")
     validation = summary.validation or {}
     if validation:
-        click.echo(f"  validation best {best_metric} at step {validation.get('step')}: "
+        click.echo(f"  validation best {o.best_metric} at step {validation.get('step')}: "
                    + ", ".join(f"{name} {_cell(validation.get('val_' + key))} (bicubic "
                                f"{_cell(validation.get('bicubic_' + key))})" for key, name in
                                (("psnr", "PSNR"), ("ssim", "SSIM"), ("identity_distance", "ID dist"))))
@@ -174,7 +172,7 @@ def train(**options) -> None:
     for warning in (summary.warning, worse_than_bicubic_warning(None, validation)):
         if warning:
             click.echo(f"  warning    {warning}")
-    if random_vgg:
+    if o.random_vgg:
         click.echo("  note       random VGG: the encoder and perceptual loss see random features")
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dfdcore.face.detect import detect_faces, landmarks
 from dfdcore.evaluation.dlib_resnet import face_embeddings
+from dfdcore.face.detect import detect_faces, landmarks
 from dfdcore.face.models import face_recognizer, shape_predictor
 
 DATA_RANGE = 255.0

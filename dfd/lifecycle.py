@@ -76,6 +76,8 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
                    "value; for small face sets).")
 @click.option("--adversarial-start", type=int, help="Pixel/perceptual warm-up: the adversarial term and the "
               "discriminator start at this step (default: half of --steps).")
+@click.option("--identity-start", default=0, show_default=True, help="The identity term starts at this step (a "
+              "pixel-only warm-up before it; the checkpoint there is the pixel-only model to compare with).")
 @click.option("--ema-decay", default=0.0, show_default=True,
               help="Keep an exponential moving average of the generator (e.g. 0.999) for validation and export.")
 @click.option("--grad-clip", default=0.0, show_default=True, help="Cap the generator's gradient norm (0 = off).")
@@ -138,7 +140,8 @@ def train(**options) -> None:
             batch_size=o.batch_size, lr=o.lr, pixel_weight=o.pixel_weight, pixel_criterion=o.pixel_criterion,
             perceptual_weight=o.perceptual_weight, style_weight=o.style_weight, identity_weight=o.identity_weight,
             adversarial_weight=o.adversarial_weight, residual=residual, train_vgg=o.train_vgg, augment=o.augment,
-            adversarial_start=adversarial_start, ema_decay=o.ema_decay, grad_clip=o.grad_clip,
+            adversarial_start=adversarial_start, identity_start=o.identity_start, ema_decay=o.ema_decay,
+            grad_clip=o.grad_clip,
             lr_schedule=o.lr_schedule, constant_fraction=o.constant_fraction, val_every=o.val_every,
             val_pairs=o.val_pairs, best_metric=o.best_metric, d_dim=o.d_dim, checkpoint_every=o.checkpoint_every,
             sample_every=o.sample_every, seed=o.seed, workers=o.workers, use_gpu=o.gpu)

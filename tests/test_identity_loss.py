@@ -55,3 +55,10 @@ def test_training_with_the_identity_term_logs_it(training_data, tmp_path):
     assert logged["identity"] > 0.01  # a zero head returns the LQ: a real distance from the HQ
     plain = Trainer(small_train_config(training_data, tmp_path / "plain", residual=True))
     assert plain.identity is None and plain.train_step()["identity"] == 0.0
+
+
+def test_the_identity_term_waits_for_its_start(training_data, tmp_path):
+    """``identity_start``: a pixel-only warm-up, then the identity term joins the generator's loss."""
+    trainer = Trainer(small_train_config(training_data, tmp_path, residual=True, identity_weight=0.1,
+                                         identity_start=2, adversarial_weight=0.0, perceptual_weight=0.0))
+    assert [trainer.train_step()["identity"] > 0.01 for _ in range(3)] == [False, False, True]

@@ -41,7 +41,8 @@ class TrainConfig:
     Recipe (dfd's additions, measured in bench/RESULTS.md): ``residual`` makes a new generator predict a correction
     added to its input, starting as the identity (its last conv zeroed) — so training starts at the bicubic baseline
     instead of at noise; ``adversarial_start`` keeps the adversarial term (and the discriminator's updates) off for a
-    pixel/perceptual warm-up; ``grad_clip`` > 0 caps the generator's gradient norm (a trained random VGG at a high
+    pixel/perceptual warm-up, and ``identity_start`` likewise the identity term (a pixel-only warm-up, then a
+    fine-tuning phase whose start is the pixel-only model to compare with); ``grad_clip`` > 0 caps the generator's gradient norm (a trained random VGG at a high
     learning rate can otherwise diverge); ``ema_decay`` > 0 keeps an exponential moving average of the generator,
     used for validation, samples and export; ``flip_probability`` mirrors training faces; ``augment`` warps and
     recolours them (``faceset.augment_face``; 1 = rotation ±15°, scale ×0.8–1.25, shift ±8 %: small face sets);
@@ -78,6 +79,7 @@ class TrainConfig:
     residual: bool = False
     train_vgg: bool = False
     adversarial_start: int = 0
+    identity_start: int = 0
     ema_decay: float = 0.0
     grad_clip: float = 0.0
     flip_probability: float = 0.5
@@ -114,9 +116,9 @@ class TrainConfig:
             raise ValueError(f"augment must be in [0, 3] (0 = off), got {self.augment}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        if self.val_every < 0 or self.val_pairs < 1 or self.adversarial_start < 0:
-            raise ValueError(f"val_every and adversarial_start must be >= 0 and val_pairs >= 1, got "
-                             f"{self.val_every}, {self.adversarial_start}, {self.val_pairs}")
+        if self.val_every < 0 or self.val_pairs < 1 or self.adversarial_start < 0 or self.identity_start < 0:
+            raise ValueError(f"val_every, adversarial_start and identity_start must be >= 0 and val_pairs >= 1, got "
+                             f"{self.val_every}, {self.adversarial_start}, {self.identity_start}, {self.val_pairs}")
         if self.residual and self.init_weights:
             raise ValueError("residual applies to a new generator; init_weights brings its own output mode")
         if self.steps < 1:
@@ -150,6 +152,10 @@ class TrainConfig:
     def adversarial_at(self, step: int) -> bool:
         """Whether the adversarial term and the discriminator train at ``step`` (0-based)."""
         return self.adversarial_weight > 0 and step >= self.adversarial_start
+
+    def identity_at(self, step: int) -> bool:
+        """Whether the identity term is part of the generator's loss at ``step`` (0-based)."""
+        return self.identity_weight > 0 and step >= self.identity_start
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -170,8 +170,8 @@ class Trainer:
                 content = style = torch.zeros((), device=self.device)
             adversarial = hinge_g_loss(self.discriminator(restored)) if adversarial_on else \
                 torch.zeros((), device=self.device)
-            identity = self.identity(restored, hq) if self.identity is not None else \
-                torch.zeros((), device=self.device)
+            identity_on = self.identity is not None and cfg.identity_at(self.step)
+            identity = self.identity(restored, hq) if identity_on else torch.zeros((), device=self.device)
             loss_g = (w.pixel * pixel + w.perceptual * content + w.style * style + w.adversarial * adversarial
                       + w.identity * identity)
         self.opt_g.zero_grad(set_to_none=True)

@@ -118,7 +118,7 @@ def _registered_ref(ctx, param, value):
 def restore_options(func):
     """The fields of a ``RestoreOptions``: what changes a restored photograph (``restore_options_of`` builds it)."""
     return _apply(func, [
-        click.option("--upscale", default=2, show_default=True, type=click.IntRange(1, 8),
+        click.option("-s", "--upscale", default=2, show_default=True, type=click.IntRange(1, 8),
                      help="Scale of the whole output image (with --aligned: of the crop's size)."),
         click.option("--only-largest", is_flag=True, help="Restore only the largest face of each image."),
         click.option("--only-center", is_flag=True, help="Restore only the face closest to the image centre."),

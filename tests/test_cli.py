@@ -68,6 +68,16 @@ def test_restore_refuses_two_inputs_with_the_same_relative_path(tmp_path):
     assert "common parent folder" in result.output and not (tmp_path / "out").exists()
 
 
+def test_s_is_the_short_form_of_upscale(tmp_path):
+    """GFPGAN's and CodeFormer's users type -s for the output scale."""
+    from .conftest import portrait
+
+    result = run("restore", str(portrait("grace_hopper.jpg")), "-o", str(tmp_path), "--model", "identity", "-s", "3")
+    assert result.exit_code == 0, result.output
+    with Image.open(portrait("grace_hopper.jpg")) as source, Image.open(tmp_path / "restored_imgs" / "grace_hopper.jpg") as out:
+        assert out.size == (3 * source.size[0], 3 * source.size[1])
+
+
 def test_sample_and_restore_declare_each_shared_option_once():
     from dfd.restore_commands import restore, sample
 

@@ -3,6 +3,7 @@ the bicubic baseline as a line, as one PNG.
 
     python bench/plot_learning_curves.py RUN_ID --tracking-uri sqlite:///.dfd/mlflow.db --title "demo" \
         --out bench/results/curves-demo.png [--json bench/results/curves-demo.json] [--mark 3000 "adversarial on"]
+    python bench/plot_learning_curves.py real/train/validations.json --out …   # a resumed run: every leg, one file
 """
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ def histories(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Metric name → sorted (step, value) of every validation metric and its bicubic line."""
     names = [f"{prefix}_{name}" for name, _ in PANELS for prefix in ("val", "bicubic")]
     return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in names}
+
+
+def histories_from_file(path: str) -> dict[str, list[tuple[int, float]]]:
+    """The same from a training folder's ``validations.json`` (every validation of every resumed leg)."""
+    with open(path) as handle:
+        rows = json.load(handle)
+    names = [f"{prefix}_{name}" for name, _ in PANELS for prefix in ("val", "bicubic")]
+    return {name: sorted((int(r["step"]), float(r[name])) for r in rows if r.get(name) is not None) for name in names}
 
 
 def plot(curves: dict[str, list[tuple[int, float]]], title: str, out: str,
@@ -47,17 +56,22 @@ def plot(curves: dict[str, list[tuple[int, float]]], title: str, out: str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_id")
-    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("run_id", help="an MLflow run id, or a training folder's validations.json")
+    parser.add_argument("--tracking-uri", help="the MLflow tracking URI (with a run id)")
     parser.add_argument("--title", default="")
     parser.add_argument("--out", required=True)
     parser.add_argument("--json", help="also write the curves as JSON")
     parser.add_argument("--mark", nargs=2, action="append", default=[], metavar=("STEP", "TEXT"),
                         help="a vertical line at STEP labelled TEXT (e.g. where the adversarial term starts)")
     args = parser.parse_args()
-    from mlflow import MlflowClient
+    if args.run_id.endswith(".json"):
+        curves = histories_from_file(args.run_id)
+    else:
+        from mlflow import MlflowClient
 
-    curves = histories(MlflowClient(args.tracking_uri), args.run_id)
+        if not args.tracking_uri:
+            parser.error("--tracking-uri is required with a run id")
+        curves = histories(MlflowClient(args.tracking_uri), args.run_id)
     plot(curves, args.title, args.out, [(int(step), text) for step, text in args.mark])
     if args.json:
         with open(args.json, "w") as handle:

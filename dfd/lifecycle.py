@@ -9,7 +9,8 @@ from dfd.options import require_pipeline
 from dfdcore.training.presets import PRESETS, preset_values
 
 METRIC_LABELS = (("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("psnr_y", "PSNR-Y↑"), ("ssim_y", "SSIM-Y↑"),
-                 ("lpips", "LPIPS↓"), ("identity_distance", "ID dist↓"), ("landmark_distance", "LM dist↓"))
+                 ("lpips", "LPIPS↓"), ("identity_distance", "ID dist↓"), ("landmark_distance", "LM dist↓"),
+                 ("niqe", "NIQE↓"))
 
 
 def with_preset(ctx: click.Context, options: dict) -> dict:
@@ -200,7 +201,8 @@ def train(**options) -> None:
 def evaluate(testset, faceset, registered, weights, dictionary, model_name, random_weights, face_size, ngf, count,
              degradation, seed, label, device) -> None:
     """Evaluate a model on the paired test set: PSNR, SSIM (RGB and Y), LPIPS (when its backbone weights are on this
-    machine), identity and landmark distance — per image in Parquet, means in MLflow beside the bicubic baseline."""
+    machine), identity and landmark distance, and NIQE (no reference; dfd's own fit on pd-faces faces, not the
+    published parameters) — per image in Parquet, means in MLflow beside the bicubic baseline."""
     require_pipeline("dfd evaluate")
     from dfd.options import check_spec
     from dfdcore.restoration.restorer import ModelSpec

@@ -5,6 +5,10 @@ the S×S degraded input and its ground truth), ``lm68`` (68 × (x, y) on the fac
 with the schema metadata naming the seed, preset and source faceset. Made once and never rewritten, so every model
 evaluated on it sees the same pairs. The bicubic baseline is the LQ itself: the degradation already ends with a
 bicubic upsampling back to S.
+
+Every scored image (a model's output, the bicubic LQ) also gets ``niqe``, a no-reference naturalness score (lower
+is more natural) against dfd's own NIQE fit on pd-faces faces (``dfdcore.evaluation.niqe``; not the published NIQE
+parameters, so not comparable with published NIQE figures).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from dfdcore.components import part_boxes
 from dfdcore.data.degrade import DegradationConfig, degrade
 from dfdcore.data.faceset import FaceSet
 from dfdcore.evaluation.metrics import LPIPS, IdentityEncoder, MetricUnavailable, face_metrics
+from dfdcore.evaluation.niqe import NiqeModel, default_niqe_model, niqe_score
 from dfdcore.io.images import decode_png, encode_png
 from dfdcore.io.parquet import write_parquet
 from dfdcore.io.pixels import images_to_tensor, tensor_to_images
@@ -35,7 +40,7 @@ PAIRS_SCHEMA = pa.schema([
     ("lm68", pa.list_(pa.float32())),
     ("params", pa.string()),
 ])
-METRIC_COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y", "lpips", "identity_distance", "landmark_distance")
+METRIC_COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y", "lpips", "identity_distance", "landmark_distance", "niqe")
 # Higher is better for these; lower for the rest (used by summaries to say which way is good).
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "psnr_y", "ssim_y"})
 
@@ -107,11 +112,14 @@ def lpips_or_reason(device: torch.device | str = "cpu") -> tuple[LPIPS | None, s
 
 
 def metric_rows(outputs: Iterator[np.ndarray] | list[np.ndarray], pairs: list[dict],
-                lpips: LPIPS | None = None, encoder: IdentityEncoder | None = None) -> list[dict]:
-    """One row per pair: ``pair`` and every metric of ``METRIC_COLUMNS`` (None when not computable)."""
-    encoder = encoder or IdentityEncoder()
+                lpips: LPIPS | None = None, encoder: IdentityEncoder | None = None,
+                niqe: NiqeModel | None = None) -> list[dict]:
+    """One row per pair: ``pair`` and every metric of ``METRIC_COLUMNS`` (None when not computable); ``niqe`` is of
+    the output alone, against ``niqe`` (default: dfd's pd-faces fit)."""
+    encoder, niqe = encoder or IdentityEncoder(), niqe or default_niqe_model()
     return [{"pair": p["pair"], **face_metrics(out, p["hq"], target_landmarks68=p["lm68"], encoder=encoder,
-                                                lpips=lpips)} for out, p in zip(outputs, pairs)]
+                                                lpips=lpips), "niqe": niqe_score(out, niqe)}
+            for out, p in zip(outputs, pairs)]
 
 
 def aggregate(rows: list[dict]) -> dict[str, float]:

@@ -6,11 +6,12 @@ dfd's measured recipes (bench/RESULTS.md, "Training recipe" and "Real faces"), n
 from __future__ import annotations
 
 PRESETS: dict[str, dict[str, object]] = {
-    # This 2-core CPU, ~2 hours alone (3.3 steps of 8 faces a second, measured on 5,214 real faces): 128-px faces,
+    # This 2-core CPU, ~2 hours alone (2.2–2.6 steps of 8 faces a second, measured on 5,214 real faces on 2026-12-07;
+    # an earlier estimate of 3.3 was optimistic): 128-px faces,
     # a narrow network, residual pixel-only learning (the adversarial and random-VGG perceptual terms did not help
     # at this scale), the random VGG trained, light augmentation for a few thousand faces, EMA, per-image log-MSE,
     # the paper's ×2–10 degradation.
-    "cpu-128": dict(face_size=128, ngf=8, d_dim=8, batch_size=8, workers=2, steps=24_000, lr=1e-3,
+    "cpu-128": dict(face_size=128, ngf=8, d_dim=8, batch_size=8, workers=2, steps=16_000, lr=1e-3,
                     lr_schedule="cosine", constant_fraction=0.0, residual=True, train_vgg=True, augment=0.5,
                     grad_clip=1.0, ema_decay=0.999, pixel_criterion="psnr", perceptual_weight=0.0,
                     adversarial_weight=0.0, degradation="reference", val_every=500, val_pairs=32,

@@ -142,10 +142,10 @@ def train(**options) -> None:
             perceptual_weight=o.perceptual_weight, style_weight=o.style_weight, identity_weight=o.identity_weight,
             adversarial_weight=o.adversarial_weight, residual=residual, train_vgg=o.train_vgg, augment=o.augment,
             adversarial_start=adversarial_start, identity_start=o.identity_start, ema_decay=o.ema_decay,
-            grad_clip=o.grad_clip,
-            lr_schedule=o.lr_schedule, constant_fraction=o.constant_fraction, val_every=o.val_every,
-            val_pairs=o.val_pairs, best_metric=o.best_metric, d_dim=o.d_dim, checkpoint_every=o.checkpoint_every,
-            sample_every=o.sample_every, seed=o.seed, workers=o.workers, use_gpu=o.gpu)
+            grad_clip=o.grad_clip, lr_schedule=o.lr_schedule, constant_fraction=o.constant_fraction,
+            val_every=o.val_every, val_pairs=o.val_pairs, best_metric=o.best_metric, d_dim=o.d_dim,
+            checkpoint_every=o.checkpoint_every, sample_every=o.sample_every, seed=o.seed, workers=o.workers,
+            use_gpu=o.gpu)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     if o.dry_run:

@@ -1,29 +1,38 @@
-"""Named training recipes for ``dfd train --preset``: option values under their CLI names (underscored).
+"""Named training recipes for ``dfd train --preset``: option values under their CLI names (underscored here).
 
-A preset fills the options the user did not give; every flag given on the command line wins. The values are
-dfd's measured recipes (bench/RESULTS.md, "Training recipe" and "Real faces"), not the paper's undocumented ones.
+Each recipe is a file shipped with the package, ``dfdcore/training/presets/NAME.yaml``, whose comments explain it
+(and which is itself a valid ``dfd train --config`` file). A preset fills the options the user did not give; a
+``--config`` file and every flag given on the command line win. The values are dfd's measured recipes
+(bench/RESULTS.md, "Training recipe" and "Real faces"), not the paper's undocumented ones.
 """
 from __future__ import annotations
 
-PRESETS: dict[str, dict[str, object]] = {
-    # This 2-core CPU, ~2 hours alone (2.2–2.6 steps of 8 faces a second, measured on 5,214 real faces on 2026-12-07;
-    # an earlier estimate of 3.3 was optimistic): 128-px faces,
-    # a narrow network, residual pixel-only learning (the adversarial and random-VGG perceptual terms did not help
-    # at this scale), the random VGG trained, light augmentation for a few thousand faces, EMA, per-image log-MSE,
-    # the paper's ×2–10 degradation.
-    "cpu-128": dict(face_size=128, ngf=8, d_dim=8, batch_size=8, workers=2, steps=16_000, lr=1e-3,
-                    lr_schedule="cosine", constant_fraction=0.0, residual=True, train_vgg=True, augment=0.5,
-                    grad_clip=1.0, ema_decay=0.999, pixel_criterion="psnr", perceptual_weight=0.0,
-                    adversarial_weight=0.0, degradation="reference", val_every=500, val_pairs=32,
-                    checkpoint_every=500, sample_every=500),
-    # The paper's full size on one GPU: 512-px faces, ImageNet VGG19 (frozen, --vgg-weights), pixel + perceptual
-    # from the start, the multi-scale SN adversarial term after a 20 % warm-up, mixed precision.
-    "gpu-512": dict(face_size=512, ngf=64, d_dim=64, batch_size=8, workers=1, gpu=True, steps=100_000, lr=2e-4,
-                    lr_schedule="cosine", constant_fraction=0.01, residual=True, grad_clip=1.0, ema_decay=0.999,
-                    pixel_criterion="mse", perceptual_weight=1.0, adversarial_weight=0.1,
-                    adversarial_start=20_000, degradation="reference", val_every=2000, val_pairs=64,
-                    checkpoint_every=2000, sample_every=1000),
-}
+from pathlib import Path
+
+from dfdcore.io.config_files import read_config
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def preset_path(name: str) -> Path:
+    """The file of preset ``name``, or ValueError naming the presets there are."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(preset_names())}")
+    return path
+
+
+def preset_names() -> list[str]:
+    """The shipped presets, by name (their files' stems), sorted."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(path: str | Path) -> dict[str, object]:
+    """The option values of a preset file, keys underscored (``face-size`` → ``face_size``)."""
+    return {str(key).replace("-", "_"): value for key, value in read_config(path).items()}
+
+
+PRESETS: dict[str, dict[str, object]] = {name: load_preset(preset_path(name)) for name in preset_names()}
 
 
 def preset_values(name: str) -> dict[str, object]:

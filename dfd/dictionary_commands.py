@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from dfd.config_file import config_option, echo_resolved, resolved_options
 from dfd.options import DTYPES, require_pipeline, torch_dtype
 
 
@@ -26,14 +27,18 @@ from dfd.options import DTYPES, require_pipeline, torch_dtype
 @click.option("--face-size", default=512, show_default=True)
 @click.option("--ngf", default=64, show_default=True, help="Channel width (64 = ImageNet VGG19).")
 @click.option("--batch", default=16, show_default=True, help="Images or faces per Ray task.")
+@config_option("dfd build-dictionary")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration (config file, flags) and stop.")
 def build_dictionary_command(source, output, k, select_n, selection, flip, workers, vgg_weights, random_vgg, niter,
-                             max_train_gib, seed, face_size, ngf, batch) -> None:
+                             max_train_gib, seed, face_size, ngf, batch, config, dry_run) -> None:
     """Build component dictionaries from the photos at SOURCE (folder, glob or fsspec URL).
 
     A Prefect flow of Ray tasks: scan → landmarks, pose and expression → balanced selection → VGG features of the
     component crops (Parquet) → FAISS k-means per (scale, part) → OUTPUT/dictionary.safetensors and
     OUTPUT/DictionaryCenter512/. Tracked in MLflow (MLFLOW_TRACKING_URI, else SQLite under ./.dfd); Prefect uses
     PREFECT_API_URL or a temporary local server. Reruns skip finished steps.
+
+    --config FILE: the options in a YAML or TOML file under their CLI names (SOURCE as source); flags given win.
     """
     require_pipeline("dfd build-dictionary")
     if bool(vgg_weights) == random_vgg:
@@ -49,10 +54,17 @@ def build_dictionary_command(source, output, k, select_n, selection, flip, worke
         kmeans = KMeansOptions(k=k, niter=niter, seed=seed, max_train_bytes=int(max_train_gib * 2**30))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    config = DictionaryConfig(kmeans=kmeans, select=select_n, selection_method=selection, flip=flip,
-                              face_size=face_size, ngf=ngf, vgg_weights=vgg_weights, random_vgg=random_vgg,
-                              seed=seed, batch=batch, workers=workers)
-    summary = build_dictionary(source, output, config)
+    build = DictionaryConfig(kmeans=kmeans, select=select_n, selection_method=selection, flip=flip,
+                             face_size=face_size, ngf=ngf, vgg_weights=vgg_weights, random_vgg=random_vgg,
+                             seed=seed, batch=batch, workers=workers)
+    if dry_run:
+        from dfd.flows.steps import flat_params
+
+        echo_resolved(f"config {config or '(none)'}; the build would be:",
+                      {"source": source, "output": output} | flat_params(build))
+        return
+    ctx = click.get_current_context()
+    summary = build_dictionary(source, output, build, options=resolved_options(ctx.command, ctx.params))
     click.echo("")
     click.echo(f"  images     {summary.images} ({summary.failed_images} unreadable)")
     click.echo(f"  faces      {summary.faces} found, {summary.selected} selected")

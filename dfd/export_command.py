@@ -6,7 +6,15 @@ import importlib.util
 
 import click
 
-from dfd.options import build_model, model_options, model_spec, resolve_model, use_all_cores
+from dfd.options import (
+    build_model,
+    check_spec,
+    model_options,
+    model_spec,
+    resolve_model,
+    spec_label,
+    use_all_cores,
+)
 
 
 @click.command("export")
@@ -18,7 +26,8 @@ def export(onnx_path, **options) -> None:
 
     Inputs: faces (B, 3, S, S) float32 in [-1, 1] (RGB) and part_boxes (B, 4, 4) int64 [x1, y1, x2, y2] of the left
     eye, right eye, nose and mouth in face pixels (dfdcore.part_boxes of the 68 landmarks); output: restored
-    (B, 3, S, S). The export runs on the CPU; the graph runs anywhere onnxruntime does.
+    (B, 3, S, S). The export runs on the CPU; the graph runs anywhere onnxruntime does. Without model options
+    the bundled model (dfd-pd-128) is exported.
     """
     from dfdcore.export import ExportError, check_output_path, export_onnx
 
@@ -35,8 +44,8 @@ def export(onnx_path, **options) -> None:
         raise click.ClickException(str(exc)) from exc
     use_all_cores()
     spec = resolve_model(dataclasses.replace(spec, device="cpu"), "dfd export")
-    click.echo(f"Loading the model ({'RANDOM weights' if spec.random_weights else spec.registered or spec.weights})"
-               " ...")
+    check_spec(spec)
+    click.echo(f"Loading the model ({spec_label(spec)}) ...")
     model = build_model(spec)
     click.echo(f"Exporting to {onnx_path} ...")
     try:

@@ -5,6 +5,7 @@ import math
 
 import click
 
+from dfd.config_file import config_option, echo_resolved, resolved_options
 from dfd.options import require_pipeline
 from dfdcore.training.presets import PRESETS, preset_values
 
@@ -14,12 +15,12 @@ METRIC_LABELS = (("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("psnr_y", "PSNR-Y↑
 
 
 def with_preset(ctx: click.Context, options: dict) -> dict:
-    """``options`` with the values of ``options["preset"]`` in place of every option left at its default."""
+    """``options`` with the values of ``options["preset"]`` in place of every option left at its default: a flag
+    given on the command line or a value from the ``--config`` file (click's default map) is kept."""
     if not options.get("preset"):
         return options
     values = preset_values(options["preset"])
-    given = {name for name in options if ctx.get_parameter_source(name) not in
-             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
+    given = {name for name in options if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
     return options | {name: value for name, value in values.items() if name not in given}
 
 
@@ -108,7 +109,9 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
               "cpu-128 (2-core CPU, ~2 h, 128-px faces) or gpu-512 (the paper's size on a GPU). See --dry-run.")
 @click.option("--held-out", type=click.Path(), help="Photos whose faces are the held-out test split (e.g. other "
               "people than SOURCE's); every face of SOURCE then trains and --test-fraction is unused.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved configuration (preset + flags) and stop.")
+@config_option("dfd train")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration (preset, config file, flags) and "
+              "stop.")
 def train(**options) -> None:
     """Train (or fine-tune) the generator on the faces of SOURCE.
 
@@ -120,6 +123,8 @@ def train(**options) -> None:
 
     --preset NAME fills every option you do not give with a measured recipe: cpu-128 (this kind of 2-core machine,
     about 2 hours, 128-px faces) or gpu-512 (the paper's size on a GPU, with --vgg-weights). Flags you give win.
+    --config FILE (YAML or TOML, options under their CLI names; SOURCE as source) sits between the two: flags >
+    file > preset > defaults. The resolved options are logged to the MLflow run as config.yaml.
     """
     require_pipeline("dfd train")
     from types import SimpleNamespace
@@ -127,7 +132,8 @@ def train(**options) -> None:
     from dfdcore.io.storage import join_uri
     from dfdcore.training import TrainConfig
 
-    o = SimpleNamespace(**with_preset(click.get_current_context(), options))
+    ctx = click.get_current_context()
+    o = SimpleNamespace(**with_preset(ctx, options))
     _prefect()
     from dfd.flows.train import train as train_flow
 
@@ -148,13 +154,13 @@ def train(**options) -> None:
             use_gpu=o.gpu)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    flow_options = dict(source=o.source, test_fraction=o.test_fraction, register_as=o.register_as,
+                        max_failures=o.max_failures, held_out=o.held_out)
     if o.dry_run:
-        click.echo(f"preset {o.preset or '(none)'}; the run would be:")
-        for key, value in config.to_dict().items():
-            click.echo(f"  {key:<18} {value}")
+        echo_resolved(f"preset {o.preset or '(none)'}, config {o.config or '(none)'}; the run would be:",
+                      config.to_dict() | flow_options)
         return
-    summary = train_flow(config, source=o.source, test_fraction=o.test_fraction, register_as=o.register_as,
-                         max_failures=o.max_failures, held_out=o.held_out)
+    summary = train_flow(config, **flow_options, options=resolved_options(ctx.command, vars(o)))
     final = summary.final or {}
     click.echo("")
     click.echo(f"  faces      {summary.train_faces} for training, {summary.test_faces} held out")
@@ -185,7 +191,8 @@ def train(**options) -> None:
 @click.option("--faceset", help="Faceset .parquet whose held-out faces make the test set (first time only).")
 @click.option("--registered", help="A registered model: NAME/VERSION (dfd-generator/3) or NAME@ALIAS "
               "(dfd-generator@champion: the version the alias points to now).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Generator checkpoint.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Generator checkpoint (with its --dictionary). Default: the bundled model, dfd-pd-128.")
 @click.option("--dictionary", type=click.Path(), help="Its component dictionary.")
 @click.option("--model", "model_name", type=click.Choice(["dfdnet", "identity"]), default="dfdnet",
               show_default=True, help="identity: the bicubic LQ itself (checks the evaluation).")
@@ -202,9 +209,11 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
              degradation, seed, label, device) -> None:
     """Evaluate a model on the paired test set: PSNR, SSIM (RGB and Y), LPIPS (when its backbone weights are on this
     machine), identity and landmark distance, and NIQE (no reference; dfd's own fit on pd-faces faces, not the
-    published parameters) — per image in Parquet, means in MLflow beside the bicubic baseline."""
+    published parameters) — per image in Parquet, means in MLflow beside the bicubic baseline. Without a model
+    (--weights/--dictionary, --registered, --random-weights, --model identity) the bundled dfd-pd-128 is evaluated;
+    its test set needs its face size (128)."""
     require_pipeline("dfd evaluate")
-    from dfd.options import check_spec
+    from dfd.options import check_spec, spec_warning
     from dfdcore.restoration.restorer import ModelSpec
 
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k=16, face_size=face_size, ngf=ngf,
@@ -217,6 +226,7 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
     else:
+        spec = spec.resolved()  # naming no model: the bundled one
         check_spec(spec)
     _prefect()
     from dfd.flows.evaluate import evaluate as evaluate_flow
@@ -236,8 +246,8 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
     click.echo(f"  mlflow     run {summary.run_id}")
     from dfd.options import worse_than_bicubic_warning
 
-    warning = worse_than_bicubic_warning(weights, _registered_validation(summary.model["registered_model"])
-                                         if registered else None)
+    warning = worse_than_bicubic_warning(weights, _registered_validation(summary.model["registered_model"])) \
+        if registered else spec_warning(spec)
     if warning:
         click.echo(f"  warning    {warning}")
 
@@ -296,9 +306,15 @@ def compare(runs) -> None:
               help="ImageNet VGG19 (torchvision's vgg19-dcbb9e9d.pth); without it the VGG is random and labelled.")
 @click.option("--max-failures", type=click.IntRange(min=-1), help="Ray Train restarts of the workers from the "
               "latest checkpoint (default: the demo's, 2).")
-def demo(output, steps, vgg_weights, max_failures) -> None:
-    """The whole life cycle on the bundled photos, in minutes on a CPU: build a dictionary → train a small model →
-    evaluate it against bicubic on held-out faces → restore degraded copies of the held-out photos with it."""
+@click.option("--people", type=click.IntRange(min=2), help="Use only this many of the 76 portrayed people (a quicker "
+              "look; default: all).")
+def demo(output, steps, vgg_weights, max_failures, people) -> None:
+    """The whole life cycle on the bundled portraits, in about 15 minutes on a 2-core CPU: split them by person →
+    build a dictionary → train a small model → evaluate it against bicubic on the held-out people → restore degraded
+    copies of their photos with it and with dfd's bundled model (cmp/ shows both beside the original).
+
+    The 121 portraits of 76 members of the US Congress are public domain (dfdcore/assets/portraits/ATTRIBUTION.md);
+    no endorsement by them is implied."""
     require_pipeline("dfd demo")
     from dataclasses import replace
 
@@ -310,25 +326,31 @@ def demo(output, steps, vgg_weights, max_failures) -> None:
     from dfd.flows.demo import demo as demo_flow
 
     config = replace(DemoConfig(vgg_weights=vgg_weights), **({"steps": steps} if steps else {}),
-                     **({"max_failures": max_failures} if max_failures is not None else {}))
+                     **({"max_failures": max_failures} if max_failures is not None else {}),
+                     **({"people": people} if people else {}))
     summary = demo_flow(output, config)
     click.echo("")
     click.echo(f"Held-out faces ({summary.test_faces} faces x {summary.pairs // max(1, summary.test_faces)} "
                f"degradations = {summary.pairs} pairs, never seen in training):")
     click.echo(metrics_table([("bicubic", summary.bicubic), ("demo model", summary.metrics)]))
     click.echo("")
-    click.echo(f"  faces      {summary.train_faces} for training, {summary.test_faces} held out for the test set")
+    people = summary.people or {}
+    click.echo(f"  faces      {summary.train_faces} for training ({people.get('train', '?')} people), "
+               f"{summary.test_faces} held out ({people.get('test', '?')} other people) for the test set")
     validation = summary.validation
     if validation:
         click.echo(f"  validation best at step {validation.get('step')}: PSNR {_cell(validation.get('val_psnr'))} "
                    f"(bicubic {_cell(validation.get('bicubic_psnr'))}) on other degradations of the held-out faces")
     click.echo(f"  model      registered as {summary.model} (MLflow runs: dictionary {summary.dictionary_run[:8]}, "
                f"train {summary.train_run[:8]}, evaluate {summary.evaluate_run[:8]})")
-    for row in summary.photos:
-        click.echo(f"  photo      {row['name']}: face PSNR {row['psnr_bicubic']:.2f} dB bicubic -> "
-                   f"{row['psnr_restored']:.2f} dB restored")
+    if summary.photos:
+        captions = list(summary.photos[0]["psnr"])
+        gains = {c: sum(r["psnr"][c] - r["psnr_bicubic"] for r in summary.photos) / len(summary.photos)
+                 for c in captions}
+        click.echo(f"  photos     face PSNR against bicubic, mean of {len(summary.photos)} held-out photos: " +
+                   ", ".join(f"{c} {g:+.2f} dB" for c, g in gains.items()))
     click.echo(f"  restored   {summary.restored} degraded held-out photos in {summary.outputs}/ "
-               f"(cmp/ shows input | restored | original)")
+               f"(cmp/ shows input | demo model | {summary.bundled_label or 'bundled model'} | original)")
     click.echo("  time       " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary.seconds.items()))
     if summary.warning:
         click.echo(f"  warning    training: {summary.warning}")
@@ -343,7 +365,7 @@ def verdict(metrics: dict, bicubic: dict, random_vgg: bool) -> str:
     better = gain > 0 and ssim_gain > 0 and id_gain > 0
     text = (f"the demo model is {'better' if better else 'not better'} than bicubic upsampling on the held-out faces "
             f"(PSNR {gain:+.2f} dB, SSIM {ssim_gain:+.3f}, identity distance {-id_gain:+.3f}).")
-    text += " It learnt from a handful of faces for a few minutes"
+    text += " It learnt from some 90 portraits for a few minutes"
     text += " with a random VGG (no ImageNet weights here)" if random_vgg else ""
     return text + ": it cleans up degradation it was trained on; it is not a general face restorer — train on a " \
                   "real collection for that."

@@ -9,8 +9,15 @@ import click
 
 PIPELINE_MODULES = ("prefect", "ray", "mlflow")
 
-WEIGHTS_HELP = """\
-dfd needs generator weights and component dictionaries; nothing is downloaded.
+# The default model's name, as dfdcore.models.bundled.DEFAULT_MODEL says (written out here so that help texts need
+# no torch import; tests/test_bundled.py checks they agree).
+BUNDLED_DEFAULT = "dfd-pd-128"
+BUNDLED_ABOUT = (f"{BUNDLED_DEFAULT}, trained by dfd only on public-domain official portraits of members of the US "
+                 "Congress (128-px faces; docs/model-card.md)")
+
+WEIGHTS_HELP = f"""\
+Without model options dfd restores with its bundled model, {BUNDLED_ABOUT}.
+Other generator weights come with their component dictionaries, both given; nothing is downloaded:
   * the official DFDNet release (CC BY-NC-SA 4.0, non-commercial use only):
       --weights checkpoints/facefh_dictionary/latest_net_G.pth --dictionary DictionaryCenter512/
   * a BasicSR-converted checkpoint (.pth with 'params') and dictionary (.pth), or dfd's own
@@ -28,7 +35,8 @@ def torch_dtype(name: str):
 
 
 def check_spec(spec) -> None:
-    """Refuse model options that cannot work, with a message saying what to give instead."""
+    """Refuse model options that cannot work, with a message saying what to give instead (naming no model is fine:
+    that is the bundled one)."""
     if spec.registered and spec.name == "dfdnet":
         if spec.random_weights or not (spec.weights and spec.dictionary):  # resolve_model fetches them first
             raise click.UsageError(f"--registered {spec.registered}: the registered model's files are not fetched "
@@ -37,16 +45,25 @@ def check_spec(spec) -> None:
     if spec.name == "dfdnet":
         if spec.random_weights and spec.weights:
             raise click.UsageError("--random-weights and --weights exclude each other")
-        if not spec.random_weights and not (spec.weights and spec.dictionary):
-            raise click.UsageError("no model given.\n" + WEIGHTS_HELP + "\n  * or --model identity (dfd restore) to "
-                                   "check the geometry: faces pasted back unchanged.")
+        if not spec.random_weights and bool(spec.weights) != bool(spec.dictionary):
+            given, missing = ("--weights", "--dictionary") if spec.weights else ("--dictionary", "--weights")
+            raise click.UsageError(f"{given} without {missing}: a generator and the dictionary it was trained with "
+                                   f"go together (give neither for the bundled model).\n" + WEIGHTS_HELP)
+    if spec.bundled:  # its files checked here, before any worker starts (each process checks them once)
+        from dfdcore.models.bundled import BundledModelError, bundled_model
+
+        try:
+            bundled_model(spec.bundled)
+        except BundledModelError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 def resolve_model(spec, command: str):
     """``spec`` with its registered model (``--registered NAME/VERSION`` or ``NAME@ALIAS``) fetched from MLflow's
-    registry and pinned to a version; unchanged without one. An unknown model, version or alias is a message."""
+    registry and pinned to a version; naming no model, the bundled one (``ModelSpec.resolved``); else unchanged.
+    An unknown model, version or alias is a message."""
     if not spec.registered or spec.name != "dfdnet":
-        return spec
+        return spec.resolved()
     given = [flag for flag, value in (("--weights", spec.weights), ("--dictionary", spec.dictionary),
                                       ("--random-weights", spec.random_weights)) if value]
     if given:
@@ -80,12 +97,15 @@ def _apply(func, options):
 
 def model_options(func):
     """--weights, --dictionary, --random-weights (and its --k, --seed, --face-size, --ngf), --device, --dict-dtype,
-    --fidelity, --registered: the fields of a ``ModelSpec`` but its name (``model_spec`` builds it)."""
+    --fidelity, --registered, --bundled: the fields of a ``ModelSpec`` but its name (``model_spec`` builds it);
+    none of --weights, --dictionary, --random-weights, --registered, --bundled: the bundled default model."""
     return _apply(func, [
         click.option("--weights", type=click.Path(exists=False, dir_okay=False),
-                     help="Generator checkpoint: official latest_net_G.pth, BasicSR .pth or dfd .safetensors."),
+                     help="Generator checkpoint: official latest_net_G.pth, BasicSR .pth or dfd .safetensors (with "
+                          f"its --dictionary). Default: the bundled model, {BUNDLED_ABOUT}."),
         click.option("--dictionary", type=click.Path(exists=False),
-                     help="Component dictionaries: official DictionaryCenter512/ folder or dfd .safetensors."),
+                     help="Component dictionaries of --weights: official DictionaryCenter512/ folder or dfd "
+                          ".safetensors."),
         click.option("--random-weights", is_flag=True,
                      help="Use a seeded random network and dictionary (for trying dfd; outputs are labelled)."),
         click.option("--k", default=512, show_default=True, help="Entries per random dictionary."),
@@ -101,6 +121,9 @@ def model_options(func):
         click.option("--registered", callback=_registered_ref,
                      help="A model of MLflow's registry instead of --weights/--dictionary: NAME/VERSION "
                           "(dfd-generator/3) or NAME@ALIAS (dfd-generator@champion: the version it points to now)."),
+        click.option("--bundled", metavar="NAME",
+                     help=f"A model shipped with dfd, by name; its files are checked against their recorded sha256. "
+                          f"Default when no other model is named: {BUNDLED_DEFAULT}."),
     ])
 
 
@@ -199,10 +222,26 @@ def _take(cls, kwargs: dict, **fixed):
 
 
 def model_spec(kwargs: dict, name: str = "dfdnet"):
-    """The ``ModelSpec`` of ``model_options``' values in ``kwargs`` (taken out)."""
+    """The ``ModelSpec`` of ``model_options``' values in ``kwargs`` (taken out); options that exclude each other
+    (--bundled beside --weights, ...) are a usage error."""
     from dfdcore.restoration.restorer import ModelSpec
 
-    return _take(ModelSpec, kwargs, name=name)
+    try:
+        return _take(ModelSpec, kwargs, name=name)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def spec_label(spec) -> str:
+    """How a command names the model of a (resolved) ``spec`` in its summary: identity, random, registered
+    NAME/VERSION, NAME (bundled), or the weights' path."""
+    if spec.name == "identity":
+        return "identity"
+    if spec.random_weights:
+        return "RANDOM WEIGHTS (not a restoration)"
+    if spec.registered:
+        return f"registered {spec.registered}"
+    return f"{spec.bundled} (bundled)" if spec.bundled else str(spec.weights)
 
 
 def restore_options_of(kwargs: dict):
@@ -224,6 +263,18 @@ def use_all_cores() -> None:
     import torch
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def spec_warning(spec) -> str:
+    """``worse_than_bicubic_warning`` of a (resolved) ``spec``: a bundled model's validation is its model.json's."""
+    if not spec.bundled:
+        return worse_than_bicubic_warning(spec.weights)
+    from dfdcore.models.bundled import BundledModelError, bundled_model
+
+    try:
+        return worse_than_bicubic_warning(None, bundled_model(spec.bundled, verify=False).validation)
+    except BundledModelError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def worse_than_bicubic_warning(weights: str | None, validation: dict | None = None) -> str:

@@ -17,8 +17,9 @@ from dfd.options import (
     restore_options_of,
     run_options,
     run_options_of,
+    spec_label,
+    spec_warning,
     use_all_cores,
-    worse_than_bicubic_warning,
 )
 
 
@@ -32,8 +33,8 @@ def sample(output, **options) -> None:
     """Restore the bundled public-domain sample photographs: a first run of dfd.
 
     Same pipeline as `dfd restore` (detect, align, restore every face, paste back) with side-by-side comparisons
-    and the faces saved. Without --weights/--dictionary use --random-weights: the result is then not a
-    restoration, and every file says so.
+    and the faces saved. Without model options it restores with the bundled model (dfd-pd-128, see --weights);
+    with --random-weights the result is not a restoration, and every file says so.
     """
     from tqdm import tqdm
 
@@ -46,10 +47,10 @@ def sample(output, **options) -> None:
     spec, restore, run = model_spec(options), restore_options_of(options), run_options_of(options, save_faces=True,
                                                                                            cmp=True)
     spec = resolve_model(spec, "dfd sample")
+    check_spec(spec)
     check_background(restore)
     photos = sorted(p for p in (Path(dfdcore.__file__).parent / "assets").iterdir() if p.suffix in (".png", ".jpg"))
-    click.echo(f"Loading the model ({'RANDOM weights' if spec.random_weights else spec.registered or spec.weights})"
-               " ...")
+    click.echo(f"Loading the model ({spec_label(spec)}) ...")
     model = build_model(spec)
     restorer = Restorer(model, restore, batch_size=run.batch_size, device=resolve_device(spec.device))
     with tqdm(total=len(photos), desc="restore", unit="image") as bar:
@@ -73,9 +74,11 @@ def check_background(restore) -> None:
 def _label(model) -> str:
     provenance = getattr(model, "provenance", {})
     if provenance.get("random_weights"):
-        return "RANDOM WEIGHTS (not a restoration: use --weights/--dictionary for real results)"
+        return "RANDOM WEIGHTS (not a restoration: leave out --random-weights for the bundled model)"
     if provenance.get("registered"):
         return f"registered {provenance['registered']}"
+    if provenance.get("bundled"):
+        return f"{provenance['bundled']} (bundled)"
     return str(provenance.get("checkpoint") or provenance.get("model", type(model).__name__))
 
 
@@ -126,6 +129,7 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
     not images, FIFOs and devices are skipped rows; inputs whose outputs would share a name get name~HASH.png; an
     OUTPUT inside an input never reads its own files. A rerun skips images whose content and configuration are
     unchanged. Exits non-zero when any image failed (unless --allow-failures) or the output refused a write.
+    Without model options the faces are restored with the bundled model (dfd-pd-128, see --weights).
     """
     from tqdm import tqdm
 
@@ -136,6 +140,7 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
     use_all_cores()
     spec, restore, run = model_spec(options, model_name), restore_options_of(options), run_options_of(options)
     spec = resolve_model(spec, "dfd restore")  # NAME@ALIAS: pinned to the version it points to now, for every worker
+    check_spec(spec)  # before listing inputs or starting workers (a bundled model's files are checked here)
     try:
         sources = list_images(list(inputs), RESTORABLE_EXTENSIONS, with_others=True)
     except FileNotFoundError as exc:
@@ -149,7 +154,7 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
     except OutputStorageError as exc:
         raise click.ClickException(str(exc)) from exc
     check_background(restore)
-    warning = worse_than_bicubic_warning(spec.weights)
+    warning = spec_warning(spec)
     if warning:
         click.echo(f"  warning    {warning}", err=True)
     with tqdm(total=len(sources), desc="restore", unit="file") as bar:
@@ -158,7 +163,6 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
                 require_pipeline("dfd restore --workers")
                 from dfd.tasks.restore import restore_parallel
 
-                check_spec(spec)  # before starting workers
                 summary = restore_parallel(sources, output, spec, restore, run, on_image=lambda: bar.update(1))
             else:
                 restorer = Restorer(build_model(spec), restore, batch_size=run.batch_size,
@@ -166,8 +170,7 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
                 summary = restore_sources(sources, output, restorer, run, on_image=lambda: bar.update(1))
         except (OutputStorageError, ValueError) as exc:  # unwritable output, unreadable manifest, name clash
             raise click.ClickException(str(exc)) from exc
-    _report(summary, "RANDOM WEIGHTS (not a restoration)" if spec.random_weights and spec.name == "dfdnet"
-            else f"registered {spec.registered}" if spec.registered else spec.name, output)
+    _report(summary, spec_label(spec), output)
     if warning:
         click.echo(f"  warning    {warning}")
     if summary.storage_error or summary.unrecorded or (summary.failed and not allow_failures):

@@ -233,17 +233,19 @@ def create_app(models: dict, limits: Limits, *, batch_size: int = 4, device: str
 
 
 def load_models(spec) -> dict:
-    """Every model the page offers, each built once: the given weights ("dfdnet") or the random network ("random"),
-    and always "identity" (faces pasted back unchanged: checks detection and paste-back alone). dlib's detector
-    and landmark models are loaded here too: lazily, they made the first upload 4 s slower than the next ones."""
+    """Every model the page offers, each built once: the given weights ("dfdnet"), the random network ("random") or
+    the bundled model (by its name, e.g. "dfd-pd-128": naming no model means it), and always "identity" (faces
+    pasted back unchanged: checks detection and paste-back alone). dlib's detector and landmark models are loaded
+    here too: lazily, they made the first upload 4 s slower than the next ones."""
     from dfdcore.face.models import frontal_detector, shape_predictor
     from dfdcore.restoration.restorer import IdentityModel
 
     frontal_detector(), shape_predictor(5), shape_predictor(68)
 
+    spec = spec.resolved()
     models = {}
-    if spec.random_weights or spec.weights or spec.dictionary:
-        models["random" if spec.random_weights else "dfdnet"] = build_model(spec)
+    if spec.name == "dfdnet":
+        models["random" if spec.random_weights else spec.bundled or "dfdnet"] = build_model(spec)
     models["identity"] = IdentityModel(spec.face_size if spec.random_weights else 512)
     return models
 
@@ -265,8 +267,9 @@ def load_models(spec) -> dict:
 def serve(host, port, batch_size, max_bytes, max_pixels, max_waiting, **options) -> None:
     """A web page to restore photographs: upload, choose the options, compare before/after, see the faces.
 
-    The models are built once at start: --weights/--dictionary (or --random-weights) and the identity model. One
-    photograph is restored at a time; other uploads wait in a queue the page shows. Open http://HOST:PORT/.
+    The models are built once at start: --weights/--dictionary (or --random-weights; without model options the
+    bundled dfd-pd-128) and the identity model. One photograph is restored at a time; other uploads wait in a
+    queue the page shows. Open http://HOST:PORT/.
     """
     from dfdcore.restoration.restorer import resolve_device
 

@@ -240,12 +240,16 @@ ARTIFACTS = ["selection.png", "images.parquet", "faces.parquet", "selection.parq
 
 
 @flow(name="build_dictionary", log_prints=True)
-def build_dictionary(source: str, out: str, config: DictionaryConfig = DictionaryConfig()) -> BuildSummary:
-    """Build component dictionaries from the photos at ``source`` into ``out`` and record an MLflow run."""
+def build_dictionary(source: str, out: str, config: DictionaryConfig = DictionaryConfig(),
+                     options: dict | None = None) -> BuildSummary:
+    """Build component dictionaries from the photos at ``source`` into ``out`` and record an MLflow run
+    (``options``: what ``dfd build-dictionary`` resolved, CLI names → values, logged as the artifact config.yaml)."""
     sources = list_images([source])
     keys = step_keys([s.uri for s in sources], config)
     with flow_run(EXPERIMENT) as run:
         run.log(params=flat_params(config) | {"source": source, "out": out})
+        if options:
+            run.config("dfd build-dictionary", options)
         images = run_step(out, "scan", keys["scan"], scan, sources, out, config.batch)
         faces = run_step(out, "landmarks", keys["landmarks"], landmarks, out, config)
         selection = run_step(out, "select", keys["select"], select, out, config)

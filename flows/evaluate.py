@@ -77,9 +77,11 @@ class EvalSummary(Summary):
 
 
 def run_label(spec: ModelSpec, registry_tags: dict) -> str:
-    """The run's name: the registered NAME-vVERSION, "identity", or the weights' file stem."""
+    """The run's name: the registered NAME-vVERSION, "identity", the bundled model's name or the weights' file
+    stem."""
     registered = registry_tags.get("registered_model", "").replace("/", "-v")
-    return registered or ("identity" if spec.name == "identity" else Path(spec.weights or "random").stem)
+    return registered or ("identity" if spec.name == "identity" else spec.bundled or
+                          Path(spec.weights or "random").stem)
 
 
 @flow(name="evaluate", log_prints=True)
@@ -87,11 +89,14 @@ def evaluate(spec: ModelSpec, testset: str, faceset: str | None = None, register
              count: int | None = None, seed: int = 1234, degradation: str = "reference",
              label: str | None = None) -> EvalSummary:
     """Evaluate the model of ``spec`` (or the registered ``NAME/VERSION`` or ``NAME@ALIAS``: ``registered``, or
-    ``spec.registered``) on ``testset``'s pairs."""
+    ``spec.registered``; naming no model: the bundled one) on ``testset``'s pairs."""
     with flow_run(EXPERIMENT) as run:  # opened before the registry is asked: it lives in the same store
         made = run_step(testset, "pairs", MADE_ONCE, test_set, faceset, testset, count, seed, degradation)
         bicubic = run_step(testset, "bicubic", made["sha256"], bicubic_baseline, testset)
         spec, registry_tags = resolve_registered(spec, registered)  # NAME@ALIAS: the version it points to now
+        spec = spec.resolved()  # naming no model: the bundled one
+        if spec.bundled:
+            registry_tags = registry_tags | {"bundled_model": spec.bundled}
         label = label or run_label(spec, registry_tags)
         rows_uri = join_uri(testset, f"metrics/{run.run_id}.parquet")
         scored = score(spec, testset, rows_uri, label)

@@ -131,16 +131,19 @@ def restore_bucket(source: str, output: str, model: ModelSpec = ModelSpec(), res
     """Restore the photos under ``source`` that are new or changed into ``output`` (restored_imgs/ + manifest).
 
     ``model``: how to build the face model (``ModelSpec``: dfdnet with ``weights`` + ``dictionary``, a
-    ``registered`` model — NAME@ALIAS, resolved when the run starts — or ``random_weights``, or identity, which
-    pastes faces back unchanged to check the pipeline; ``fidelity``, ``dict_dtype``, ``device``). ``restore``: what changes the outputs (``RestoreOptions``: upscale, detector,
-    min_face, ...; part of each row's config hash). ``run``: how the run goes (``RunOptions``: workers, chunk,
-    batch_size, force, save_faces, cmp, input limits). Each is given whole: fields left out take the class
-    defaults. ``failed_prefix``: where to copy inputs that failed, with their reasons.
+    ``registered`` model — NAME@ALIAS, resolved when the run starts — a ``bundled`` one, or ``random_weights``, or
+    identity, which pastes faces back unchanged to check the pipeline; ``fidelity``, ``dict_dtype``, ``device``).
+    The default ``ModelSpec()`` names no model: the bundled one (dfd-pd-128), recorded by its name. ``restore``:
+    what changes the outputs (``RestoreOptions``: upscale, detector, min_face, ...; part of each row's config hash).
+    ``run``: how the run goes (``RunOptions``: workers, chunk, batch_size, force, save_faces, cmp, input limits).
+    Each is given whole: fields left out take the class defaults. ``failed_prefix``: where to copy inputs that
+    failed, with their reasons.
     """
     with flow_run(EXPERIMENT) as tracked:
+        model = model.resolved()  # naming no model: the bundled one, by name (model_bundled)
         tracked.log(params=run_params(source, output, model, restore, run))  # as asked: an alias, not a version
         model, registry_tags = resolve_registered(model)  # in the run's store: the alias as it points now
-        tracked.log(tags=registry_tags)
+        tracked.log(tags=registry_tags | ({"bundled_model": model.bundled} if model.bundled else {}))
         sources = list_photos(source, failed_prefix)
         done = restore_photos(sources, output, model, restore, run)
         copied = copy_failures(done.failures, sources, failed_prefix) if failed_prefix and done.failures else 0

@@ -116,6 +116,15 @@ class FlowRun:
 
         mlflow.log_text(text, name)
 
+    def config(self, command: str, options: dict, name: str = "config.yaml") -> None:
+        """The options ``command`` resolved for this call (flags, ``--config`` file, preset, defaults; under their CLI
+        names) as the YAML artifact ``name``: itself a ``--config`` file for the same run."""
+        from dfdcore.io.config_files import config_yaml
+
+        header = (f"The options `{command}` resolved for this run (flags > --config file > --preset > defaults).\n"
+                  f"`{command} --config {name}` runs it again; null leaves an option to its default.")
+        self.text(name, config_yaml(options, header))
+
     def name(self, label: str) -> None:
         """Rename the run (shown in the MLflow UI and by ``dfd compare``)."""
         import mlflow

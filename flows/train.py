@@ -118,12 +118,15 @@ def chosen_generator(out: str) -> tuple[str, dict | None]:
 
 @flow(name="train", log_prints=True)
 def train(config: TrainConfig, source: str | None = None, test_fraction: float = 0.1,
-          register_as: str = "dfd-generator", max_failures: int = 2, held_out: str | None = None) -> TrainSummary:
+          register_as: str = "dfd-generator", max_failures: int = 2, held_out: str | None = None,
+          options: dict | None = None) -> TrainSummary:
     """Train the generator described by ``config`` (faces from ``source`` when ``config.faceset`` is not made yet),
     log it to MLflow and register the chosen generator with its dictionary.
 
     ``max_failures``: Ray Train restarts of the workers from the latest checkpoint (``tasks.train.fit``).
-    ``held_out``: photos whose faces are the test split (``test_fraction`` is then unused)."""
+    ``held_out``: photos whose faces are the test split (``test_fraction`` is then unused). ``options``: what
+    ``dfd train`` resolved (CLI names → values), logged as the artifact config.yaml (each call: a resumed run's is
+    the latest call's)."""
     with flow_run(EXPERIMENT, keep_in=config.out) as run:
         counts = run_step(config.out, "faceset", MADE_ONCE, prepare_faceset, source or config.faceset,
                           config.faceset, config.face_size, test_fraction, config.seed, held_out)
@@ -132,6 +135,8 @@ def train(config: TrainConfig, source: str | None = None, test_fraction: float =
                                                   "held_out": held_out,
                                                   "train_faces": counts["train"], "test_faces": counts["test"]},
                     tags={"random_vgg": config.random_vgg, "dictionary": config.dictionary})
+        if options:
+            run.config("dfd train", options)
         trained = run_training(config, run.tracking_uri, run.run_id, max_failures)
         generator, validation = chosen_generator(config.out)
         warning = training_warning(config.out)

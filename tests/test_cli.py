@@ -20,10 +20,11 @@ def test_help_lists_commands():
     assert "--random-weights" in run("sample", "--help").output
 
 
-def test_sample_without_weights_explains_what_to_do(tmp_path):
-    result = CliRunner().invoke(main, ["sample", "-o", str(tmp_path)])
-    assert result.exit_code == 2
+def test_sample_with_a_dictionary_but_no_weights_explains_what_to_do(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "--dictionary", "d.safetensors", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "--dictionary without --weights" in result.output
     assert "latest_net_G.pth" in result.output and "--random-weights" in result.output
+    assert "dfd-pd-128" in result.output  # what naming no model at all gives
 
 
 def test_sample_with_missing_weights_is_an_error(tmp_path):

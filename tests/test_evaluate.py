@@ -68,35 +68,47 @@ def test_evaluate_identity_equals_bicubic_and_a_random_model_is_worse(prefect_se
 
 
 def test_demo_runs_the_whole_life_cycle(prefect_server, tmp_path):
-    """`dfd demo` with a few training steps: dictionary → train → evaluate → restore, and an honest verdict."""
-    from dfd.cli import main
+    """`dfd demo` with a few training steps on a few people: split by person → dictionary → train → evaluate →
+    restore with the demo model and the bundled one, and an honest verdict."""
+    import re
 
-    result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--steps", "3"])
+    from dfd.cli import main
+    from dfd.flows.demo import person_of
+
+    result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--steps", "3", "--people", "6"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "demo"
     assert (out / "dictionary" / "dictionary.safetensors").is_file()
     assert (out / "train" / "generator.safetensors").is_file()
     assert (out / "train" / "checkpoints" / "step_00000003.pt").is_file()
     assert (out / "train" / "best" / "generator.safetensors").is_file()
+    # Nobody is on both sides: 30 % of the 6 people (rounded up) are held out with every photo of theirs.
+    train_people = {person_of(p.name) for p in (out / "photos" / "train").iterdir()}
+    test_people = {person_of(p.name) for p in (out / "photos" / "test").iterdir()}
+    assert len(train_people) == 4 and len(test_people) == 2 and not train_people & test_people
     lines = result.output.splitlines()
     table = [line for line in lines if line.startswith(("bicubic", "demo model"))]
     assert len(table) == 2
-    assert "4 for training, 2 held out" in result.output and "32 pairs" in result.output
+    faces = re.search(r"(\d+) for training \(4 people\), (\d+) held out \(2 other people\)", result.output)
+    assert faces, result.output
+    assert f"{4 * int(faces[2])} pairs" in result.output
     verdict = next(line for line in lines if "verdict" in line)
     assert "than bicubic upsampling" in verdict and "random VGG" in verdict
-    # Degraded copies of the two held-out photos are restored; cmp/ shows LQ | restored | original, labelled.
+    # Degraded copies of the held-out photos are restored by both models; cmp/ shows LQ | demo | bundled | original.
     from dfdcore.io.images import decode_image
 
-    restored = sorted(p.name for p in (out / "restored" / "restored_imgs").iterdir())
-    assert len(restored) == 2 and restored == sorted(p.name for p in (out / "photos" / "lq").iterdir())
-    for name in restored:
-        original = decode_image((out / "photos" / "original" / name).read_bytes()).rgb8
-        lq = decode_image((out / "photos" / "lq" / name).read_bytes()).rgb8
+    copies = sorted(p.name for p in (out / "held-out" / "lq").iterdir())
+    assert len(copies) == int(faces[2])
+    for folder in ("restored", "restored-bundled"):
+        assert sorted(p.name for p in (out / folder / "restored_imgs").iterdir()) == copies
+    for name in copies:
+        original = decode_image((out / "held-out" / "original" / name).read_bytes()).rgb8
+        lq = decode_image((out / "held-out" / "lq" / name).read_bytes()).rgb8
         cmp = decode_image((out / "restored" / "cmp" / name).read_bytes()).rgb8
         assert lq.shape[0] == original.shape[0] // 2  # the input really is smaller
-        assert cmp.shape[1] % (3 * original.shape[1]) == 0 and cmp.shape[0] > original.shape[0]  # 3 panels
-    photo_lines = [line for line in lines if line.strip().startswith("photo ")]
-    assert len(photo_lines) == 2 and all("dB bicubic" in line for line in photo_lines)
+        assert cmp.shape[1] % (4 * original.shape[1]) == 0 and cmp.shape[0] > original.shape[0]  # 4 panels
+    photos = next(line for line in lines if line.strip().startswith("photos "))
+    assert f"mean of {len(copies)} held-out photos" in photos and "dfd-pd-128" in photos
 
 
 def test_more_pairs_than_faces_reuse_each_face_under_other_degradations(training_data, tmp_path):

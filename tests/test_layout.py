@@ -173,5 +173,10 @@ def test_wheel_installs_flows_tasks_and_infra_under_dfd(tmp_path):
     [wheel] = tmp_path.glob("dfd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"dfd/flows/restore_bucket.py", "dfd/tasks/restore.py", "dfd/infra/prefect/prefect.yaml",
-            "dfdcore/restoration/bulk.py", "dfdcore/assets/obama.jpg", "dfd/serve_page.html"} <= names
+            "dfdcore/restoration/bulk.py", "dfdcore/assets/obama.jpg", "dfd/serve_page.html",
+            "dfdcore/models/bundled.py"} <= names
+    bundled = {f"dfdcore/assets/models/dfd-pd-128/{name}" for name in ("model.json", "generator.safetensors",
+                                                                        "dictionary.safetensors")}
+    assert bundled <= names, "the bundled model (the default of dfd restore) is not in the wheel"
+    assert wheel.stat().st_size <= 40 * 2**20, f"the wheel is {wheel.stat().st_size / 2**20:.1f} MiB, over 40"
     assert not {name.split("/")[0] for name in names} & {"flows", "tasks", "infra", "tests", "bench"}

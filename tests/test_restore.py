@@ -109,9 +109,10 @@ def test_s3_bucket_as_input_and_output(tmp_path, s3_server):  # noqa: F811
     assert "2 already done" in again.output and "not retried 1 file that" in again.output  # broken.png: its own bytes
 
 
-def test_missing_model_explains_what_to_do(tmp_path, photo_folder):
-    result = CliRunner().invoke(main, ["restore", str(photo_folder), "-o", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "--model identity" in result.output
+def test_weights_without_their_dictionary_explain_what_to_do(tmp_path, photo_folder):
+    result = CliRunner().invoke(main, ["restore", str(photo_folder), "-o", str(tmp_path / "o"), "--weights", "g.pth"])
+    assert result.exit_code == 2 and "--weights without --dictionary" in result.output
+    assert "DictionaryCenter512/" in result.output and not (tmp_path / "o").exists()
 
 
 def test_ray_workers_give_the_same_outputs(tmp_path, photo_folder):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Literal
 
@@ -68,6 +68,9 @@ class ModelSpec:
     # A registered model, NAME/VERSION or NAME@ALIAS: the orchestration layer (dfd.flows.registry) fetches its files
     # into weights + dictionary and pins it to NAME/VERSION before anything is built; outputs record that version.
     registered: str | None = None
+    # A model shipped with dfd, by name (dfdcore.models.bundled): its files are found and checked where it is built,
+    # so the name travels to workers, not this install's paths. A dfdnet spec naming no model means the default.
+    bundled: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("ModelSpec.name", self.name, ("dfdnet", "identity"))
@@ -76,10 +79,25 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.fidelity must be in [0, 1], got {self.fidelity}")
         if self.registered is not None:
             registered_ref(self.registered)  # refuse a malformed reference before any work
+        if self.bundled is not None:
+            given = [f for f in ("weights", "dictionary", "random_weights", "registered") if getattr(self, f)]
+            if given or self.name != "dfdnet":
+                raise ValueError(f"ModelSpec.bundled={self.bundled!r} brings its own files: leave out "
+                                 f"{', '.join(given) or f'name={self.name!r}'}")
+
+    def resolved(self) -> ModelSpec:
+        """The spec as it is built: a dfdnet spec naming no model (no weights, dictionary, random weights, registered
+        or bundled model) → the same with ``bundled`` = the default bundled model; any other spec unchanged."""
+        from dfdcore.models.bundled import DEFAULT_MODEL
+
+        named = self.weights or self.dictionary or self.random_weights or self.registered or self.bundled
+        return self if named or self.name != "dfdnet" else replace(self, bundled=DEFAULT_MODEL)
 
     def build(self) -> nn.Module:
-        """The model on its device. Raises CheckpointError / DictionaryError for bad weights or dictionaries."""
+        """The model on its device; a spec naming no model builds the bundled default (``resolved``). Raises
+        CheckpointError (BundledModelError too) / DictionaryError for bad weights or dictionaries."""
         from dfdcore.api import load_generator, random_generator
+        from dfdcore.models.bundled import load_bundled
 
         if self.name == "identity":
             return IdentityModel(self.face_size)
@@ -90,6 +108,12 @@ class ModelSpec:
         if self.registered and not self.weights:
             raise ValueError(f"ModelSpec.registered={self.registered!r} has no files yet: resolve it first "
                              f"(dfd.flows.registry.resolve_registered fetches its weights and dictionary)")
+        if bool(self.weights) != bool(self.dictionary):
+            raise ValueError(f"ModelSpec: weights and dictionary go together (a generator and the dictionary it was "
+                             f"trained with), got weights={self.weights!r}, dictionary={self.dictionary!r}")
+        bundled = self.resolved().bundled
+        if bundled:  # BundledModelError (a CheckpointError) for a missing or altered file
+            return load_bundled(bundled, device=device, dict_dtype=dtype, fidelity=self.fidelity)
         model = load_generator(self.weights, self.dictionary, device=device, dict_dtype=dtype,
                                fidelity=self.fidelity)
         if self.registered:
@@ -138,6 +162,8 @@ def model_label(identity: dict) -> str:
         return "RANDOM WEIGHTS - not a restoration"
     if identity.get("model") == "identity":
         return "identity (faces pasted back unchanged)"
+    if identity.get("bundled"):
+        return f"{identity['bundled']} (bundled)"
     if identity.get("trained_by") == "dfd" or "step" in identity:
         if identity.get("random_vgg"):
             return "restored: demo model (random VGG" + (f", step {identity['step']})" if "step" in identity else ")")

@@ -9,6 +9,9 @@ from dfd.config_file import config_option, echo_resolved, resolved_options
 from dfd.options import require_pipeline
 from dfdcore.training.presets import PRESETS, preset_values
 
+# dfdcore.data.degrade.PRESETS, named here so that `dfd --help` does not import OpenCV (tests/test_degrade.py)
+DEGRADATIONS = ("reference", "gfpgan", "moderate", "mild", "blind")
+
 METRIC_LABELS = (("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("psnr_y", "PSNR-Y↑"), ("ssim_y", "SSIM-Y↑"),
                  ("lpips", "LPIPS↓"), ("identity_distance", "ID dist↓"), ("landmark_distance", "LM dist↓"),
                  ("niqe", "NIQE↓"))
@@ -58,8 +61,9 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 @click.option("--steps", default=1000, show_default=True)
 @click.option("--batch-size", default=2, show_default=True, help="Global batch, split over the workers.")
 @click.option("--lr", default=2e-4, show_default=True)
-@click.option("--degradation", type=click.Choice(["reference", "gfpgan", "moderate"]), default="reference",
-              show_default=True, help="Degradation model: reference §5.1, GFPGAN v1, or the reference limited to x2-4.")
+@click.option("--degradation", type=click.Choice(DEGRADATIONS), default="reference", show_default=True,
+              help="Degradation model: reference §5.1, GFPGAN v1, the reference limited to x2-4 (moderate), "
+                   "x1-2 with light blur/noise/JPEG (mild), or the reference from x1 to x8 (blind).")
 @click.option("--adversarial-weight", default=0.1, show_default=True)
 @click.option("--perceptual-weight", default=1.0, show_default=True)
 @click.option("--pixel-weight", default=1.0, show_default=True)
@@ -200,8 +204,9 @@ def train(**options) -> None:
 @click.option("--face-size", default=512, show_default=True, help="Face size of a random network.")
 @click.option("--ngf", default=64, show_default=True, help="Width of a random network.")
 @click.option("--count", type=int, help="Pairs in a new test set (default: every held-out face).")
-@click.option("--degradation", type=click.Choice(["reference", "gfpgan", "moderate"]), default="reference",
-              show_default=True, help="Degradation model: reference §5.1, GFPGAN v1, or the reference limited to x2-4.")
+@click.option("--degradation", type=click.Choice(DEGRADATIONS), default="reference", show_default=True,
+              help="Degradation model: reference §5.1, GFPGAN v1, the reference limited to x2-4 (moderate), "
+                   "x1-2 with light blur/noise/JPEG (mild), or the reference from x1 to x8 (blind).")
 @click.option("--seed", default=1234, show_default=True, help="Seed of a new test set's degradations.")
 @click.option("--label", help="Name of the run in MLflow and in `dfd compare`.")
 @click.option("--device", default="auto", show_default=True)

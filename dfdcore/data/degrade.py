@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-PRESETS: tuple[str, ...] = ("reference", "gfpgan", "moderate")
+PRESETS: tuple[str, ...] = ("reference", "gfpgan", "moderate", "mild", "blind")
 MIN_SIZE = 16  # below this a 10× downsample leaves under 2 px
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L") and torchvision's rgb_to_grayscale
@@ -86,8 +86,10 @@ class DegradationConfig:
 
     @classmethod
     def preset(cls, name: str = "reference") -> DegradationConfig:
-        """The named preset: "reference" (the official loader), "gfpgan" (GFPGAN v1 training options) or
-        "moderate" (the reference's steps with downsampling limited to ×2–4: faces a small network can restore)."""
+        """The named preset: "reference" (the official loader), "gfpgan" (GFPGAN v1 training options),
+        "moderate" (the reference's steps with downsampling limited to ×2–4: faces a small network can restore),
+        "mild" (×1–2, light blur, noise and JPEG: a test of doing no harm) or "blind" (the reference's steps
+        from ×1 to ×8, each step skipped more often: training that sees mild inputs too)."""
         if name == "reference":
             return cls()
         if name == "moderate":
@@ -97,6 +99,13 @@ class DegradationConfig:
                        gaussian_sizes=(41,), sigma_range=(0.1, 10.0), sigma_step=None, anisotropic_p=0.5,
                        downsample_p=1.0, scale_range=(0.8, 8.0), scale_step=None, resample="bilinear", noise_p=1.0,
                        noise_range=(0.0, 20.0), noise_step=None, jpeg_p=1.0, jpeg_range=(60, 100))
+        if name == "mild":  # a good phone photo shrunk to a thumbnail: what a blind restorer must not make worse
+            return cls(name="mild", jitter_p=0.0, blur_p=0.5, gaussian_p=1.0, gaussian_sizes=(3, 5, 7, 9),
+                       sigma_range=(0.3, 1.0), downsample_p=1.0, scale_range=(1.0, 2.0), noise_p=0.5,
+                       noise_range=(1.0, 4.0), jpeg_p=0.5, jpeg_range=(75, 95))
+        if name == "blind":  # the reference's steps from none at all to its worst: mild inputs are seen in training
+            return cls(name="blind", blur_p=0.7, sigma_range=(0.2, 2.0), downsample_p=0.95, scale_range=(1.0, 8.0),
+                       noise_p=0.7, noise_range=(0.0, 10.0), jpeg_p=0.6, jpeg_range=(40, 95))
         raise ValueError(f"unknown degradation preset {name!r}; expected one of {PRESETS}")
 
 

@@ -191,7 +191,13 @@ def train(**options) -> None:
 
 
 @click.command()
-@click.option("--testset", required=True, help="Test set folder (pairs.parquet is made there once).")
+@click.option("--testset", help="Test set folder (pairs.parquet is made there once).")
+@click.option("--pairs", nargs=2, metavar="LQ_DIR HQ_DIR", help="Instead of a test set: degraded photos and their "
+              "originals, paired by file name (faces found on LQ, compared with the same squares of HQ).")
+@click.option("--no-reference", metavar="DIR", help="Instead of a test set: real photos, no originals (NIQE of input "
+              "and restored faces, identity distance between them, faces found).")
+@click.option("-o", "--output", default="dfd-results/evaluate", show_default=True,
+              help="Where --pairs and --no-reference write metrics/<run>.parquet.")
 @click.option("--faceset", help="Faceset .parquet whose held-out faces make the test set (first time only).")
 @click.option("--registered", help="A registered model: NAME/VERSION (dfd-generator/3) or NAME@ALIAS "
               "(dfd-generator@champion: the version the alias points to now).")
@@ -210,14 +216,19 @@ def train(**options) -> None:
 @click.option("--seed", default=1234, show_default=True, help="Seed of a new test set's degradations.")
 @click.option("--label", help="Name of the run in MLflow and in `dfd compare`.")
 @click.option("--device", default="auto", show_default=True)
-def evaluate(testset, faceset, registered, weights, dictionary, model_name, random_weights, face_size, ngf, count,
-             degradation, seed, label, device) -> None:
+def evaluate(testset, pairs, no_reference, output, faceset, registered, weights, dictionary, model_name,
+             random_weights, face_size, ngf, count, degradation, seed, label, device) -> None:
     """Evaluate a model on the paired test set: PSNR, SSIM (RGB and Y), LPIPS (when its backbone weights are on this
     machine), identity and landmark distance, and NIQE (no reference; dfd's own fit on pd-faces faces, not the
     published parameters) — per image in Parquet, means in MLflow beside the bicubic baseline. Without a model
     (--weights/--dictionary, --registered, --random-weights, --model identity) the bundled dfd-pd-128 is evaluated;
-    its test set needs its face size (128)."""
+    its test set needs its face size (128).
+
+    --pairs LQ_DIR HQ_DIR and --no-reference DIR evaluate on folders of photos instead, into the same per-image
+    Parquet (under --output) and MLflow records."""
     require_pipeline("dfd evaluate")
+    if sum(map(bool, (testset, pairs, no_reference))) != 1:
+        raise click.UsageError("give exactly one of --testset, --pairs LQ_DIR HQ_DIR and --no-reference DIR")
     from dfd.options import check_spec, spec_warning
     from dfdcore.restoration.restorer import ModelSpec
 
@@ -237,6 +248,10 @@ def evaluate(testset, faceset, registered, weights, dictionary, model_name, rand
     from dfd.flows.evaluate import evaluate as evaluate_flow
     from dfd.flows.registry import RegistryError
 
+    if pairs or no_reference:
+        from dfd.evaluate_folders import evaluate_folders
+
+        return evaluate_folders(spec, pairs, no_reference, output, registered, label)
     try:
         summary = evaluate_flow(spec, testset, faceset=faceset, registered=registered, count=count, seed=seed,
                                 degradation=degradation, label=label)
@@ -292,7 +307,7 @@ def compare(runs) -> None:
         except mlflow.exceptions.MlflowException as exc:
             raise click.ClickException(f"no MLflow run {run_id} at {mlflow.get_tracking_uri()}") from exc
         metrics = run.data.metrics
-        if "psnr" not in metrics:
+        if "psnr" not in metrics and "niqe" not in metrics:  # a --no-reference run has NIQE only
             raise click.ClickException(f"run {run_id} holds no evaluation metrics (is it a `dfd evaluate` run?)")
         if not rows:
             rows.append(("bicubic", {k.removeprefix("bicubic_"): v for k, v in metrics.items()

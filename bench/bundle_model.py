@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("dictionary", type=Path, help="its component dictionary .safetensors")
     parser.add_argument("--name", default="dfd-pd-128")
     parser.add_argument("--card", default="docs/model-card.md", help="the model card, recorded as a pointer")
+    parser.add_argument("--validations", type=Path, help="a run's validations.json: the figures of --step are recorded "
+                        "(for a generator exported from a checkpoint, whose file carries none)")
+    parser.add_argument("--step", type=int, help="the step of --validations to record")
     args = parser.parse_args()
     folder = Path(dfdcore.__file__).parent / "assets" / "models" / args.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,11 @@ def main() -> None:
     record = {"name": args.name, "card": args.card, "files": files,
               "config": json.loads(meta.get("config", "{}")),
               "validation": trained_validation(folder / "generator.safetensors")}
+    if args.validations:
+        chosen = [v for v in json.loads(args.validations.read_text()) if v.get("step") == args.step]
+        if not chosen:
+            raise SystemExit(f"{args.validations}: no validation at step {args.step}")
+        record["validation"] = chosen[0]
     (folder / "model.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{args.name}: {total / 2**20:.1f} MB in {folder}")
 

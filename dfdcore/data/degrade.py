@@ -99,10 +99,11 @@ class DegradationConfig:
                        gaussian_sizes=(41,), sigma_range=(0.1, 10.0), sigma_step=None, anisotropic_p=0.5,
                        downsample_p=1.0, scale_range=(0.8, 8.0), scale_step=None, resample="bilinear", noise_p=1.0,
                        noise_range=(0.0, 20.0), noise_step=None, jpeg_p=1.0, jpeg_range=(60, 100))
-        if name == "mild":  # a good phone photo shrunk to a thumbnail: what a blind restorer must not make worse
+        if name == "mild":  # a good photo shrunk to a thumbnail: what a blind restorer must not make worse (always a
+            # JPEG, so that no pair equals its original: PSNR stays finite)
             return cls(name="mild", jitter_p=0.0, blur_p=0.5, gaussian_p=1.0, gaussian_sizes=(3, 5, 7, 9),
                        sigma_range=(0.3, 1.0), downsample_p=1.0, scale_range=(1.0, 2.0), noise_p=0.5,
-                       noise_range=(1.0, 4.0), jpeg_p=0.5, jpeg_range=(75, 95))
+                       noise_range=(1.0, 4.0), jpeg_p=1.0, jpeg_range=(80, 95))
         if name == "blind":  # the reference's steps from none at all to its worst: mild inputs are seen in training
             return cls(name="blind", blur_p=0.7, sigma_range=(0.2, 2.0), downsample_p=0.95, scale_range=(1.0, 8.0),
                        noise_p=0.7, noise_range=(0.0, 10.0), jpeg_p=0.6, jpeg_range=(40, 95))

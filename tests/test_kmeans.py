@@ -7,8 +7,8 @@ import torch
 
 from dfdcore.config import PARTS, GeneratorConfig
 from dfdcore.dictionary.format import ComponentDictionary
-from dfdcore.dictionary.kmeans import (KMeansOptions, cluster_dictionary, kmeans_partition, kmeans_plus_plus,
-                                       sample_size)
+from dfdcore.dictionary.kmeans import (KMeansOptions, cluster_dictionary, default_trials, kmeans_partition,
+                                       kmeans_plus_plus, sample_size, sketch_rows, sq_distances)
 from dfdcore.dictionary.store import write_feature_partition
 
 CFG = GeneratorConfig(face_size=128, ngf=8)
@@ -110,3 +110,59 @@ def test_cluster_dictionary_over_all_partitions(tmp_path):
     dictionary.save(tmp_path / "dictionary.safetensors")
     loaded = ComponentDictionary.load(tmp_path / "dictionary.safetensors")
     assert loaded.shape(32, "mouth") == CFG.dict_shape(32, "mouth", 4)
+
+
+def blob_mixture(k: int, n_per: int, shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """The benchmark's mixture at test size (bench/bench_dictionary.py): k blobs, centres U(0, 2), noise 0.5,
+    clipped at 0 like ReLU features → (k·n_per, C, h, w) float32 rows of random blobs."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 2, size=(k, *shape))
+    return np.maximum(centres[rng.integers(0, k, k * n_per)] + rng.normal(0, 0.5, (k * n_per, *shape)),
+                      0).astype(np.float32)
+
+
+def test_inertia_matches_scikit_learn_on_a_blob_mixture(tmp_path):
+    # One D²-drawn seed per centre leaves blobs of this mixture without a centre: 4-16 % above scikit-learn.
+    sklearn = pytest.importorskip("sklearn.cluster")
+    k, scale, part = 32, 32, "mouth"  # (32, 6, 6) entries for CFG: d = 1,152
+    rows = blob_mixture(k, 16, CFG.dict_shape(scale, part, 1)[1:], seed=1)
+    write_rows(str(tmp_path), scale, part, rows)
+    flat = rows.reshape(len(rows), -1).astype(np.float16).astype(np.float32)  # what the Parquet files hold
+    for seed in range(3):
+        ours = kmeans_partition(str(tmp_path), scale, part, KMeansOptions(k=k, seed=seed)).inertia
+        theirs = sklearn.KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=seed).fit(flat).inertia_ / len(flat)
+        assert ours <= 1.01 * theirs, f"seed {seed}: inertia {ours:.1f}, scikit-learn {theirs:.1f}"
+
+
+def test_greedy_seeding_tries_candidates_and_refuses_zero():
+    rows = blob_mixture(16, 8, (64, 1, 1), seed=2).reshape(128, -1)
+    sq = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+
+    def potential(centres: np.ndarray) -> float:
+        return float((((rows[:, None] - centres[None]) ** 2).sum(-1)).min(axis=1).sum())
+
+    greedy = np.mean([potential(kmeans_plus_plus(rows, 16, seed)) for seed in range(5)])
+    plain = np.mean([potential(kmeans_plus_plus(rows, 16, seed, trials=1)) for seed in range(5)])
+    assert greedy < 0.95 * plain  # keeping the best of 8·(2 + ⌊ln 16⌋) = 32 candidates lowers the potential
+    assert np.allclose(sq_distances(rows, sq, np.array([0, 5]))[:, 1], ((rows - rows[5]) ** 2).sum(1),
+                       rtol=1e-4, atol=1e-2)
+    assert default_trials(64) == 48 and default_trials(512) == 64
+    with pytest.raises(ValueError, match="must be >= 1, got 0 and 1024"):
+        kmeans_plus_plus(rows, 4, seed=0, trials=0)
+    with pytest.raises(ValueError, match="init_trials and init_sketch must be >= 1 or None, got None and 0"):
+        KMeansOptions(init_sketch=0)
+
+
+def test_sketch_keeps_distances_and_seeds_are_rows():
+    rows = blob_mixture(8, 8, (4096, 1, 1), seed=3).reshape(64, -1)
+    z = sketch_rows(rows, 1024, np.random.default_rng(0))
+    assert z.shape == (64, 1024) and z.dtype == np.float32
+    exact = ((rows[:, None] - rows[None]) ** 2).sum(-1)[np.triu_indices(64, 1)]
+    sketched = ((z[:, None] - z[None]) ** 2).sum(-1)[np.triu_indices(64, 1)]
+    ratio = sketched / exact
+    assert abs(ratio.mean() - 1) < 0.01 and ratio.std() < 0.06  # unbiased, spread ≈ √(2/1024) = 4.4 %
+    np.testing.assert_array_equal(z, sketch_rows(rows, 1024, np.random.default_rng(0)))
+    with pytest.raises(ValueError, match=r"sketch width must be in \[1, d = 4096\), got 4096"):
+        sketch_rows(rows, 4096, np.random.default_rng(0))
+    seeds = kmeans_plus_plus(rows, 8, seed=0)  # 4,096 > 1,024 wide: seeded on the sketch
+    assert all(np.any(np.all(rows == centre, axis=1)) for centre in seeds)

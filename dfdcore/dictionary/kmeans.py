@@ -1,8 +1,8 @@
 """K-means over streamed component features (FAISS) → ComponentDictionary.
 
-Per partition (scale, part): a seeded uniform sample of at most k·max_points_per_centroid rows trains FAISS k-means,
-then every row is assigned to its nearest centre in streamed batches to count cluster sizes. No step holds the
-whole partition.
+Per partition (scale, part): a seeded uniform sample of at most k·max_points_per_centroid rows trains FAISS k-means
+from greedy k-means++ seeds, then every row is assigned to its nearest centre in streamed batches to count cluster
+sizes. No step holds more than the sample.
 
 Notation for the memory formulas: n rows in the partition, d = C·h·w, m = training rows (≤ k·max_points_per_centroid,
 ≤ n), B = batch_rows, G = one Parquet row group (≤ features.ROW_GROUP_BYTES ≈ 64 MiB).
@@ -12,7 +12,7 @@ the sample, hence ``KMeansOptions.max_train_bytes`` (4 GiB by default).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -34,6 +34,10 @@ class KMeansOptions:
     float32 keeps the official mouth_256 (1.5 MiB a row) at 2,773 rows instead of 131,072 (203 GB).
     gpu: None → a GPU when FAISS sees one. batch_rows: rows per streamed batch (B in the memory formulas).
     init: "kmeans++" (``kmeans_plus_plus``) or "random" (FAISS's own seeding with k random sample rows).
+    init_trials: candidates per k-means++ centre, the one that lowers the potential most is kept (greedy
+    k-means++); None → ``default_trials(k)``; 1 → plain D²-sampling (with init_sketch None: the seeding before
+    2026-12).
+    init_sketch: rows wider than this are seeded on a sketch of that width (``sketch_rows``); None → exact.
     """
 
     k: int = 512
@@ -44,6 +48,8 @@ class KMeansOptions:
     gpu: bool | None = None
     batch_rows: int = 4096
     init: str = "kmeans++"
+    init_trials: int | None = None
+    init_sketch: int | None = 1024
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -51,6 +57,9 @@ class KMeansOptions:
         if min(self.k, self.niter, self.max_points_per_centroid, self.batch_rows) < 1:
             raise ValueError(f"k, niter, max_points_per_centroid and batch_rows must be >= 1, got {self.k}, "
                              f"{self.niter}, {self.max_points_per_centroid}, {self.batch_rows}")
+        if any(v is not None and v < 1 for v in (self.init_trials, self.init_sketch)):
+            raise ValueError(f"init_trials and init_sketch must be >= 1 or None, got {self.init_trials} and "
+                             f"{self.init_sketch}")
 
 
 @dataclass
@@ -124,27 +133,105 @@ def sample_rows(root_uri: str, scale: int, part: str, n_rows: int, m: int, seed:
     return out
 
 
-def kmeans_plus_plus(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k-means++ seeding of (m, d) float32 rows → (k, d) initial centres.
+def default_trials(k: int) -> int:
+    """Candidates per k-means++ centre: 8·(2 + ⌊ln k⌋), i.e. 48 for k = 64 and 64 for k = 512.
+
+    scikit-learn draws 2 + ⌊ln k⌋. In the sketch space (``sketch_rows``) candidates are cheap, and on the benchmark
+    mixture (bench/RESULTS.md, "Dictionary pipeline") 8× as many left far fewer clusters without a centre.
+    """
+    return 8 * (2 + int(np.log(k)))
+
+
+def sketch_rows(x: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Signed random sketch of (m, d) float32 rows → (m, width) float32, width < d.
+
+    The d coordinates are shuffled into ``width`` groups of ⌊d/width⌋ or ⌈d/width⌉, each multiplied by a random
+    ±1 and summed per group: E‖s(x) − s(y)‖² = ‖x − y‖², with a relative spread ≈ √(2/width) (4 % at 1,024) —
+    close enough to rank seeding candidates, at m·d additions instead of k passes over (m, d) rows.
+    Extra memory: m·width·4 + a block of ≈ 1 MiB.
+    """
+    d = x.shape[1]
+    if not 1 <= width < d:  # a group per coordinate or more would copy rows, not sketch them
+        raise ValueError(f"sketch width must be in [1, d = {d}), got {width}")
+    order = rng.permutation(d)
+    signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=d)
+    starts = np.arange(width) * d // width
+    out = np.empty((len(x), width), dtype=np.float32)
+    block = max(1, 2**18 // d)  # rows per step: the column gather stays in cache
+    for i in range(0, len(x), block):
+        shuffled = np.take(x[i:i + block], order, axis=1)
+        shuffled *= signs
+        out[i:i + block] = np.add.reduceat(shuffled, starts, axis=1)
+    return out
+
+
+def sq_distances(x: np.ndarray, sq_norms: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Squared distances of (m, d) float32 ``x`` to its rows ``rows`` (L indices) → (m, L) float64, ≥ 0.
+
+    ‖x‖² − 2x·c + ‖c‖² with one float32 (m, d)·(d, L) product: no (m, d) temporary; float64 for the sums.
+    """
+    dots = (x @ x[rows].T).astype(np.float64)
+    return np.maximum(sq_norms[:, None] - 2 * dots + sq_norms[rows][None, :], 0.0)
+
+
+def draw_weighted(weights: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` row indices drawn with replacement with probability ∝ (m,) ``weights`` (D²-sampling) → (count,)."""
+    cumulative = np.cumsum(weights)
+    total = cumulative[-1]
+    if total <= 0:  # every row already coincides with a centre (duplicates): any row will do
+        return rng.integers(len(weights), size=count)
+    return np.minimum(np.searchsorted(cumulative, rng.random(count) * total, side="right"), len(weights) - 1)
+
+
+def greedy_seeds(z: np.ndarray, k: int, trials: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ over (m, p) float32 rows → (k,) indices of the rows chosen as centres.
+
+    Each centre: ``trials`` D²-drawn candidates, the one that lowers the potential (Σ squared distance to the
+    nearest centre) most is kept. A single draw (trials = 1, plain k-means++) lands in an already covered cluster
+    more and more often as the uncovered ones get few. Cost: k·m·p·trials multiply-adds.
+    Extra memory ≈ m·(24 + 20·trials) (norms, nearest distances, the (m, trials) distance blocks).
+    """
+    sq_norms = np.einsum("ij,ij->i", z, z, dtype=np.float64)
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(len(z))
+    nearest = sq_distances(z, sq_norms, chosen[:1])[:, 0]
+    for i in range(1, k):
+        candidates = draw_weighted(nearest, trials, rng)
+        dist = sq_distances(z, sq_norms, candidates)
+        best = int(np.argmin(np.minimum(dist, nearest[:, None]).sum(axis=0)))
+        np.minimum(nearest, dist[:, best], out=nearest)
+        chosen[i] = candidates[best]
+    return chosen
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, seed: int, trials: int | None = None,
+                     sketch_width: int | None = 1024) -> np.ndarray:
+    """Greedy k-means++ seeding of (m, d) float32 rows → (k, d) initial centres (rows of ``x``).
 
     FAISS seeds with k random rows, which often puts two seeds in one cluster and leaves Lloyd's iterations stuck
-    there; D²-sampling avoids most of that at the cost of about one extra k-means iteration (k passes of m·d).
-    Distances come from ‖x‖² − 2x·c + ‖c‖², so the extra memory is m·(8 + 4) + k·d·4, never an (m, d) temporary.
+    there; ``greedy_seeds`` avoids nearly all of that. trials None → ``default_trials(k)``; 1 → plain k-means++.
+    Rows wider than ``sketch_width`` are seeded on their sketch (``sketch_rows``; None → exact distances): seeding
+    costs k·m·width·trials instead of k·m·d·trials, and the centres are still exact rows of ``x``.
+    Extra memory ≈ m·(24 + 20·trials) + m·width·4 + k·d·4.
     """
+    trials = default_trials(k) if trials is None else trials
+    if trials < 1 or (sketch_width is not None and sketch_width < 1):
+        raise ValueError(f"trials and sketch_width must be >= 1, got {trials} and {sketch_width}")
     rng = np.random.default_rng(seed)
-    sq_norms = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    centres = np.empty((k, x.shape[1]), dtype=np.float32)
-    centres[0] = x[rng.integers(len(x))]
-    best = np.full(len(x), np.inf)
-    for i in range(1, k):
-        c = centres[i - 1]
-        dist = np.maximum(sq_norms - 2 * (x @ c).astype(np.float64) + float(np.dot(c, c)), 0.0)
-        np.minimum(best, dist, out=best)
-        total = best.sum()
-        # All rows already coincide with a centre (duplicates): any row will do, FAISS splits empty clusters later.
-        index = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=best / total)
-        centres[i] = x[index]
-    return centres
+    z = sketch_rows(x, sketch_width, rng) if sketch_width is not None and sketch_width < x.shape[1] else x
+    return x[greedy_seeds(z, k, trials, rng)]
+
+
+def assign(index, batches: Iterable[np.ndarray], k: int) -> tuple[np.ndarray, float]:
+    """Nearest centre of every row of ``batches`` ((B, d) each) in a FAISS ``index`` of k centres
+    → ((k,) int64 rows per centre, Σ squared distance to the nearest centre)."""
+    sizes = np.zeros(k, dtype=np.int64)
+    total_sq = 0.0
+    for batch in batches:
+        dist, labels = index.search(np.ascontiguousarray(batch, dtype=np.float32), 1)
+        sizes += np.bincount(labels[:, 0], minlength=k)
+        total_sq += float(dist.sum(dtype=np.float64))
+    return sizes, total_sq
 
 
 def kmeans_partition(root_uri: str, scale: int, part: str, options: KMeansOptions = KMeansOptions()) -> KMeansResult:
@@ -153,9 +240,11 @@ def kmeans_partition(root_uri: str, scale: int, part: str, options: KMeansOption
     Steps and peak memory (bytes):
     1. sample: m·d·4 + m·8 + G + B·d·2 (``sample_rows``).
     2. train: m·d·4 (sample) + 2·k·d·4 (centroids + FAISS's flat index copy) + m·12 (labels, distances)
-       + FAISS's distance blocks (≈ 1024·k·4 per thread-block on CPU); k-means++ seeding adds m·12 + k·d·4.
+       + FAISS's distance blocks (≈ 1024·k·4 per thread-block on CPU); k-means++ seeding adds
+       m·(24 + 20·L + 4·p) + k·d·4 (L = init_trials, p = init_sketch, ``kmeans_plus_plus``).
     3. assign all n rows: k·d·4 (index) + G + B·d·(2 + 4) (float16 batch + float32 copy) + B·(8 + 4) + B·k·4
-       (distance block); the sample is freed before this step.
+       (distance block); the sample is freed before this step. When the sample is the whole partition (m = n)
+       it is assigned instead of read again: m·d·4 + k·d·4 + B·(12 + k·4), under step 2's peak.
     FAISS warns when m < 39·k (too few points per centroid) but still runs.
 
     Fewer rows than ``k`` is an error (FAISS cannot seed k distinct centres from fewer points and padding with
@@ -178,20 +267,23 @@ def kmeans_partition(root_uri: str, scale: int, part: str, options: KMeansOption
     # to stderr); the run records the row counts instead.
     km = faiss.Kmeans(dim, o.k, niter=o.niter, seed=o.seed, max_points_per_centroid=o.max_points_per_centroid,
                       min_points_per_centroid=1, gpu=gpu, verbose=False)
-    km.train(sample, init_centroids=kmeans_plus_plus(sample, o.k, o.seed) if o.init == "kmeans++" else None)
+    trials = default_trials(o.k) if o.init_trials is None else o.init_trials
+    sketch = o.init_sketch if o.init_sketch is not None and o.init_sketch < dim else None  # None: exact distances
+    seeds = kmeans_plus_plus(sample, o.k, o.seed, trials, sketch) if o.init == "kmeans++" else None
+    km.train(sample, init_centroids=seeds)
     objective = [float(v) for v in km.obj]
-    del sample  # step 3 must not hold the sample as well
-
-    sizes = np.zeros(o.k, dtype=np.int64)
-    total_sq = 0.0
-    for batch in iter_feature_batches(root_uri, scale, part, o.batch_rows):
-        dist, labels = km.index.search(np.ascontiguousarray(batch, dtype=np.float32), 1)
-        sizes += np.bincount(labels[:, 0], minlength=o.k)
-        total_sq += float(dist.sum(dtype=np.float64))
+    if m == n:  # the sample is every row in file order: reading the partition again would only cost time
+        batches = (sample[i:i + o.batch_rows] for i in range(0, m, o.batch_rows))
+    else:
+        del sample  # step 3 must not hold the sample as well
+        batches = iter_feature_batches(root_uri, scale, part, o.batch_rows)
+    sizes, total_sq = assign(km.index, batches, o.k)
     centroids = np.asarray(km.centroids, dtype=np.float32).reshape(o.k, schema.channels, schema.height,
                                                                    schema.width)
-    params = {"niter": o.niter, "seed": o.seed, "init": o.init, "max_points_per_centroid": o.max_points_per_centroid,
-              "gpu": gpu, "extractor_checksum": schema.extractor_checksum, "random_vgg": schema.random_vgg}
+    params = {"niter": o.niter, "seed": o.seed, "init": o.init,
+              "init_trials": trials if o.init == "kmeans++" else None, "init_sketch": sketch,
+              "max_points_per_centroid": o.max_points_per_centroid, "gpu": gpu,
+              "extractor_checksum": schema.extractor_checksum, "random_vgg": schema.random_vgg}
     return KMeansResult(scale=int(scale), part=part, centroids=centroids, objective=objective, cluster_sizes=sizes,
                         empty_clusters=int((sizes == 0).sum()), n_rows=n, n_train=m, inertia=total_sq / n,
                         seconds=time.perf_counter() - began, params=params)

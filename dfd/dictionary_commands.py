@@ -17,6 +17,8 @@ from dfd.options import DTYPES, require_pipeline, torch_dtype
               help="Balancing method: round-robin over pose/expression bins, or farthest-point sampling.")
 @click.option("--flip", is_flag=True, help="Also use each face mirrored (left/right parts swapped).")
 @click.option("--workers", default=2, show_default=True, help="Ray feature workers (RAY_ADDRESS selects a cluster).")
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="GPUs Ray gives each feature worker (0.5: two share a GPU); VGG runs on the GPU Ray assigns.")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False),
               help="ImageNet VGG19 weights (torchvision's vgg19-dcbb9e9d.pth) or a DFDNet checkpoint.")
 @click.option("--random-vgg", is_flag=True, help="Seeded random VGG19 (tests and demos; the run is tagged).")
@@ -29,8 +31,8 @@ from dfd.options import DTYPES, require_pipeline, torch_dtype
 @click.option("--batch", default=16, show_default=True, help="Images or faces per Ray task.")
 @config_option("dfd build-dictionary")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration (config file, flags) and stop.")
-def build_dictionary_command(source, output, k, select_n, selection, flip, workers, vgg_weights, random_vgg, niter,
-                             max_train_gib, seed, face_size, ngf, batch, config, dry_run) -> None:
+def build_dictionary_command(source, output, k, select_n, selection, flip, workers, gpus_per_worker, vgg_weights,
+                             random_vgg, niter, max_train_gib, seed, face_size, ngf, batch, config, dry_run) -> None:
     """Build component dictionaries from the photos at SOURCE (folder, glob or fsspec URL).
 
     A Prefect flow of Ray tasks: scan → landmarks, pose and expression → balanced selection → VGG features of the
@@ -56,7 +58,7 @@ def build_dictionary_command(source, output, k, select_n, selection, flip, worke
         raise click.UsageError(str(exc)) from exc
     build = DictionaryConfig(kmeans=kmeans, select=select_n, selection_method=selection, flip=flip,
                              face_size=face_size, ngf=ngf, vgg_weights=vgg_weights, random_vgg=random_vgg,
-                             seed=seed, batch=batch, workers=workers)
+                             seed=seed, batch=batch, workers=workers, gpus_per_worker=gpus_per_worker)
     if dry_run:
         from dfd.flows.steps import flat_params
 

@@ -35,6 +35,9 @@ def export(onnx_path, **options) -> None:
     if missing:
         raise click.ClickException(f"`dfd export --onnx` needs {' and '.join(missing)}: pip install 'dfd[export]'")
     spec = model_spec(options)
+    if spec.precision != "fp32":  # a 16-bit graph is the runtime's to make (e.g. onnxruntime's float16 converter)
+        raise click.UsageError(f"dfd export writes a float32 graph; --precision {spec.precision} applies to dfd "
+                               f"restore, sample and serve: leave it out here")
     if spec.device not in ("auto", "cpu"):
         raise click.UsageError(f"dfd export traces the model on the CPU (the graph is device-independent); "
                                f"leave out --device {spec.device}")

@@ -26,6 +26,9 @@ Other generator weights come with their component dictionaries, both given; noth
 
 
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+# dfdcore.restoration.precision.PRECISIONS, written out so that help texts need no torch import
+# (tests/test_precision.py checks they agree).
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def torch_dtype(name: str):
@@ -79,13 +82,15 @@ def resolve_model(spec, command: str):
 
 
 def build_model(spec):
-    """Build the model of a ModelSpec, turning bad weights or dictionaries into a message, not a traceback."""
+    """Build the model of a ModelSpec, turning bad weights or dictionaries, or a precision the device cannot run, into
+    a message, not a traceback."""
     import dfdcore
+    from dfdcore.restoration.precision import PrecisionError
 
     check_spec(spec)
     try:
         return spec.build()
-    except (dfdcore.CheckpointError, dfdcore.DictionaryError) as exc:
+    except (dfdcore.CheckpointError, dfdcore.DictionaryError, PrecisionError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -97,8 +102,9 @@ def _apply(func, options):
 
 def model_options(func):
     """--weights, --dictionary, --random-weights (and its --k, --seed, --face-size, --ngf), --device, --dict-dtype,
-    --fidelity, --registered, --bundled: the fields of a ``ModelSpec`` but its name (``model_spec`` builds it);
-    none of --weights, --dictionary, --random-weights, --registered, --bundled: the bundled default model."""
+    --fidelity, --precision, --registered, --bundled: the fields of a ``ModelSpec`` but its name (``model_spec``
+    builds it); none of --weights, --dictionary, --random-weights, --registered, --bundled: the bundled default
+    model."""
     return _apply(func, [
         click.option("--weights", type=click.Path(exists=False, dir_okay=False),
                      help="Generator checkpoint: official latest_net_G.pth, BasicSR .pth or dfd .safetensors (with "
@@ -118,6 +124,12 @@ def model_options(func):
                      help="Storage type of the dictionaries on the device (float16 halves their memory)."),
         click.option("--fidelity", type=click.FloatRange(0, 1), default=1.0, show_default=True,
                      help="Weight of the dictionary contribution: 1 = official DFDNet, 0 = none."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                     help="Arithmetic of the generator: fp32, or bf16 / fp16 under autocast, on CUDA and on the CPU "
+                          "(dictionary matching and paste-back stay float32; a 16-bit precision is recorded in the "
+                          "outputs and the manifest). On a CPU, bf16 paid only at the official size (1.4-1.8x on a "
+                          "bfloat16-capable Xeon; none for dfd-pd-128) and fp16 was slower than fp32: "
+                          "bench/RESULTS.md, 'Half precision'."),
         click.option("--registered", callback=_registered_ref,
                      help="A model of MLflow's registry instead of --weights/--dictionary: NAME/VERSION "
                           "(dfd-generator/3) or NAME@ALIAS (dfd-generator@champion: the version it points to now)."),
@@ -186,6 +198,9 @@ RUN_OPTIONS = {
     "workers": click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
                             help="Ray workers, each with its own model (0 = this process). RAY_ADDRESS selects a "
                                  "cluster."),
+    "gpus_per_worker": click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+                                    help="GPUs Ray gives each of --workers (0.5: two workers share a GPU); each "
+                                         "worker runs on the GPU Ray assigns it. 0: the workers run on the CPU."),
     "chunk": click.option("--chunk", default=8, show_default=True, type=click.IntRange(1),
                           help="Images handed to a Ray worker at a time (with --workers): a worker that dies "
                                "redoes at most this many."),
@@ -234,14 +249,16 @@ def model_spec(kwargs: dict, name: str = "dfdnet"):
 
 def spec_label(spec) -> str:
     """How a command names the model of a (resolved) ``spec`` in its summary: identity, random, registered
-    NAME/VERSION, NAME (bundled), or the weights' path."""
+    NAME/VERSION, NAME (bundled), or the weights' path; with ", bf16" or ", fp16" when it runs in 16 bits."""
     if spec.name == "identity":
         return "identity"
     if spec.random_weights:
         return "RANDOM WEIGHTS (not a restoration)"
     if spec.registered:
-        return f"registered {spec.registered}"
-    return f"{spec.bundled} (bundled)" if spec.bundled else str(spec.weights)
+        label = f"registered {spec.registered}"
+    else:
+        label = f"{spec.bundled} (bundled)" if spec.bundled else str(spec.weights)
+    return label if spec.precision == "fp32" else f"{label}, {spec.precision}"
 
 
 def restore_options_of(kwargs: dict):
@@ -256,13 +273,19 @@ def run_options_of(kwargs: dict, **fixed):
     itself, e.g. ``dfd sample`` always writing comparisons)."""
     from dfdcore.restoration.bulk import RunOptions
 
-    return _take(RunOptions, kwargs, **fixed)
+    try:
+        return _take(RunOptions, kwargs, **fixed)
+    except ValueError as exc:  # options that exclude each other (--gpus-per-worker without --workers)
+        raise click.UsageError(str(exc)) from exc
 
 
 def use_all_cores() -> None:
+    """Torch threads for every CPU this process may use (its affinity and cgroup quota, not the machine's count)."""
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    from dfdcore.runtime import available_cpus
+
+    torch.set_num_threads(available_cpus())
 
 
 def spec_warning(spec) -> str:

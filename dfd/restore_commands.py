@@ -163,7 +163,8 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
                 require_pipeline("dfd restore --workers")
                 from dfd.tasks.restore import restore_parallel
 
-                summary = restore_parallel(sources, output, spec, restore, run, on_image=lambda: bar.update(1))
+                summary = restore_parallel(sources, output, spec, restore, run, on_image=lambda: bar.update(1),
+                                           on_placement=lambda lines: bar.write("\n".join(f"  {s}" for s in lines)))
             else:
                 restorer = Restorer(build_model(spec), restore, batch_size=run.batch_size,
                                     device=resolve_device(spec.device))

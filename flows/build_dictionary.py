@@ -41,7 +41,8 @@ EXPERIMENT = "dfd-build-dictionary"
 class DictionaryConfig:
     """A dictionary build: the k-means options, the balanced selection (``select`` faces, ``seed``), the VGG19
     extractor (``vgg_weights`` or, for tests and demos, a seeded ``random_vgg``) at ``face_size``/``ngf``, and how the
-    work is cut (``batch`` images or faces per Ray task, ``workers`` feature actors)."""
+    work is cut (``batch`` images or faces per Ray task, ``workers`` feature actors, each on ``gpus_per_worker`` of
+    a GPU when set: not in the step keys, as where features are computed is not what they are)."""
 
     kmeans: KMeansOptions = KMeansOptions()
     select: int = 10_000
@@ -55,6 +56,7 @@ class DictionaryConfig:
     upsample: int = 1
     batch: int = 16
     workers: int = 2
+    gpus_per_worker: float = 0.0
 
 
 def step_keys(uris: list[str], cfg: DictionaryConfig) -> dict[str, str]:
@@ -184,15 +186,18 @@ def features(out: str, shard_prefix: str, cfg: DictionaryConfig) -> dict:
     batch named ``shard_prefix-<n>``; shards an interrupted call wrote are kept. → the extractor that made them."""
     import ray
 
+    from dfd.tasks.devices import placements, worker_options
     from dfd.tasks.dictionary import FeatureWorker
-    from dfd.tasks.runtime import ensure_ray, threads_per_worker
+    from dfd.tasks.runtime import ensure_ray
 
     ensure_ray()
     root = join_uri(out, "features")
     selected = [r for r in read_table(join_uri(out, "selection.parquet")) if r["selected"]]
     workers = max(1, cfg.workers)
-    actors = [FeatureWorker.remote(cfg.vgg_weights, cfg.seed if cfg.random_vgg else None, cfg.face_size,
-                                   cfg.ngf, threads_per_worker(workers)) for _ in range(workers)]
+    resources = worker_options(workers, cfg.gpus_per_worker)  # the GPU share asked, an even share of the CPUs
+    actors = [FeatureWorker.options(**resources).remote(cfg.vgg_weights, cfg.seed if cfg.random_vgg else None,
+                                                        cfg.face_size, cfg.ngf) for _ in range(workers)]
+    print("feature workers: " + "; ".join(placements(actors)))
     jobs, sizes = [], []
     for i, chunk in enumerate(_chunks(selected, cfg.batch)):
         shard = f"{shard_prefix}-{i:05d}"

@@ -56,7 +56,8 @@ def restore_photos(sources: list, output: str, model: ModelSpec, restore: Restor
     if run.workers:
         from dfd.tasks.restore import restore_parallel
 
-        return restore_parallel(sources, output, model, restore, run, on_image=progress)
+        return restore_parallel(sources, output, model, restore, run, on_image=progress,
+                                on_placement=lambda lines: print("restore workers: " + "; ".join(lines)))
     return restore_sources(sources, output, Restorer.from_spec(model, restore, run.batch_size), run,
                            on_image=progress)
 
@@ -132,10 +133,12 @@ def restore_bucket(source: str, output: str, model: ModelSpec = ModelSpec(), res
 
     ``model``: how to build the face model (``ModelSpec``: dfdnet with ``weights`` + ``dictionary``, a
     ``registered`` model — NAME@ALIAS, resolved when the run starts — a ``bundled`` one, or ``random_weights``, or
-    identity, which pastes faces back unchanged to check the pipeline; ``fidelity``, ``dict_dtype``, ``device``).
+    identity, which pastes faces back unchanged to check the pipeline; ``fidelity``, ``dict_dtype``, ``device``,
+    ``precision``: fp32, or bf16 / fp16 under autocast).
     The default ``ModelSpec()`` names no model: the bundled one (dfd-pd-128), recorded by its name. ``restore``:
     what changes the outputs (``RestoreOptions``: upscale, detector, min_face, ...; part of each row's config hash).
-    ``run``: how the run goes (``RunOptions``: workers, chunk, batch_size, force, save_faces, cmp, input limits).
+    ``run``: how the run goes (``RunOptions``: workers, gpus_per_worker, chunk, batch_size, force, save_faces, cmp,
+    input limits; each worker runs on the GPU Ray assigns it, its placement printed to the flow run's log).
     Each is given whole: fields left out take the class defaults. ``failed_prefix``: where to copy inputs that
     failed, with their reasons.
     """

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import ray
 
+from dfd.tasks.devices import place_worker
 from dfdcore.io.storage import Source
 
 
@@ -30,25 +31,27 @@ def landmarks_batch(image_rows: Sequence[dict], upsample: int = 1) -> list[dict]
 
 @ray.remote
 class FeatureWorker:
-    """Holds the VGG19 extractor (``vgg_weights``, or seeded random weights when ``random_seed`` is given); turns
-    batches of selected faces into feature shards."""
+    """Holds the VGG19 extractor (``vgg_weights``, or seeded random weights when ``random_seed`` is given) on the GPU
+    Ray assigned the actor, else the CPU; turns batches of selected faces into feature shards."""
 
-    def __init__(self, vgg_weights: str | None, random_seed: int | None, face_size: int, ngf: int,
-                 threads: int) -> None:
-        import torch
-
+    def __init__(self, vgg_weights: str | None, random_seed: int | None, face_size: int, ngf: int) -> None:
         from dfdcore.arch.vgg_weights import load_vgg
         from dfdcore.config import GeneratorConfig
 
-        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers
+        self.where = place_worker("auto" if ray.get_gpu_ids() else "cpu")  # threads from Ray's CPUs as well
         self.config = GeneratorConfig(face_size=face_size, ngf=ngf)
         self.vgg, self.extractor_checksum, self.random_vgg = load_vgg(vgg_weights, width=ngf, random_seed=random_seed)
+        self.vgg = self.vgg.to(self.where.device)
 
     def extract(self, faces: Sequence[dict], root: str, shard: str, flip: bool) -> int:
         from dfdcore.dictionary.extract import extract_shard
 
         return extract_shard(self.vgg, self.extractor_checksum, self.random_vgg, self.config, faces, root, shard,
-                             flip)
+                             flip, device=self.where.device)
+
+    def placement(self):
+        """Where this worker runs (``dfd.tasks.devices.Placement``)."""
+        return self.where
 
     def extractor(self) -> tuple[str, bool]:
         """(extractor_checksum, random_vgg) of the loaded VGG19."""

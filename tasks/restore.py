@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from dfd.tasks.runtime import ensure_ray, threads_per_worker
+from dfd.tasks.devices import check_worker_device, place_worker, placements, worker_options
+from dfd.tasks.runtime import ensure_ray
 from dfdcore.io.storage import Source, is_local, join_uri
 from dfdcore.io.video import is_video_name
 from dfdcore.restoration.bulk import (
@@ -39,12 +40,15 @@ CHUNKS_IN_FLIGHT_PER_WORKER = 2
 
 @ray.remote(max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS)
 class RestoreWorker:
-    def __init__(self, spec: ModelSpec, options: RestoreOptions, run: RunOptions, threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers
-        self.restorer = Restorer.from_spec(spec, options, run.batch_size)
+    def __init__(self, spec: ModelSpec, options: RestoreOptions, run: RunOptions) -> None:
+        self.where = place_worker(spec.device)  # the GPU Ray assigned (else the CPU), threads from Ray's CPUs
+        self.restorer = Restorer.from_spec(dataclasses.replace(spec, device=self.where.device), options,
+                                           run.batch_size)
         self.run = run
+
+    def placement(self):
+        """Where this worker runs (``dfd.tasks.devices.Placement``)."""
+        return self.where
 
     def restore(self, sources: list[Source], out: str, previous: dict) -> BulkSummary:
         from dfdcore.restoration.bulk import restore_sources
@@ -61,11 +65,15 @@ class RestoreWorker:
 
 
 def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, options: RestoreOptions, run: RunOptions,
-                     on_image: Callable[[], None] | None = None) -> BulkSummary:
+                     on_image: Callable[[], None] | None = None,
+                     on_placement: Callable[[list[str]], None] | None = None) -> BulkSummary:
     """Restore ``sources`` with ``run.workers`` Ray actors, ``run.chunk`` images at a time; same outputs and
-    manifest as the single-process path (each worker's default pixel limit is its share of the memory)."""
+    manifest as the single-process path (each worker's default pixel limit is its share of the memory). Each actor
+    asks Ray for ``run.gpus_per_worker`` GPUs and an even share of the CPUs; ``on_placement`` is given one line per
+    worker saying where it runs (its device, Ray's GPU id, its threads)."""
     if run.workers < 1:
         raise ValueError(f"restore_parallel needs at least one worker, got workers={run.workers}")
+    check_worker_device(spec.device, run.gpus_per_worker)
     started = time.perf_counter()
     if is_local(out) and "://" not in out:
         out = os.path.abspath(out)  # actors on a cluster do not run in this folder
@@ -78,8 +86,10 @@ def restore_parallel(sources: Sequence[Source], out: str, spec: ModelSpec, optio
             on_image()
 
     ensure_ray()
-    threads = threads_per_worker(run.workers)
-    actors = [RestoreWorker.remote(spec, options, run, threads) for _ in range(run.workers)]
+    resources = worker_options(run.workers, run.gpus_per_worker)
+    actors = [RestoreWorker.options(**resources).remote(spec, options, run) for _ in range(run.workers)]
+    if on_placement:
+        on_placement(placements(actors))
     in_flight: dict[ray.ObjectRef, tuple[list[Source], int]] = {}
     # What the listing shows unchanged is skipped here: no chunk, no read, no worker time. (A worker that cannot
     # start says nothing here: its chunks become failed rows below, with the reason.)

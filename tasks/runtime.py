@@ -5,7 +5,7 @@ import os
 
 import ray
 
-from dfdcore.runtime import dfd_home
+from dfdcore.runtime import available_cpus, dfd_home
 
 FORWARDED_ENV_PREFIXES = ("AWS_", "MLFLOW_", "DFD_", "PREFECT_API_URL")
 
@@ -72,5 +72,6 @@ def ensure_ray() -> None:
 
 
 def threads_per_worker(workers: int) -> int:
-    """Torch threads for each of ``workers`` processes sharing this machine's cores (Ray sets 1 otherwise)."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    """Torch threads for each of ``workers`` processes sharing this machine's cores (Ray sets 1 otherwise): Ray
+    Train's workers; the restore and feature actors take theirs from the CPUs Ray assigns them (``devices``)."""
+    return max(1, available_cpus() // max(1, workers))

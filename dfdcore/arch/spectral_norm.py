@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfdcore.arch.float32 import float32_island
+
 _INIT_ITERATIONS = 20
 
 
@@ -50,8 +52,10 @@ class SNConv2d(nn.Module):
         self.weight_v.copy_(v)
 
     def sigma(self) -> torch.Tensor:
-        """σ = uᵀ W v from the stored u, v."""
-        return torch.dot(self.weight_u, self.weight_orig.flatten(1) @ self.weight_v)
+        """σ = uᵀ W v from the stored u, v, in float32 even under autocast: σ scales the whole conv output, and a
+        16-bit matrix product would both round it and hand ``torch.dot`` two dtypes."""
+        with float32_island(self.weight_orig.device.type):
+            return torch.dot(self.weight_u, self.weight_orig.flatten(1) @ self.weight_v)
 
     def normalized_weight(self) -> torch.Tensor:
         return self.weight_orig / self.sigma()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfdcore.arch.float32 import float32_island
 from dfdcore.components import scale_boxes
 from dfdcore.config import PARTS, GeneratorConfig
 from dfdcore.dictionary.format import ComponentDictionary
@@ -22,8 +23,9 @@ _RERANK = 8  # candidates re-scored in float32 when the dictionary is stored in 
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(sample, channel) mean and σ = √(unbiased var + 1e-5) over positions: (N, C, h, w) → 2 × (N, C, 1, 1)."""
-    flat = x.flatten(2)
+    """Per-(sample, channel) mean and σ = √(unbiased var + 1e-5) over positions: (N, C, h, w) → 2 × (N, C, 1, 1),
+    float32 whatever ``x`` is: the variance of deep VGG features (values in the hundreds) overflows float16."""
+    flat = x.flatten(2).float()
     return flat.mean(dim=2)[..., None, None], (flat.var(dim=2, unbiased=True) + ADAIN_EPS).sqrt()[..., None, None]
 
 
@@ -72,15 +74,18 @@ class DictionaryBank(nn.Module):
     def best_entries(self, scale: int, part: str, crops: torch.Tensor, crop_std: torch.Tensor) -> torch.Tensor:
         """Index of the best-matching entry for each resized crop (N, C, h, w) with channel σ (N, C, 1, 1) → (N,)."""
         entries = self.entries(scale, part)
-        query = (crops * crop_std).flatten(1).float()
-        # Positive rescaling keeps the argmax and keeps 16-bit products far from overflow.
-        query = query / query.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        if entries.dtype == torch.float32:
-            return (query @ entries.t()).argmax(dim=1)
-        rough = query.to(entries.dtype) @ entries.t()
-        candidates = rough.float().topk(min(_RERANK, self.k), dim=1).indices          # (N, R)
-        exact = torch.einsum("nd,nrd->nr", query, entries[candidates].float())
-        return candidates.gather(1, exact.argmax(dim=1, keepdim=True)).squeeze(1)
+        # Scored in float32 even under autocast (--precision bf16/fp16): near-tied entries flip in a 16-bit product,
+        # and a flipped eye or mouth entry changes the face far more than 16-bit convolutions do.
+        with float32_island(entries.device.type):
+            query = (crops * crop_std).flatten(1).float()
+            # Positive rescaling keeps the argmax and keeps 16-bit products far from overflow.
+            query = query / query.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            if entries.dtype == torch.float32:
+                return (query @ entries.t()).argmax(dim=1)
+            rough = query.to(entries.dtype) @ entries.t()
+            candidates = rough.float().topk(min(_RERANK, self.k), dim=1).indices          # (N, R)
+            exact = torch.einsum("nd,nrd->nr", query, entries[candidates].float())
+            return candidates.gather(1, exact.argmax(dim=1, keepdim=True)).squeeze(1)
 
     def renormalised(self, scale: int, part: str, index: torch.Tensor, mean: torch.Tensor,
                      std: torch.Tensor) -> torch.Tensor:

@@ -32,12 +32,13 @@ def aligned_faces(face_rows: Sequence[dict], face_size: int) -> list[tuple[np.nd
 
 @torch.inference_mode()
 def extract_shard(vgg, extractor_checksum: str, random_vgg: bool, config: GeneratorConfig, faces: Sequence[dict],
-                  root: str, shard: str, flip: bool) -> int:
+                  root: str, shard: str, flip: bool, device: str | torch.device = "cpu") -> int:
     """Write ``root/scale=S/part=P/<shard>.parquet`` for every (scale, part); returns the number of rows.
 
-    ``vgg``, ``extractor_checksum``, ``random_vgg``: as ``load_vgg`` returns them (recorded in every shard)."""
+    ``vgg``, ``extractor_checksum``, ``random_vgg``: as ``load_vgg`` returns them (recorded in every shard);
+    ``device``: the one ``vgg`` is on (the faces go there; landmarks and boxes stay on the CPU)."""
     crops, landmarks = zip(*aligned_faces(faces, config.face_size))
-    batch = images_to_tensor(list(crops))
+    batch = images_to_tensor(list(crops)).to(device)
     lm = torch.from_numpy(np.stack(landmarks)).float()
     meta = [{"image_id": r["image_id"], "face_index": int(r["face_index"]), "flip": False} for r in faces]
     variants = [(batch, lm, meta)]
@@ -54,6 +55,6 @@ def extract_shard(vgg, extractor_checksum: str, random_vgg: bool, config: Genera
     # Written finest scale first, coarsest mouth last: its presence marks a complete shard (resume check).
     for scale in config.scales:
         for part in PARTS:
-            write_feature_partition(root, scale, part, rows, torch.cat(features[(scale, part)]), shard,
+            write_feature_partition(root, scale, part, rows, torch.cat(features[(scale, part)]).cpu(), shard,
                                     extractor_checksum=extractor_checksum, random_vgg=random_vgg)
     return len(rows)

@@ -84,6 +84,7 @@ class RunOptions:
     max_pixels: int | None = None    # refuse larger images (width × height); None: memory.default_max_pixels
     max_bytes: int = DEFAULT_MAX_BYTES  # refuse larger photo files, before reading them (videos are streamed)
     segment_seconds: float = 2.0     # video: seconds of frames restored and written together (the unit of resuming)
+    gpus_per_worker: float = 0.0     # Ray GPUs each worker asks for (0.5: two share one); the worker's device is Ray's
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "chunk", "max_bytes"):
@@ -93,6 +94,10 @@ class RunOptions:
             raise ValueError(f"RunOptions.segment_seconds must be positive, got {self.segment_seconds}")
         if self.workers < 0:
             raise ValueError(f"RunOptions.workers must be 0 (this process) or more, got {self.workers}")
+        if not 0 <= self.gpus_per_worker <= 1 or (self.gpus_per_worker and not self.workers):
+            raise ValueError(f"RunOptions.gpus_per_worker (--gpus-per-worker) must lie in [0, 1] and needs Ray "
+                             f"workers (the calling process runs on --device), got {self.gpus_per_worker:g} with "
+                             f"workers={self.workers}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ValueError(f"RunOptions.max_pixels must be at least 1 or None (the memory default), got "
                              f"{self.max_pixels}")

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Literal
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -27,6 +26,8 @@ from dfdcore.io.hashing import sha256_json
 from dfdcore.io.images import DecodedImage, ImageDecodeError, decode_image, encode_image
 from dfdcore.io.pixels import images_to_tensor, tensor_to_images, uint8_to_unit
 from dfdcore.restoration.background import TILE_PAD, load_background_upsampler, upsampler_identity
+from dfdcore.restoration.outline import BOX_COLOUR, SQUARE_COLOUR, draw_outlines, face_outline, line_width  # noqa: F401
+from dfdcore.restoration.precision import PRECISIONS, forward_at, with_precision
 
 
 class IdentityModel(nn.Module):
@@ -65,6 +66,7 @@ class ModelSpec:
     device: str = "auto"           # auto | cpu | cuda | cuda:1 | mps
     dict_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dictionaries' storage type on the device
     fidelity: float = 1.0          # weight of the dictionary contribution: 1 = official DFDNet, 0 = none
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # generator arithmetic (16-bit: autocast, precision.py)
     # A registered model, NAME/VERSION or NAME@ALIAS: the orchestration layer (dfd.flows.registry) fetches its files
     # into weights + dictionary and pins it to NAME/VERSION before anything is built; outputs record that version.
     registered: str | None = None
@@ -75,6 +77,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         _check_choice("ModelSpec.name", self.name, ("dfdnet", "identity"))
         _check_choice("ModelSpec.dict_dtype", self.dict_dtype, ("float32", "float16", "bfloat16"))
+        _check_choice("ModelSpec.precision", self.precision, PRECISIONS)
         if not 0.0 <= self.fidelity <= 1.0:
             raise ValueError(f"ModelSpec.fidelity must be in [0, 1], got {self.fidelity}")
         if self.registered is not None:
@@ -94,8 +97,13 @@ class ModelSpec:
         return self if named or self.name != "dfdnet" else replace(self, bundled=DEFAULT_MODEL)
 
     def build(self) -> nn.Module:
-        """The model on its device; a spec naming no model builds the bundled default (``resolved``). Raises
-        CheckpointError (BundledModelError too) / DictionaryError for bad weights or dictionaries."""
+        """The model on its device, run at ``precision``; a spec naming no model builds the bundled default
+        (``resolved``). Raises CheckpointError (BundledModelError too) / DictionaryError for bad weights or
+        dictionaries, PrecisionError for a precision the device cannot autocast to."""
+        return with_precision(self._network(), self.precision)
+
+    def _network(self) -> nn.Module:
+        """``build`` but the precision: the network of this spec on its device."""
         from dfdcore.api import load_generator, random_generator
         from dfdcore.models.bundled import load_bundled
 
@@ -269,7 +277,7 @@ class Restorer:
             chunk = faces[start:start + self.batch_size]
             batch = images_to_tensor([f.image for f in chunk]).to(self.device)
             boxes = torch.from_numpy(np.stack([f.boxes for f in chunk]))
-            restored.extend(tensor_to_images(self.model(batch, boxes)))
+            restored.extend(tensor_to_images(forward_at(self.model, batch, boxes)))  # float32 out
         return restored
 
     def find_faces(self, image: DecodedImage) -> list[AlignedFace]:
@@ -341,39 +349,6 @@ class Restorer:
             result.seconds = {"detect": detect_seconds, "restore": per_face * len(faces),
                               "paste": time.perf_counter() - t0}
             yield key, result
-
-
-# --draw-box: detection boxes green, the aligned faces' squares (what the network saw) magenta.
-BOX_COLOUR, SQUARE_COLOUR = (0.0, 1.0, 0.0), (1.0, 0.0, 1.0)
-LINE_WIDTH_PER_PIXEL = 1 / 400  # of the output's longer side: 3 px on a 1024-px output, at least 1
-
-
-def face_outline(face: AlignedFace, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """A face's detection box and its aligned square in the pixels of the photo upscaled by ``scale``:
-    two (4, 2) float64 corner lists (pixel centres as ``face_to_image_matrix`` maps them)."""
-    x1, y1, x2, y2 = face.detection.box
-    box = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float64) * scale + (scale - 1) / 2
-    side = face.image.shape[0] - 1
-    square = np.array([[0, 0, 1], [side, 0, 1], [side, side, 1], [0, side, 1]], np.float64)
-    return box, square @ face_to_image_matrix(face.matrix, scale).T
-
-
-def line_width(shape: tuple[int, ...]) -> int:
-    """Outline width in pixels for an output of ``shape`` (H, W, ...)."""
-    return max(1, round(max(shape[:2]) * LINE_WIDTH_PER_PIXEL))
-
-
-def draw_outlines(rgb: np.ndarray, alpha: np.ndarray | None, outlines: Sequence[tuple[np.ndarray, np.ndarray]]
-                  ) -> None:
-    """Draw each (box, square) of ``face_outline`` into ``rgb`` (H, W, 3) float32, in place; ``alpha`` (H, W) is
-    made opaque under the lines, so they show on transparent parts too."""
-    width = line_width(rgb.shape)
-    for box, square in outlines:
-        for corners, colour in ((square, SQUARE_COLOUR), (box, BOX_COLOUR)):
-            polygon = [np.round(corners).astype(np.int32).reshape(-1, 1, 2)]
-            cv2.polylines(rgb, polygon, True, colour, width, cv2.LINE_8)
-            if alpha is not None:
-                cv2.polylines(alpha, polygon, True, 1.0, width, cv2.LINE_8)
 
 
 def output_name(stem: str, image: DecodedImage, options: RestoreOptions) -> str:

@@ -105,6 +105,13 @@ def _report(summary, label: str, output: str) -> None:
         click.echo(f"  ...        and {len(summary.failures) - 20} more (see the manifest)")
     if summary.storage_error:
         click.echo(f"  STOPPED    {printable(summary.storage_error)}", err=True)
+    for part, why in summary.damaged_parts:
+        click.echo(f"  DAMAGED    manifest part {printable(part)} ({printable(why)}): set aside as "
+                   f"{printable(part)}.damaged; the images it recorded were redone or are left for the next run",
+                   err=True)
+    if summary.interrupted:
+        click.echo(f"  interrupted by {summary.interrupted}: every finished image has its row; {summary.not_started} "
+                   f"files not started — a rerun does them (and nothing finished)", err=True)
     if summary.unrecorded:
         click.echo(f"  WARNING    {summary.unrecorded} rows could not be recorded in the manifest; a rerun redoes "
                    f"those images", err=True)
@@ -128,14 +135,19 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
     file found: ok, no_face, failed or skipped, with the reason, faces, outputs, model and timings. Files that are
     not images, FIFOs and devices are skipped rows; inputs whose outputs would share a name get name~HASH.png; an
     OUTPUT inside an input never reads its own files. A rerun skips images whose content and configuration are
-    unchanged. Exits non-zero when any image failed (unless --allow-failures) or the output refused a write.
+    unchanged. Exits non-zero when any image failed (unless --allow-failures), the output refused a write or a
+    damaged manifest part was set aside; 130/143 after Ctrl-C/SIGTERM, which finish the images in hand and record
+    them (a second signal stops at once). One run writes into an OUTPUT at a time: another run with other settings
+    is refused (nothing written), one with the same settings waits for it and then does what is left.
     Without model options the faces are restored with the bundled model (dfd-pd-128, see --weights).
     """
     from tqdm import tqdm
 
     from dfdcore.io.storage import RESTORABLE_EXTENSIONS, list_images
     from dfdcore.restoration.bulk import OutputStorageError, check_writable, restore_sources
+    from dfdcore.restoration.lock import OutputBusy
     from dfdcore.restoration.restorer import Restorer, resolve_device
+    from dfdcore.restoration.stopping import StopRequest, on_signals
 
     use_all_cores()
     spec, restore, run = model_spec(options, model_name), restore_options_of(options), run_options_of(options)
@@ -157,24 +169,29 @@ def restore(inputs, output, model_name, allow_failures, **options) -> None:
     warning = spec_warning(spec)
     if warning:
         click.echo(f"  warning    {warning}", err=True)
-    with tqdm(total=len(sources), desc="restore", unit="file") as bar:
+    stop = StopRequest()
+    with tqdm(total=len(sources), desc="restore", unit="file") as bar, on_signals(stop, bar.write):
+        waiting = {"on_wait": lambda line: bar.write(f"  {line}"), "stop": stop}
         try:
             if run.workers > 0:
                 require_pipeline("dfd restore --workers")
                 from dfd.tasks.restore import restore_parallel
 
                 summary = restore_parallel(sources, output, spec, restore, run, on_image=lambda: bar.update(1),
-                                           on_placement=lambda lines: bar.write("\n".join(f"  {s}" for s in lines)))
+                                           on_placement=lambda lines: bar.write("\n".join(f"  {s}" for s in lines)),
+                                           **waiting)
             else:
                 restorer = Restorer(build_model(spec), restore, batch_size=run.batch_size,
                                     device=resolve_device(spec.device))
-                summary = restore_sources(sources, output, restorer, run, on_image=lambda: bar.update(1))
-        except (OutputStorageError, ValueError) as exc:  # unwritable output, unreadable manifest, name clash
+                summary = restore_sources(sources, output, restorer, run, on_image=lambda: bar.update(1), **waiting)
+        except (OutputStorageError, OutputBusy, ValueError) as exc:  # unwritable or busy output, name clash
             raise click.ClickException(str(exc)) from exc
     _report(summary, spec_label(spec), output)
     if warning:
         click.echo(f"  warning    {warning}")
-    if summary.storage_error or summary.unrecorded or (summary.failed and not allow_failures):
+    if stop:
+        sys.exit(stop.exit_code)  # 130 (SIGINT) or 143 (SIGTERM), after the summary
+    if summary.storage_error or summary.unrecorded or summary.damaged_parts or (summary.failed and not allow_failures):
         sys.exit(1)
 
 

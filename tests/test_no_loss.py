@@ -211,15 +211,18 @@ def _restored(folder: Path, out: Path) -> Path:
     return out
 
 
-def test_a_corrupt_manifest_part_is_a_one_line_error_saying_what_to_do(tmp_path):
+def test_a_corrupt_manifest_part_is_set_aside_by_name_and_its_images_redone(tmp_path):
     folder = tmp_path / "in"
     small_photos(folder, 1)
     out = _restored(folder, tmp_path / "out")
     [part] = manifest_parts(str(out / "manifest.parquet"))
     Path(part).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="damaged manifest part.*Move it aside or delete it"):
+        read_manifest(str(out / "manifest.parquet"))  # the documented reader: one line saying what to do
     result = CliRunner().invoke(main, ["restore", str(folder), "-o", str(out), *IDENTITY])
-    assert result.exit_code == 1
-    assert "not a readable manifest" in result.output and "Move it aside or delete it" in result.output
+    assert result.exit_code == 1  # a run sets it aside itself, says so, and exits non-zero
+    assert f"DAMAGED    manifest part {part}" in result.output and "1 restored" in result.output
+    assert Path(part + ".damaged").read_bytes() == b"garbage"
     assert "Traceback" not in result.output
 
 

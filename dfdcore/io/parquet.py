@@ -19,7 +19,12 @@ def write_parquet(uri: str, table: pa.Table | Iterable[Mapping[str, object]], sc
         table = pa.Table.from_pylist(list(table), schema=schema)
     elif schema is not None:
         table = table.cast(schema)
+    write_bytes_atomic(uri, parquet_bytes(table, **options))
+    return table.num_rows
+
+
+def parquet_bytes(table: pa.Table, **options) -> bytes:
+    """``table`` encoded as one Parquet file in memory; ``options`` as for ``write_parquet``."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, **({"compression": "zstd"} | options))
-    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
-    return table.num_rows
+    return sink.getvalue().to_pybytes()

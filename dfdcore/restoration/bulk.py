@@ -13,61 +13,48 @@ it when the content is unchanged (recording the new listing, so the next run nee
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 
-from dfdcore.face.pipeline import to_photo_points
-from dfdcore.io.atomic import remove_stale_parts
 from dfdcore.io.hashing import sha256_bytes, stable_json
-from dfdcore.io.images import encode_image
-from dfdcore.io.pixels import uint8_to_unit, unit_to_uint8
 from dfdcore.io.storage import (
     DEFAULT_MAX_BYTES,
     DEFAULT_READ_TIMEOUT_S,
     Source,
     UnreadableInput,
-    filesystem_for,
     is_local,
     join_uri,
     read_input,
     storage_refused,
-    write_bytes_atomic,
 )
 from dfdcore.io.video import is_video_name
 from dfdcore.restoration.compaction import compact_quietly, compact_tier, relist_quietly
+from dfdcore.restoration.integrity import set_aside_damaged
+from dfdcore.restoration.lock import OutputLock, output_lock
 from dfdcore.restoration.manifest import (
     PLAN_COLUMNS,
     UNRESTORABLE_BYTES,
     append_rows,
     is_current,
     is_listed_current,
+    manifest_parts,
     normalise_row,
     printable,
     read_manifest,
 )
+from dfdcore.restoration.outputs import OutputStorageError, check_writable, face_record, write_outputs
 from dfdcore.restoration.plan import MANIFEST_NAME, OUTPUT_FOLDERS, check_left_out, plan_outputs
-from dfdcore.restoration.restorer import (
-    ImageResult,
-    Restorer,
-    decode_or_error,
-    encode_result,
-    model_identity,
-    model_label,
-    output_name,
-)
+from dfdcore.restoration.restorer import Restorer, decode_or_error, model_identity
+from dfdcore.restoration.stopping import StopRequest
 from dfdcore.restoration.video import video_config_hash, video_manifest_row
-from dfdcore.viz import side_by_side
 
-__all__ = ["MANIFEST_NAME", "OUTPUT_FOLDERS", "BulkSummary", "OutputStorageError", "RunOptions", "restore_sources"]
+__all__ = ["MANIFEST_NAME", "OUTPUT_FOLDERS", "BulkSummary", "OutputStorageError", "RunOptions", "StopRequest",
+           "check_writable", "restore_sources"]
 
 COMPACT_TIER_EVERY = 4  # appends between looks at the manifest's parts (a listing each)
-
-
-class OutputStorageError(OSError):
-    """The output cannot be written (full, read-only, no permission): the run stops, saying so."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +121,9 @@ class BulkSummary:
     model_id: str | None = None  # the identity of the model that made the outputs (stable JSON)
     storage_error: str | None = None  # why the run stopped early, or why rows could not be recorded
     run_id: str | None = None  # the tracking run (e.g. MLflow) that recorded this restore, when one did
+    interrupted: str | None = None  # the signal (or other reason) that stopped the run before its end
+    not_started: int = 0       # inputs an interrupted run left for the next (no row: nothing was done to them)
+    damaged_parts: list[tuple[str, str]] = field(default_factory=list)  # manifest parts set aside: (part, why)
 
     @property
     def listed(self) -> int:
@@ -165,7 +155,9 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
                     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S, on_image: Callable[[], None] | None = None,
                     flush_every: int = 8, flush_seconds: float = 5.0,
                     previous: Mapping[str, Mapping] | None = None, record: bool = True,
-                    on_segment: Callable[[Source, int, int], None] | None = None) -> BulkSummary:
+                    on_segment: Callable[[Source, int, int], None] | None = None,
+                    stop: StopRequest | None = None, on_wait: Callable[[str], None] | None = None,
+                    lock: OutputLock | None = None) -> BulkSummary:
     """Restore every source not already done with the same content and configuration (unless ``run.force``).
 
     ``run``: what to write beside the restored images, the input limits (``batch_size``, ``workers`` and ``chunk``
@@ -174,17 +166,21 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
     (default: this call prepares the run itself). With ``record=False`` nothing is appended to the manifest: the
     rows are returned for the caller to record — how parallel workers share one.
     ``on_segment(source, index, count)``: called after each video segment restored (``count`` segments to do).
+    ``stop``: once set, no new image is started; those in hand are finished and recorded, the summary says
+    ``interrupted``. A whole run (no ``previous``) holds the output's lock (``lock.output_lock``: another
+    configuration is refused, the same one waits — ``on_wait`` is told) and sets damaged manifest parts aside.
     """
+    if previous is None:  # this call is the whole run; otherwise the caller planned it (prepare_run)
+        return _whole_run(sources, out, restorer, run, on_image, on_wait, read_timeout_s=read_timeout_s,
+                          flush_every=flush_every, flush_seconds=flush_seconds, record=record,
+                          on_segment=on_segment, stop=stop)
     started = time.perf_counter()
     manifest_uri = join_uri(out, MANIFEST_NAME)
-    if previous is None:  # this call is the whole run; otherwise the caller planned it (prepare_run)
-        sources, excluded, old_rows = prepare_run(sources, out, on_image)
-    else:
-        excluded, old_rows = [], previous
+    old_rows = previous
     max_pixels = run.pixel_limit(restorer.options.upscale)
     identity = model_identity(restorer.model)
     config_hash = restorer.options.config_hash(identity)
-    summary = BulkSummary(images=len(sources), excluded=len(excluded), model_id=stable_json(identity))
+    summary = BulkSummary(images=len(sources), model_id=stable_json(identity))
     pending: list[dict] = []
     last_flush = time.monotonic()
     parts_since_compaction = 0
@@ -205,6 +201,8 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         summary.manifest_appends += 1
         summary.manifest_seconds += time.perf_counter() - t0
         last_flush = time.monotonic()
+        if lock is not None:
+            lock.heartbeat()
         parts_since_compaction += 1
         if parts_since_compaction >= COMPACT_TIER_EVERY:
             compact_tier(manifest_uri)
@@ -245,7 +243,11 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
     photos = [s for s in sources if not (s.skip is None and is_video_name(s.relpath))]
 
     def decoded():
-        for source in photos:
+        for index, source in enumerate(photos):
+            if stop:
+                summary.interrupted = stop.reason
+                summary.not_started += len(photos) - index
+                return
             if summary.storage_error:
                 finish(row(source, None, "failed", f"not attempted: {summary.storage_error}"))
                 continue
@@ -283,7 +285,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
             continue
         t0 = time.perf_counter()
         try:
-            outputs = _write_outputs(out, source, image, result, restorer, identity, run.save_faces, run.cmp)
+            outputs = write_outputs(out, source, image, result, restorer, identity, run.save_faces, run.cmp)
         except OSError as exc:
             if storage_refused(exc):
                 summary.storage_error = f"output storage {out} refused a write: {exc.strerror or exc}"
@@ -301,10 +303,14 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         note = "; ".join(filter(None, [f"first of {image.frames} frames restored" if image.frames > 1 else None,
                                        result.note])) or None  # result.note: an aligned crop's landmark source
         finish(row(source, digest, "ok" if n_faces else "no_face", None if n_faces else "no face found",
-                   note=note, n_faces=n_faces, faces=[_face_record(f) for f in result.faces], outputs=outputs,
+                   note=note, n_faces=n_faces, faces=[face_record(f) for f in result.faces], outputs=outputs,
                    seconds={k: float(v) for k, v in seconds.items()}))  # a key the schema lacks is refused
 
-    for source in videos:
+    for index, source in enumerate(videos):
+        if stop:
+            summary.interrupted = stop.reason
+            summary.not_started += len(videos) - index
+            break
         if summary.storage_error:
             finish(row(source, None, "failed", f"not attempted: {summary.storage_error}"))
             continue
@@ -328,67 +334,46 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
     flush(final=True)
     if record:
         relist_quietly(manifest_uri, summary.relisted)
-        compact_quietly(manifest_uri)
+        summary.damaged_parts += compact_quietly(manifest_uri)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
+def _whole_run(sources: Sequence[Source], out: str, restorer: Restorer, run: RunOptions,
+               on_image: Callable[[], None] | None, on_wait: Callable[[str], None] | None, **options) -> BulkSummary:
+    """``restore_sources`` of a whole run: the output's lock held, the run planned, then its images restored."""
+    started = time.perf_counter()
+    out = absolute_output(out)
+    config_hash = restorer.options.config_hash(model_identity(restorer.model))
+    with output_lock(out, config_hash, on_wait) as lock:
+        planned, excluded, rows, damaged = prepare_run(sources, out, on_image)
+        summary = restore_sources(planned, out, restorer, run, previous=rows, on_image=on_image, lock=lock,
+                                  **options)
+    summary.excluded = len(excluded)
+    summary.damaged_parts = damaged + summary.damaged_parts
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def absolute_output(out: str) -> str:
+    """A local output as an absolute path (the manifest's ``outputs`` then name files as its ``source_uri`` does,
+    wherever the reader runs); URLs as they are."""
+    return os.path.abspath(out) if is_local(out) and "://" not in out else out
+
+
 def prepare_run(sources: Sequence[Source], out: str, on_image: Callable[[], None] | None = None
-                ) -> tuple[list[Source], list[Source], dict[str, dict]]:
-    """What every run does before any work: check that ``out`` takes writes, plan the outputs (``plan``), read the
-    manifest and refuse when the output's folders hold files dfd did not write. Returns (sources to work on, the
-    output's own files left out — counted on ``on_image`` —, the manifest's rows: their ``PLAN_COLUMNS`` only)."""
+                ) -> tuple[list[Source], list[Source], dict[str, dict], list[tuple[str, str]]]:
+    """What every run does before any work: check that ``out`` takes writes, plan the outputs (``plan``), set
+    damaged manifest parts aside (``integrity``), read the manifest and refuse when the output's folders hold files
+    dfd did not write. Returns (sources to work on, the output's own files left out — counted on ``on_image`` —,
+    the manifest's rows: their ``PLAN_COLUMNS`` only, the damaged parts set aside: (part, why))."""
     check_writable(out)
     planned, excluded = plan_outputs(sources, out)
     manifest_uri = join_uri(out, MANIFEST_NAME)
+    damaged = set_aside_damaged(manifest_parts(manifest_uri))
     rows = read_manifest(manifest_uri, PLAN_COLUMNS)  # not faces, outputs, timings: bounded per row
     if excluded:
         check_left_out(excluded, out, read_manifest(manifest_uri, ("outputs",)))
     for _ in excluded if on_image else ():
         on_image()
-    return planned, excluded, rows
-
-
-def check_writable(out: str) -> None:
-    """Fail before any work when ``out`` cannot be written; tidy up ``.part`` files a killed run left there."""
-    probe = join_uri(out, f".dfd-write-probe-{time.time_ns()}")
-    try:
-        write_bytes_atomic(probe, b"")
-        fs, path = filesystem_for(probe)
-        fs.rm_file(path)
-    except OSError as exc:
-        raise OutputStorageError(exc.errno, f"cannot write to the output {out}: {exc.strerror or exc}") from exc
-    if is_local(out):
-        remove_stale_parts(out)
-
-
-def _face_record(face) -> dict:
-    return {"det_box": [float(v) for v in face.detection.box], "det_score": float(face.detection.score),
-            "lm5": [float(v) for v in face.points5.reshape(-1)],
-            "lm68": [float(v) for v in to_photo_points(face.matrix, face.landmarks68).reshape(-1)]}
-
-
-def _write_outputs(out: str, source: Source, image, result: ImageResult, restorer: Restorer, identity: dict,
-                   save_faces: bool, cmp: bool) -> list[str]:
-    label = model_label(identity)
-    text = {"dfd:model": stable_json(identity), "dfd:label": str(label), "dfd:source": printable(source.uri)}
-    stem = source.stem or str(PurePosixPath(source.relpath).with_suffix(""))
-    name = output_name(stem, image, restorer.options)
-    outputs = [join_uri(out, f"restored_imgs/{name}")]
-    write_bytes_atomic(outputs[0], encode_result(result, image, name, text))
-    if save_faces:
-        for i, (face, restored) in enumerate(zip(result.faces, result.restored_faces)):
-            for folder, pixels in (("cropped_faces", face.image), ("restored_faces", restored)):
-                uri = join_uri(out, f"{folder}/{stem}_{i:02d}.png")
-                write_bytes_atomic(uri, encode_image(uint8_to_unit(pixels), ext="png", text=text))
-                outputs.append(uri)
-    if cmp:
-        from dfdcore.face.paste import upscale_image
-
-        before = unit_to_uint8(upscale_image(image.rgb, restorer.options.upscale))
-        after = unit_to_uint8(result.restored)
-        pair = side_by_side([before, after], ["input", str(label) or "restored"])
-        uri = join_uri(out, f"cmp/{stem}.png")
-        write_bytes_atomic(uri, encode_image(uint8_to_unit(pair), ext="png", text=text))
-        outputs.append(uri)
-    return outputs
+    return planned, excluded, rows, damaged

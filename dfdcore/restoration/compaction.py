@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfdcore.io.storage import read_bytes
+from dfdcore.restoration.integrity import DamagedPart, check_bytes, set_aside
 from dfdcore.restoration.manifest import (
     SCHEMA,
     _delete,
@@ -86,7 +87,12 @@ def _merged(parts: list[str]) -> pa.Table:
     parts of an older schema go through Python rows, which fills their missing columns."""
     tables = []
     for part in parts:
-        table = pq.read_table(pa.BufferReader(read_bytes(part)))
+        data = read_bytes(part)
+        check_bytes(part, data)
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowException, OSError) as exc:  # never mistaken for a full disk by ``compact_quietly``
+            raise DamagedPart(part, f"not a readable manifest: Parquet: {exc}") from exc
         if [(f.name, f.type) for f in table.schema] != [(f.name, f.type) for f in SCHEMA]:
             return rows_to_table(_latest(_read_part(p) for p in parts).values())
         tables.append(table.cast(SCHEMA).append_column("_order", pa.array([len(tables)] * table.num_rows,
@@ -116,9 +122,21 @@ def relist_quietly(manifest_uri: str, relisted: Sequence[tuple[str, str]]) -> No
         pass
 
 
-def compact_quietly(manifest_uri: str) -> None:
-    """Merge the manifest's parts at the end of a run; a failure leaves the parts, which the next run merges."""
-    try:
-        compact(manifest_uri)
-    except OSError:
-        pass  # the parts are all there; the next run compacts
+def compact_quietly(manifest_uri: str) -> list[tuple[str, str]]:
+    """Merge the manifest's parts at the end of a run; a storage failure leaves the parts, which the next run
+    merges. A damaged part is not swallowed: it is set aside and the others merged → [(part, why)] set aside."""
+    damaged: list[tuple[str, str]] = []
+    for _ in range(4):
+        try:
+            compact(manifest_uri)
+        except OSError:
+            pass  # the parts are all there; the next run compacts
+        except DamagedPart as exc:
+            try:
+                set_aside(exc.part)
+            except FileNotFoundError:
+                pass
+            damaged.append((exc.part, exc.why))
+            continue
+        break
+    return damaged

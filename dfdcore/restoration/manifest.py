@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dfdcore.io.parquet import write_parquet
-from dfdcore.io.storage import filesystem_for, is_local, join_uri, read_bytes, uri_of
+from dfdcore.io.parquet import parquet_bytes
+from dfdcore.io.storage import filesystem_for, is_local, join_uri, read_bytes, uri_of, write_bytes_atomic
+from dfdcore.restoration.integrity import DamagedPart, check_bytes, content_digest
 
 STATUSES = ("ok", "failed", "no_face", "skipped")
 # Decoding failures that only other bytes can change (not a limit of the run): their rows say retry=False.
@@ -229,8 +230,9 @@ def _write_part(uri: str, rows: Iterable[Mapping[str, object]] | pa.Table, level
     _migrate_single_file(uri)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     suffix = f"-L{level}" if level else ""
-    part = join_uri(uri, f"{PART_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}{suffix}.parquet")
-    write_parquet(part, table)
+    data = parquet_bytes(table)  # named after its bytes' digest: readers check it (``integrity``)
+    part = join_uri(uri, f"{PART_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}-c{content_digest(data)}{suffix}.parquet")
+    write_bytes_atomic(part, data)
     return part
 
 
@@ -277,16 +279,16 @@ def _read_part(part: str, columns: Iterable[str] | None = None,
                only: Collection[str] | None = None) -> list[dict[str, object]]:
     """A part's rows (``columns`` of them; those whose source_uri is in ``only``, when given)."""
     data = read_bytes(part)  # FileNotFoundError: compacted away meanwhile
+    check_bytes(part, data)  # DamagedPart (a ValueError naming the part) when they are not what was written
     wanted = list(COLUMNS) if columns is None else list(dict.fromkeys([*_KEY_COLUMNS, *columns]))
     try:
         parquet = pq.ParquetFile(pa.BufferReader(data))
-        table = parquet.read(columns=[c for c in wanted if c in parquet.schema_arrow.names])
+        names = parquet.schema_arrow.names
+        table = parquet.read(columns=[c for c in wanted if c in names])
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{part}: not a readable manifest (Parquet: {exc}). Move it aside or delete it: the "
-                         f"images it recorded are then redone by the next run") from exc
+        raise DamagedPart(part, f"not a readable manifest: Parquet: {exc}") from exc
     if "source_uri" not in table.column_names:
-        raise ValueError(f"{part}: not a manifest (no source_uri column; columns {table.column_names}). Move it "
-                         f"aside or delete it: the images it recorded are then redone by the next run")
+        raise DamagedPart(part, f"not a manifest: no source_uri column among the file's columns {names}")
     if only is not None:  # stored names: as given, and percent-encoded for names that are not UTF-8
         keys = pa.array(sorted({*only, *(_escape(uri) for uri in only)}), pa.string())
         table = table.filter(pc.is_in(table["source_uri"], value_set=keys))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import itertools
 import json
@@ -38,14 +39,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`python -m dfd.serve` on a free loopback port; its base URL once /api/config answers."""
+@contextlib.contextmanager
+def serve_process(log_path: Path, *options: str):
+    """`python -m dfd.serve` (a small random network, on the CPU) with ``options`` on a free loopback port, its
+    stdout and stderr to ``log_path``; yields (base URL, the process) once /api/config answers."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w+")
+    log = log_path.open("w+")
     process = subprocess.Popen([sys.executable, "-m", "dfd.serve", "--port", str(port), "--random-weights",
-                                "--face-size", "128", "--ngf", "8", "--k", "16", "--device", "cpu",
-                                "--max-bytes", str(MAX_BYTES), "--max-pixels", str(MAX_PIXELS)],
+                                "--face-size", "128", "--ngf", "8", "--k", "16", "--device", "cpu", *options],
                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180  # torch, dlib and the models load first: ~15 s on a busy 2-core machine
@@ -59,9 +60,20 @@ def server(tmp_path_factory):
                 log.seek(0)
                 pytest.fail(f"dfd serve did not start (exit {process.poll()}):\n{log.read()}")
             time.sleep(0.3)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """dfd serve with small limits (300 kB, 3 megapixels); its base URL."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with serve_process(log, "--max-bytes", str(MAX_BYTES), "--max-pixels", str(MAX_PIXELS)) as (url, _):
+        yield url
 
 
 def post(url: str, data: bytes, ticket: str = "", **params) -> tuple[int, dict]:
@@ -213,7 +225,7 @@ def test_the_queue_runs_one_job_at_a_time_and_refuses_beyond_its_waiting_room():
     finally:
         queue.close()
     assert a == {"state": "running", "ahead": 0, "waiting": 1} and b == {"state": "queued", "ahead": 1, "waiting": 1}
-    assert (refused.status, refused.reason) == (503, "busy")
+    assert (refused.status, refused.reason) == (429, "busy") and int(refused.headers["Retry-After"]) >= 1
     assert results == ["a", "b"] and log == ["a start", "a end", "b start", "b end"]
     assert queue.state("a")["state"] == "unknown"  # finished tickets are forgotten
 

@@ -111,6 +111,10 @@ def test_identity_video_keeps_frames_rate_audio_and_pixels(clips, tmp_path):
         stream = container.streams.video[0]
         assert stream.average_rate == RATE and stream.codec_context.name == "h264"
         assert stream.codec_context.pix_fmt == "yuv420p"
+    with av.open(str(clips / "clip.mp4")) as source, av.open(str(output)) as restored:
+        length_in, length_out = (float(c.streams.video[0].duration * c.streams.video[0].time_base)
+                                 for c in (source, restored))
+    assert abs(length_out - length_in) < 1 / RATE and length_in > 1.1, (length_in, length_out)  # within a frame
     frames_in, frames_out = list(read_frames(clips / "clip.mp4")), list(read_frames(output))
     assert len(frames_out) == len(frames_in) == FRAMES
     quality = [psnr(a, b) for a, b in zip(frames_in, frames_out)]

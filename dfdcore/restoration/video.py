@@ -8,11 +8,17 @@ content, the configuration and the segment length, so a changed input or option 
    frames are all detected. A rerun reads them instead of detecting again.
 2. Tracking and smoothing (``dfdcore.face.track``) over all frames' detections — the same on every run, so
    segments restored by different runs join without a jump.
-3. ``seg-K.mp4``: segment K restored (H.264), written atomically; a rerun restores only the missing segments.
-4. ``restored_imgs/<stem>.mp4``: the segments joined without re-encoding, with the source's audio, written
-   atomically; then the work folder is removed.
+3. ``seg-K.mp4``: segment K restored (H.264), written atomically, its frames stamped with their source
+   timestamps less the segment's first; a rerun restores only the missing segments.
+4. ``restored_imgs/<stem>.mp4``: the segments joined without re-encoding, each moved to its first frame's source
+   time, with the source's audio, written atomically; then the work folder is removed.
 
-Memory holds the detections (a few numbers per face and frame) and one batch of frames, never the whole video.
+Every run decodes every frame in step 1 and takes each frame's presentation time from there (``frame_ticks``): a
+variable frame rate, or a pause of an hour between two frames, comes out as it went in. A video that fails leaves
+no work folder; one whose run was interrupted keeps it for the rerun (``video_work``).
+
+Memory holds the detections (a few numbers per face and frame), the frames' timestamps and one batch of frames,
+never the whole video.
 """
 from __future__ import annotations
 
@@ -20,10 +26,8 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -38,7 +42,6 @@ from dfdcore.face.align import align_face
 from dfdcore.face.detect import DetectedFace, detect_faces, landmarks
 from dfdcore.face.pipeline import AlignedFace
 from dfdcore.face.track import TRACK_SETTINGS, Observation, TrackedFace, face_motion, link_tracks, smooth_tracks
-from dfdcore.io.atomic import atomic_path
 from dfdcore.io.hashing import sha256_json, sha256_path
 from dfdcore.io.images import DecodedImage
 from dfdcore.io.pixels import uint8_to_unit, unit_to_uint8
@@ -46,8 +49,6 @@ from dfdcore.io.storage import (
     Source,
     UnreadableInput,
     exists,
-    filesystem_for,
-    is_local,
     join_uri,
     local_copy,
     read_bytes,
@@ -59,16 +60,30 @@ from dfdcore.io.video import (
     OUTPUT_EXT,
     SegmentWriter,
     VideoDecodeError,
+    frame_durations,
+    frame_ticks,
+    h264_options,
     mux_segments,
     probe_video,
-    read_frames,
+    read_timed_frames,
 )
-from dfdcore.restoration.manifest import UNRESTORABLE_BYTES, is_current, printable
+from dfdcore.restoration.manifest import UNRESTORABLE_BYTES, is_current, is_finished, printable
 from dfdcore.restoration.restorer import Restorer, select_faces
+from dfdcore.restoration.video_work import (
+    local_file,
+    remove_stale_work,
+    remove_work,
+    scratch_folder,
+    work_key,
+    work_uri,
+    written,
+)
 
-WORK_FOLDER = ".dfd-video"
 SEGMENT_SECONDS = 2.0
-VIDEO_SETTINGS = {"tracking": TRACK_SETTINGS, "h264": H264_OPTIONS}  # what changes a video's output beside options
+# What changes a video's output beside the options; "timing": segments are stamped with the source's timestamps
+# (earlier work, stamped 1 / rate apart, is not reused for them).
+VIDEO_SETTINGS = {"tracking": TRACK_SETTINGS, "h264": H264_OPTIONS, "timing": "source pts"}
+VARIABLE_RATE = 1.1  # frame intervals further apart than this ratio: the row says the rate is variable
 
 
 def video_config_hash(image_config_hash: str) -> str:
@@ -95,6 +110,9 @@ class VideoOutcome:
     frame_rate: Fraction
     seconds: dict[str, float] = field(default_factory=dict)
     declared_frames: int = 0  # what the container's header says (0: it does not say)
+    duration: float = 0.0  # seconds from the first frame's time to the last frame's end
+    intervals: tuple[float, float] = (0.0, 0.0)  # the shortest and longest seconds between two frames
+    other_video: tuple[str, ...] = ()  # the video streams not restored (``VideoInfo.other_video``)
 
 
 def restore_video(path: str, name: str, digest: str, out: str, stem: str, restorer: Restorer, config_hash: str, *,
@@ -102,7 +120,8 @@ def restore_video(path: str, name: str, digest: str, out: str, stem: str, restor
                   on_segment: Callable[[int, int], None] | None = None) -> VideoOutcome:
     """Restore the local video file ``path`` (``name`` for messages, content ``digest``) into
     ``out/restored_imgs/<stem>.mp4``. ``on_segment(index, count)`` is called after each segment restored by this
-    call (not for segments an earlier run left). Raises VideoDecodeError for a file that is not a readable video."""
+    call (not for segments an earlier run left). Raises VideoDecodeError for a file that is not a readable video.
+    On any error the work folder is removed (a KeyboardInterrupt, or a killed process, keeps it for the rerun)."""
     started = time.perf_counter()
     if restorer.options.aligned:
         raise VideoDecodeError("not an aligned face crop", "--aligned takes photos of aligned faces; restore "
@@ -112,30 +131,54 @@ def restore_video(path: str, name: str, digest: str, out: str, stem: str, restor
         raise VideoDecodeError("video too large", f"{info.width}x{info.height} = {info.width * info.height} "
                                                   f"pixels a frame, more than the limit of {max_pixels}", name)
     length = segment_length(info.frame_rate, segment_seconds)
-    work = join_uri(out, f"{WORK_FOLDER}/{digest[:16]}-{config_hash}-{length}f")
+    work = work_uri(out, digest, config_hash, length)
     seconds = {"detect": 0.0, "restore": 0.0, "paste": 0.0, "write": 0.0}
-    with _scratch(out, work) as scratch:
-        detections = _detections(path, name, restorer, work, length, seconds)
-        frames = len(detections)
-        plan = smooth_tracks(link_tracks(detections), frames)
-        count = math.ceil(frames / length)
-        missing = [k for k in range(count) if not exists(_segment_uri(work, k))]
-        if missing:
-            _restore_segments(path, name, plan, set(missing), length, restorer, work, scratch, info.frame_rate,
-                              seconds, on_segment)
-        t0 = time.perf_counter()
-        output = join_uri(out, f"restored_imgs/{stem}{restorer.options.suffix}{OUTPUT_EXT}")
-        segments = [_local(_segment_uri(work, k), scratch) for k in range(count)]
-        counts = [min(length, frames - k * length) for k in range(count)]
-        with _written(output, scratch) as target:
-            mux_segments(segments, counts, info.frame_rate, path, str(target))
-        seconds["write"] += time.perf_counter() - t0
-    _remove(work)
+    try:
+        with scratch_folder(work) as scratch:
+            detections, times = _detections(path, name, restorer, work, length, seconds)
+            frames, base = len(detections), info.time_base
+            ticks = frame_ticks(times, base, info.frame_rate)
+            durations = frame_durations(ticks, None if info.end is None else round(info.end / base))
+            plan = smooth_tracks(link_tracks(detections), frames)
+            count = math.ceil(frames / length)
+            missing = [k for k in range(count) if not exists(_segment_uri(work, k))]
+            if missing:
+                timing = SegmentTiming(ticks, durations, base, info.frame_rate,
+                                       h264_options([b - a for a, b in zip(ticks, ticks[1:])]))
+                _restore_segments(path, name, plan, set(missing), length, restorer, work, scratch, timing,
+                                  seconds, on_segment)
+            t0 = time.perf_counter()
+            output = join_uri(out, f"restored_imgs/{stem}{restorer.options.suffix}{OUTPUT_EXT}")
+            segments = [local_file(_segment_uri(work, k), scratch) for k in range(count)]
+            with written(output, scratch) as target:
+                mux_segments(segments, [ticks[k * length] * base for k in range(count)], path, str(target))
+            seconds["write"] += time.perf_counter() - t0
+    except Exception:
+        with contextlib.suppress(Exception):  # the failure is what is reported, not a refused clean-up
+            remove_work(work)
+        raise
+    remove_work(work)
     seconds["total"] = time.perf_counter() - started
     seconds["decode"] = max(0.0, seconds["total"] - sum(v for k, v in seconds.items() if k != "total"))
     tracks = {face.track for faces in plan for face in faces}
+    gaps = [(b - a) * base for a, b in zip(ticks, ticks[1:])]
     return VideoOutcome(output, frames, sum(bool(f) for f in plan), sum(len(f) for f in plan), len(tracks), count,
-                        count - len(missing), info.frame_rate, seconds, declared_frames=info.frames)
+                        count - len(missing), info.frame_rate, seconds, declared_frames=info.frames,
+                        duration=float((ticks[-1] - ticks[0] + durations[-1]) * base),
+                        intervals=(float(min(gaps)), float(max(gaps))) if gaps else (0.0, 0.0),
+                        other_video=info.other_video)
+
+
+@dataclass(frozen=True)
+class SegmentTiming:
+    """When each frame is shown: ``ticks[i]`` (frame i's timestamp) and ``durations[i]`` in ``time_base`` ticks;
+    ``frame_rate``, the average rate, for the encoder's rate control; ``options``: x264's (``h264_options``)."""
+
+    ticks: Sequence[int]
+    durations: Sequence[int]
+    time_base: Fraction
+    frame_rate: Fraction
+    options: dict[str, str]
 
 
 def detect_frame(rgb: np.ndarray, index: int, restorer: Restorer, previous: np.ndarray | None = None
@@ -172,13 +215,16 @@ def _box_on_face(matrix: np.ndarray, box: np.ndarray) -> tuple[int, int, int, in
 
 
 def _detections(path: str, name: str, restorer: Restorer, work: str, length: int, seconds: dict
-                ) -> list[list[Observation]]:
+                ) -> tuple[list[list[Observation]], list[Fraction | None]]:
     """Every frame's observations, from ``det-K.json`` where an earlier run wrote it, else detected (and saved
-    when the segment is complete or the video ends)."""
+    when the segment is complete or the video ends); and every frame's presentation time (seconds, None where the
+    file gives none), decoded again by every run."""
     frames: list[list[Observation]] = []
     segment: list[list[Observation]] = []
+    times: list[Fraction | None] = []
     cached, previous = None, None
-    for index, rgb in enumerate(read_frames(path, name)):
+    for index, (rgb, time_s) in enumerate(read_timed_frames(path, name)):
+        times.append(time_s)
         k = index // length
         if index % length == 0:
             cached = _load_detections(work, k)
@@ -201,7 +247,7 @@ def _detections(path: str, name: str, restorer: Restorer, work: str, length: int
         frames += segment
     if not frames:
         raise VideoDecodeError("corrupt video", "no frame could be decoded", name)
-    return frames
+    return frames, times
 
 
 def _load_detections(work: str, k: int) -> list[list[Observation]] | None:
@@ -222,23 +268,25 @@ def _save_detections(work: str, k: int, frames: list[list[Observation]]) -> None
 
 
 def _restore_segments(path: str, name: str, plan: list[list[TrackedFace]], missing: set[int], length: int,
-                      restorer: Restorer, work: str, scratch: Path, frame_rate: Fraction, seconds: dict,
+                      restorer: Restorer, work: str, scratch: Path, timing: SegmentTiming, seconds: dict,
                       on_segment: Callable[[int, int], None] | None) -> None:
-    """Restore the frames of the ``missing`` segments and write each as ``seg-K.mp4``."""
-    pending: list[tuple[np.ndarray, list[AlignedFace]]] = []
+    """Restore the frames of the ``missing`` segments and write each as ``seg-K.mp4``, frame i stamped
+    ``timing.ticks[i]`` less the segment's first frame's."""
+    pending: list[tuple[int, np.ndarray, list[AlignedFace]]] = []
     queued = 0
     writer, target, k = None, None, -1
 
     def flush() -> None:
         nonlocal queued
         t0 = time.perf_counter()
-        restored = restorer.restore_faces([f for _, faces in pending for f in faces])
+        restored = restorer.restore_faces([f for _, _, faces in pending for f in faces])
         t1 = time.perf_counter()
         cursor = 0
-        for rgb, faces in pending:
+        for index, rgb, faces in pending:
             mine, cursor = restored[cursor:cursor + len(faces)], cursor + len(faces)
             result = restorer.compose(_as_image(rgb), faces, mine)
-            writer.write(unit_to_uint8(result.restored))
+            start = timing.ticks[index - index % length]
+            writer.write(unit_to_uint8(result.restored), timing.ticks[index] - start, timing.durations[index])
         seconds["restore"] += t1 - t0
         seconds["paste"] += time.perf_counter() - t1
         pending.clear()
@@ -246,17 +294,17 @@ def _restore_segments(path: str, name: str, plan: list[list[TrackedFace]], missi
 
     frames = len(plan)
     try:
-        for index, rgb in enumerate(read_frames(path, name)):
+        for index, (rgb, _) in enumerate(read_timed_frames(path, name)):
             if index // length not in missing or index >= frames:
                 continue
             if index % length == 0:
                 k = index // length
-                target = _written(_segment_uri(work, k), scratch)
-                writer = SegmentWriter(target.__enter__(), frame_rate)
+                target = written(_segment_uri(work, k), scratch)
+                writer = SegmentWriter(target.__enter__(), timing.frame_rate, timing.options, timing.time_base)
             t0 = time.perf_counter()
             faces = [aligned_face(rgb, face, restorer.face_size) for face in plan[index]]
             seconds["detect"] += time.perf_counter() - t0
-            pending.append((rgb, faces))
+            pending.append((index, rgb, faces))
             queued += len(faces)
             if queued >= restorer.batch_size:
                 flush()
@@ -287,58 +335,6 @@ def _detections_uri(work: str, k: int) -> str:
     return join_uri(work, f"det-{k:05d}.json")
 
 
-@contextlib.contextmanager
-def _scratch(out: str, work: str) -> Iterator[Path]:
-    """A local folder for files on their way to (or from) ``work``: the work folder itself when the output is
-    local, else a temporary folder in the dfd home (removed afterwards)."""
-    if is_local(work):
-        Path(work).mkdir(parents=True, exist_ok=True)
-        yield Path(work)
-        return
-    from dfdcore.runtime import dfd_home
-
-    with tempfile.TemporaryDirectory(dir=dfd_home(), prefix="video-") as folder:
-        yield Path(folder)
-
-
-@contextlib.contextmanager
-def _written(uri: str, scratch: Path) -> Iterator[Path]:
-    """A local path to write ``uri``'s content to; on success it becomes ``uri`` at once (a local rename, or one
-    upload to an object store), on failure it is removed."""
-    if is_local(uri):
-        with atomic_path(uri) as tmp:
-            yield tmp
-        return
-    fd, name = tempfile.mkstemp(dir=scratch, prefix=".upload-", suffix=Path(uri).suffix)
-    os.close(fd)
-    try:
-        yield Path(name)
-        fs, remote = filesystem_for(uri)
-        fs.put_file(name, remote)
-    finally:
-        Path(name).unlink(missing_ok=True)
-
-
-def _local(uri: str, scratch: Path) -> str:
-    """A local path holding ``uri``'s content (``uri`` itself when local; else downloaded into ``scratch``)."""
-    if is_local(uri):
-        return uri
-    local = scratch / Path(uri).name
-    fs, remote = filesystem_for(uri)
-    fs.get_file(remote, str(local))
-    return str(local)
-
-
-def _remove(work: str) -> None:
-    """Delete the work folder of a finished video, and the folder of work folders when it is left empty."""
-    fs, path = filesystem_for(work)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm(path, recursive=True)
-    if is_local(work):
-        with contextlib.suppress(OSError):  # another video's work is still there
-            os.rmdir(os.path.dirname(work))
-
-
 def video_manifest_row(source: Source, out: str, restorer: Restorer, run, config_hash: str,
                        old_rows: Mapping[str, Mapping], max_pixels: int, row: Callable[..., dict],
                        on_segment: Callable[[Source, int, int], None] | None) -> dict | None:
@@ -346,6 +342,9 @@ def video_manifest_row(source: Source, out: str, restorer: Restorer, run, config
     does), or None when the manifest says it is current. ``run``: the run's ``RunOptions``."""
     video_hash = video_config_hash(config_hash)
     digest = None
+    with contextlib.suppress(Exception):  # tidying up never costs a video its row
+        remove_stale_work(out, lambda: {work_key(str(r["content_sha256"]), video_hash) for r in old_rows.values()
+                                        if r.get("content_sha256") and is_finished(r)})
     try:
         with local_copy(source.uri) as path:
             digest = sha256_path(path)
@@ -369,12 +368,24 @@ def video_manifest_row(source: Source, out: str, restorer: Restorer, run, config
         return failed
     except Exception as exc:  # noqa: BLE001 - one bad video is a row, not the end of the batch
         return row(source, digest, "failed", printable(f"{type(exc).__name__}: {exc}"), config_hash=video_hash)
-    reused = f"; {done.segments_reused} of {done.segments} segments kept from an earlier run" \
-        if done.segments_reused else ""
-    if done.declared_frames > done.frames:  # decoding stopped early: what came is restored, and said
-        reused += f"; the header declares {done.declared_frames} frames: the file may be truncated"
     return row(source, digest, "ok" if done.faces_total else "no_face", None if done.faces_total else "no face found",
-               config_hash=video_hash, note=f"video: {done.frames} frames at {done.frame_rate} fps{reused}",
+               config_hash=video_hash, note=video_note(done),
                n_faces=done.tracks, outputs=[done.output], frames=done.frames,
                frames_with_faces=done.frames_with_faces, faces_total=done.faces_total, segments=done.segments,
                frame_rate=str(done.frame_rate), seconds={k: float(v) for k, v in done.seconds.items()})
+
+
+def video_note(done: VideoOutcome) -> str:
+    """The row's note: frames, rate and duration, and what to know — a variable rate (kept), the video streams
+    not restored, the segments reused, a header declaring more frames than decoded."""
+    notes = [f"video: {done.frames} frames at {done.frame_rate} fps, {done.duration:.3f} s"]
+    shortest, longest = done.intervals
+    if shortest > 0 and longest > VARIABLE_RATE * shortest:
+        notes.append(f"variable frame rate (frames {shortest:.3f} s to {longest:.3f} s apart): timestamps kept")
+    if done.other_video:
+        notes.append(f"only the first video stream is restored; left out: {', '.join(done.other_video)}")
+    if done.segments_reused:
+        notes.append(f"{done.segments_reused} of {done.segments} segments kept from an earlier run")
+    if done.declared_frames > done.frames:  # decoding stopped early: what came is restored, and said
+        notes.append(f"the header declares {done.declared_frames} frames: the file may be truncated")
+    return "; ".join(notes)

@@ -29,6 +29,11 @@ DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 # dfdcore.restoration.precision.PRECISIONS, written out so that help texts need no torch import
 # (tests/test_precision.py checks they agree).
 PRECISIONS = ("fp32", "fp16", "bf16")
+# dfdcore.face.colour.COLOR_MATCHES and dfdcore.face.blend.MASKS, and RestoreOptions' defaults of both, written out
+# for the same reason (tests/test_blend.py checks they agree).
+COLOR_MATCHES = ("none", "mean-std", "low-freq")
+MASKS = ("square", "landmarks")
+DEFAULT_COLOR_MATCH, DEFAULT_MASK = "mean-std", "landmarks"
 
 
 def torch_dtype(name: str):
@@ -175,6 +180,15 @@ def restore_options(func):
                           "own size × --upscale."),
         click.option("--draw-box", is_flag=True,
                      help="Outline each restored face in the output: detection box green, aligned square magenta."),
+        click.option("--color-match", type=click.Choice(COLOR_MATCHES), default=DEFAULT_COLOR_MATCH,
+                     show_default=True,
+                     help="Match each restored face's colour to its input face's, over the skin (no eyes, no mouth), "
+                          "in CIELAB, before paste-back: none, mean-std (per-channel mean and deviation), low-freq "
+                          "(the input's low frequencies; keeps the model's detail). bench/RESULTS.md, 'Seams and "
+                          "colour shift (issue 27)'."),
+        click.option("--mask", type=click.Choice(MASKS), default=DEFAULT_MASK, show_default=True,
+                     help="Paste-back weight: square (the aligned square, feathered) or landmarks (the face's outline "
+                          "from its 68 landmarks, jaw to lower forehead, grown and feathered; no square edge)."),
         click.option("--bg-upsampler", default="bicubic", show_default=True,
                      help="Upscaling of the background (outside the faces): bicubic, lanczos, or the path of a "
                           "PyTorch SR model file (Real-ESRGAN/ESRGAN state dict or TorchScript)."),

@@ -13,6 +13,7 @@ from PIL import Image
 
 from dfd.restore_commands import restore
 from dfdcore.arch.sr import SRVGGNetCompact
+from dfdcore.face.blend import prepare_faces
 from dfdcore.face.paste import face_to_image_matrix, paste_faces
 from dfdcore.io.images import decode_image
 from dfdcore.io.pixels import uint8_to_unit
@@ -35,13 +36,16 @@ def sr_model_file(path, seed: int):
 
 @pytest.fixture(scope="module")
 def face_weight():
-    """(H·2, W·2) blend weight of the photo's pasted faces and the decoded photo."""
+    """(H·2, W·2) blend weight of the photo's pasted faces, under the default mask as the Restorer pastes them,
+    and the decoded photo."""
     image = decode_image(portrait(PHOTO).read_bytes(), name=PHOTO)
-    restorer = Restorer(IdentityModel(512), RestoreOptions(upscale=2))
+    options = RestoreOptions(upscale=2)
+    restorer = Restorer(IdentityModel(512), options)
     faces = restorer.find_faces(image)
+    _, shapes = prepare_faces(faces, [f.image for f in faces], 2, (1024, 1024), options.mask, options.color_match)
     pairs = [(uint8_to_unit(f.image), face_to_image_matrix(f.matrix, 2)) for f in faces]
-    _, weight = paste_faces(np.zeros((1024, 1024, 3), np.float32), pairs, return_mask=True)
-    assert len(faces) == 1 and (weight > 0.9999).mean() > 0.1
+    _, weight = paste_faces(np.zeros((1024, 1024, 3), np.float32), pairs, return_mask=True, shapes=shapes)
+    assert len(faces) == 1 and (weight > 0.9999).mean() > 0.05
     return image, weight
 
 

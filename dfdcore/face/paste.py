@@ -87,6 +87,7 @@ def face_mask(face_size: int, face_to_image: np.ndarray, image_size: tuple[int, 
 
 def paste_faces(background: np.ndarray, faces: Sequence[tuple[np.ndarray, np.ndarray]], erode: float = ERODE,
                 feather: float = FEATHER, interpolation: int = cv2.INTER_CUBIC, return_mask: bool = False,
+                shapes: Sequence[np.ndarray | None] | None = None,
                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Warp each face into the image and blend it in with a feathered mask, later faces over earlier ones.
 
@@ -103,6 +104,8 @@ def paste_faces(background: np.ndarray, faces: Sequence[tuple[np.ndarray, np.nda
             0.2·sqrt(k² − 1) face pixels (k face pixels per output pixel) cost 14 dB of that fidelity, so
             detail finer than the output pixels of a small face can alias.
         return_mask: also return the combined blend weight.
+        shapes: per face, None (the square mask alone) or an (S, S) weight in [0, 1] on the face that the square
+            mask is multiplied by, e.g. ``blend.landmark_mask``: the face's own outline, softened.
 
     Returns:
         (H, W, 3) float32 new image; with ``return_mask``, also the (H, W) float32 weight in [0, 1] that the
@@ -113,25 +116,54 @@ def paste_faces(background: np.ndarray, faces: Sequence[tuple[np.ndarray, np.nda
         raise ValueError(f"expected an (H, W, 3) numeric background, got {background.shape} {background.dtype}")
     result = background.astype(np.float32, copy=True)
     total = np.zeros(result.shape[:2], dtype=np.float32)
-    for index, (face, matrix) in enumerate(faces):
+    faces = list(faces)
+    shapes = [None] * len(faces) if shapes is None else list(shapes)
+    if len(shapes) != len(faces):
+        raise ValueError(f"expected one shape mask (or None) per face, got {len(shapes)} for {len(faces)} faces")
+    for index, ((face, matrix), shape) in enumerate(zip(faces, shapes)):
         face, matrix = _check_face(index, face, matrix)
-        region = _warp_region(face.shape[0], matrix, result.shape[:2])
-        if region is None:  # the face lies entirely outside the image
+        placed = warp_weight(face.shape[0], matrix, result.shape[:2], shape, erode, feather)
+        if placed is None:  # the face lies entirely outside the image
             continue
-        x0, y0, x1, y1 = region
+        (x0, y0, x1, y1), weight = placed
         # Warp only into the face's bounding box: the cost then follows the face, not the photograph.
         local = matrix.copy()
         local[:, 2] -= (x0, y0)
-        size = (x1 - x0, y1 - y0)
-        warped = cv2.warpAffine(face, local, size, flags=interpolation,
+        warped = cv2.warpAffine(face, local, (x1 - x0, y1 - y0), flags=interpolation,
                                 borderMode=cv2.BORDER_REPLICATE)
-        weight = cv2.warpAffine(face_mask(face.shape[0], matrix, result.shape[:2], erode, feather), local, size,
-                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        np.clip(weight, 0, 1, out=weight)
         patch = result[y0:y1, x0:x1]
         patch += weight[..., None] * (warped - patch)
         total[y0:y1, x0:x1] += weight * (1 - total[y0:y1, x0:x1])
     return (result, total) if return_mask else result
+
+
+def warp_weight(face_size: int, matrix: np.ndarray, image_size: tuple[int, int], shape: np.ndarray | None = None,
+                erode: float = ERODE, feather: float = FEATHER
+                ) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """One face's blend weight in the image: the square ``face_mask`` (times ``shape``, an (S, S) weight on the
+    face, when given) warped by the (2, 3) face → image ``matrix``.
+
+    Returns:
+        ((x0, y0, x1, y1) end-exclusive box of the image, (y1 − y0, x1 − x0) float32 weight in [0, 1] on it), or
+        None when the face lies entirely outside the (H, W) ``image_size``.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    region = _warp_region(face_size, matrix, image_size)
+    if region is None:
+        return None
+    x0, y0, x1, y1 = region
+    weight = face_mask(face_size, matrix, image_size, erode, feather)
+    if shape is not None:
+        shape = np.asarray(shape, dtype=np.float32)
+        if shape.shape != (face_size, face_size):
+            raise ValueError(f"expected a ({face_size}, {face_size}) shape mask for a face of side {face_size}, "
+                             f"got {shape.shape}")
+        weight = weight * shape  # a product of two smooth weights: no crease where one takes over from the other
+    local = matrix.copy()
+    local[:, 2] -= (x0, y0)
+    weight = cv2.warpAffine(weight, local, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return region, np.clip(weight, 0, 1, out=weight)
 
 
 def _check_upscale(upscale) -> int:

@@ -20,11 +20,13 @@ from torch import nn
 
 from dfdcore.face import AlignedFace, align_faces
 from dfdcore.face.detect import DETECTORS
-from dfdcore.face.paste import face_to_image_matrix, paste_faces, upscale_image
+from dfdcore.face.blend import DEFAULT_MASK, MASKS, prepare_faces
+from dfdcore.face.colour import COLOR_MATCHES, DEFAULT_COLOR_MATCH
+from dfdcore.face.paste import paste_faces, upscale_image
 from dfdcore.face.pipeline import align_crop, resize_face
 from dfdcore.io.hashing import sha256_json
 from dfdcore.io.images import DecodedImage, ImageDecodeError, decode_image, encode_image
-from dfdcore.io.pixels import images_to_tensor, tensor_to_images, uint8_to_unit
+from dfdcore.io.pixels import images_to_tensor, tensor_to_images
 from dfdcore.restoration.background import TILE_PAD, load_background_upsampler, upsampler_identity
 from dfdcore.restoration.outline import BOX_COLOUR, SQUARE_COLOUR, draw_outlines, face_outline, line_width  # noqa: F401
 from dfdcore.restoration.precision import PRECISIONS, forward_at, with_precision
@@ -197,6 +199,8 @@ class RestoreOptions:
     detector: Literal["hog", "cnn", "yunet", "yunet+hog"] = DEFAULT_DETECTOR  # detect.DETECTORS
     aligned: bool = False       # inputs are aligned face crops: each is resized to the face size, restored whole
     draw_box: bool = False      # outline each restored face (its detection box and aligned square) in the output
+    color_match: Literal["none", "mean-std", "low-freq"] = DEFAULT_COLOR_MATCH  # restored → input colour (colour.py)
+    mask: Literal["square", "landmarks"] = DEFAULT_MASK  # paste-back weight: the square alone or the face's outline
     bg_upsampler: str = "bicubic"  # the background's upscaling: bicubic | lanczos | path of an SR model file
     bg_tile: int = 256          # input pixels per tile of an SR model (bounds its memory)
     ext: Literal["auto", "png", "jpg"] = "auto"  # auto: keep JPEG for 8-bit opaque JPEG inputs, else PNG
@@ -205,6 +209,8 @@ class RestoreOptions:
     def __post_init__(self) -> None:
         _check_choice("RestoreOptions.detector", self.detector, DETECTORS)
         _check_choice("RestoreOptions.ext", self.ext, ("auto", "png", "jpg"))
+        _check_choice("RestoreOptions.color_match", self.color_match, COLOR_MATCHES)
+        _check_choice("RestoreOptions.mask", self.mask, MASKS)
         if not self.bg_upsampler:
             raise ValueError("RestoreOptions.bg_upsampler must be 'bicubic', 'lanczos' or a model file's path, got ''")
         for name, low, high in (("upscale", 1, 8), ("upsample", 0, 3), ("min_face", 0, None),
@@ -290,17 +296,18 @@ class Restorer:
         return select_faces(found, image.rgb8.shape[:2], self.options)
 
     def compose(self, image: DecodedImage, faces: list[AlignedFace], restored: list[np.ndarray]) -> ImageResult:
-        """Paste restored faces into the upscaled photograph (full precision background by ``bg_upsampler``, alpha
-        bicubic); an aligned crop's restored face is the whole output, resized to the crop's size × upscale."""
-        scale, note = self.options.upscale, None
+        """Paste restored faces, colour-matched to their inputs, into the upscaled photograph under the ``mask``
+        (full precision background by ``bg_upsampler``, alpha bicubic); an aligned crop's restored face,
+        colour-matched too, is the whole output, resized to the crop's size × upscale."""
+        scale, note, options = self.options.upscale, None, self.options
         height, width = image.rgb.shape[0] * scale, image.rgb.shape[1] * scale
-        if self.options.aligned:
-            pasted = resize_face(uint8_to_unit(restored[0]), width, height)
+        pairs, shapes = prepare_faces(faces, restored, scale, (height, width), options.mask, options.color_match)
+        if options.aligned:
+            pasted = resize_face(pairs[0][0], width, height)
             note = f"aligned input; landmarks: {faces[0].landmarks_source}"
         else:
-            background = self.upscale_background(image.rgb, scale, tile=self.options.bg_tile)
-            pasted = paste_faces(background, [(uint8_to_unit(r), face_to_image_matrix(f.matrix, scale))
-                                              for f, r in zip(faces, restored)]) if faces else background
+            background = self.upscale_background(image.rgb, scale, tile=options.bg_tile)
+            pasted = paste_faces(background, pairs, shapes=shapes) if faces else background
         alpha = None if image.alpha is None else upscale_image(image.alpha, scale).astype(np.float32)
         pasted = np.clip(pasted, 0.0, 1.0)
         if self.options.draw_box:

@@ -34,6 +34,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 COLOR_MATCHES = ("none", "mean-std", "low-freq")
 MASKS = ("square", "landmarks")
 DEFAULT_COLOR_MATCH, DEFAULT_MASK = "mean-std", "landmarks"
+PASTE_MODES, DEFAULT_PASTE = ("correction", "face"), "correction"  # RestoreOptions.paste (tests/test_blend.py checks)
 
 
 def torch_dtype(name: str):
@@ -189,6 +190,10 @@ def restore_options(func):
         click.option("--mask", type=click.Choice(MASKS), default=DEFAULT_MASK, show_default=True,
                      help="Paste-back weight: square (the aligned square, feathered) or landmarks (the face's outline "
                           "from its 68 landmarks, jaw to lower forehead, grown and feathered; no square edge)."),
+        click.option("--paste", type=click.Choice(PASTE_MODES), default=DEFAULT_PASTE, show_default=True,
+                     help="correction: add what the model changed (restored face − its input crop) to the photo, so "
+                          "a face larger than the model's keeps its finer detail; face: replace the photo under "
+                          "the mask with the restored face."),
         click.option("--bg-upsampler", default="bicubic", show_default=True,
                      help="Upscaling of the background (outside the faces): bicubic, lanczos, or the path of a "
                           "PyTorch SR model file (Real-ESRGAN/ESRGAN state dict or TorchScript)."),

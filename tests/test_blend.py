@@ -196,6 +196,9 @@ def test_options_are_checked_and_part_of_the_configuration():
 
     assert cli.COLOR_MATCHES == COLOR_MATCHES and cli.MASKS == MASKS
     assert (cli.DEFAULT_COLOR_MATCH, cli.DEFAULT_MASK) == (RestoreOptions().color_match, RestoreOptions().mask)
+    from dfdcore.restoration.restorer import PASTE_MODES
+
+    assert cli.PASTE_MODES == PASTE_MODES and cli.DEFAULT_PASTE == RestoreOptions().paste
     hashes = {RestoreOptions(mask=m, color_match=c).config_hash({"model": "x"}) for m in MASKS for c in COLOR_MATCHES}
     assert len(hashes) == len(MASKS) * len(COLOR_MATCHES)
     with pytest.raises(ValueError, match="RestoreOptions.mask must be one of"):

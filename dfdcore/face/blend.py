@@ -137,3 +137,30 @@ def prepare_faces(faces, restored: list[np.ndarray], scale: int, image_size: tup
         pairs.append((unit, matrix))
         shapes.append(outline if mask == "landmarks" else None)
     return pairs, shapes
+
+
+def lost_detail(photo: np.ndarray, faces, pairs: list[tuple[np.ndarray, np.ndarray]], shapes: list[np.ndarray | None],
+                scale: int, bicubic: np.ndarray | None = None) -> np.ndarray:
+    """What ``--paste correction`` adds to a pasted photo: the photo's detail that the S-pixel aligned crops do not
+    hold, under the faces' blend weights.
+
+    A face larger than S output pixels is aligned down to S, restored, and warped back up, so pasting the restored
+    face alone leaves S pixels' worth of detail (a sharp 400-px face comes back soft). Adding
+    ``w · (bicubic(photo) − warp(input crop))`` makes the face ``warp(restored) + (bicubic − warp(crop))``: the
+    model's result plus what the crop lost. Where the output is no finer than the crop (small faces) that term is
+    about zero; it comes from the bicubic upscale whatever ``--bg-upsampler`` is, so the faces do not depend on it.
+
+    Args:
+        photo: (H, W, 3) float32 in [0, 1], the input photograph; faces: its ``AlignedFace`` (``image``: the
+            (S, S, 3) uint8 crop the model saw); pairs, shapes: as ``prepare_faces`` gave them; scale: the upscale.
+        bicubic: ``paste.upscale_image(photo, scale)`` when the caller has it.
+
+    Returns:
+        (H·s, W·s, 3) float32 to add to the pasted photo.
+    """
+    from dfdcore.face.paste import paste_faces, upscale_image
+
+    upscaled = upscale_image(photo, scale).astype(np.float32) if bicubic is None else bicubic
+    crops = [(np.asarray(face.image, np.float32) / 255.0, matrix) for face, (_, matrix) in zip(faces, pairs,
+                                                                                             strict=True)]
+    return upscaled - paste_faces(upscaled, crops, shapes=shapes)

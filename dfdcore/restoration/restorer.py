@@ -20,7 +20,7 @@ from torch import nn
 
 from dfdcore.face import AlignedFace, align_faces
 from dfdcore.face.detect import DETECTORS
-from dfdcore.face.blend import DEFAULT_MASK, MASKS, prepare_faces
+from dfdcore.face.blend import DEFAULT_MASK, MASKS, lost_detail, prepare_faces
 from dfdcore.face.colour import COLOR_MATCHES, DEFAULT_COLOR_MATCH
 from dfdcore.face.paste import paste_faces, upscale_image
 from dfdcore.face.pipeline import align_crop, resize_face
@@ -184,6 +184,9 @@ def model_label(identity: dict) -> str:
 # YuNet finds the small faces HOG misses; HOG's boxes where it sees a face keep dlib's landmarks as good as before
 # (bench/RESULTS.md, "Face detectors": no photo with fewer faces than HOG, precision 1.0, HOG's error on its faces).
 DEFAULT_DETECTOR = "yunet+hog"
+# How a restored face goes back: "correction" adds what the model changed (restored − its input crop) to the
+# photo, keeping detail finer than the model's face size; "face" replaces the photo under the mask (as before).
+PASTE_MODES = ("correction", "face")
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ class RestoreOptions:
     draw_box: bool = False      # outline each restored face (its detection box and aligned square) in the output
     color_match: Literal["none", "mean-std", "low-freq"] = DEFAULT_COLOR_MATCH  # restored → input colour (colour.py)
     mask: Literal["square", "landmarks"] = DEFAULT_MASK  # paste-back weight: the square alone or the face's outline
+    paste: Literal["correction", "face"] = "correction"  # add restored − input crop to the photo, or replace it
     bg_upsampler: str = "bicubic"  # the background's upscaling: bicubic | lanczos | path of an SR model file
     bg_tile: int = 256          # input pixels per tile of an SR model (bounds its memory)
     ext: Literal["auto", "png", "jpg"] = "auto"  # auto: keep JPEG for 8-bit opaque JPEG inputs, else PNG
@@ -211,6 +215,7 @@ class RestoreOptions:
         _check_choice("RestoreOptions.ext", self.ext, ("auto", "png", "jpg"))
         _check_choice("RestoreOptions.color_match", self.color_match, COLOR_MATCHES)
         _check_choice("RestoreOptions.mask", self.mask, MASKS)
+        _check_choice("RestoreOptions.paste", self.paste, PASTE_MODES)
         if not self.bg_upsampler:
             raise ValueError("RestoreOptions.bg_upsampler must be 'bicubic', 'lanczos' or a model file's path, got ''")
         for name, low, high in (("upscale", 1, 8), ("upsample", 0, 3), ("min_face", 0, None),
@@ -308,6 +313,9 @@ class Restorer:
         else:
             background = self.upscale_background(image.rgb, scale, tile=options.bg_tile)
             pasted = paste_faces(background, pairs, shapes=shapes) if faces else background
+            if faces and options.paste == "correction":  # keep the photo's detail finer than the model's faces
+                bicubic = background if options.bg_upsampler == "bicubic" else None
+                pasted += lost_detail(image.rgb, faces, pairs, shapes, scale, bicubic)
         alpha = None if image.alpha is None else upscale_image(image.alpha, scale).astype(np.float32)
         pasted = np.clip(pasted, 0.0, 1.0)
         if self.options.draw_box:

@@ -3,7 +3,10 @@
 A run exports its last and its best validated generator by itself; this is for any other step — e.g. the end of a
 pixel-only warm-up (``dfd train --identity-start N``), the pixel-only model to set beside the final one:
 
-    python bench/export_checkpoint.py real/train/checkpoints/step_00010000.pt -o real/pixel-only.safetensors
+    python bench/export_checkpoint.py real/train/checkpoints/step_00010000/train_state.pt -o real/pixel-only.safetensors
+
+(Runs made before Ray Train kept the checkpoints hold them as OUT/checkpoints/step_*.pt: the same state, read alike.
+A run keeps only its ``--keep-checkpoints`` latest: train with 0 to keep the step you want to export.)
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from dfdcore.training import TrainConfig, Trainer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a dfd training checkpoint (OUT/checkpoints/step_*.pt)")
+    parser.add_argument("checkpoint", help="a dfd training checkpoint (OUT/checkpoints/step_*/train_state.pt, "
+                        "or OUT/checkpoints/step_*.pt of an older run)")
     parser.add_argument("-o", "--output", required=True, help="the .safetensors to write")
     args = parser.parse_args()
     state = torch.load(io.BytesIO(read_bytes(args.checkpoint)), map_location="cpu", weights_only=True)

@@ -102,6 +102,13 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 @click.option("--workers", default=1, show_default=True, help="Ray Train workers (DDP; RAY_ADDRESS for a cluster).")
 @click.option("--gpu", is_flag=True, help="One GPU per worker (NCCL, mixed precision).")
 @click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--keep-checkpoints", default=3, show_default=True, type=click.IntRange(min=-1),
+              help="Ray Train keeps the N latest checkpoints under OUTPUT/checkpoints/ and in the MLflow run, and "
+                   "deletes older ones; 0 or -1 keeps all. The best validated generator (OUTPUT/best/) is never one "
+                   "of them.")
+@click.option("--system-metrics", is_flag=True, help="MLflow samples this machine's CPU, memory, disk, network "
+              "(and GPUs, with pynvml) into the run as system/* metrics while it trains "
+              "(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds apart, default 10).")
 @click.option("--sample-every", default=100, show_default=True)
 @click.option("--test-fraction", default=0.1, show_default=True, help="Photos held out for evaluation.")
 @click.option("--max-failures", default=2, show_default=True, type=click.IntRange(min=-1),
@@ -159,7 +166,8 @@ def train(**options) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     flow_options = dict(source=o.source, test_fraction=o.test_fraction, register_as=o.register_as,
-                        max_failures=o.max_failures, held_out=o.held_out)
+                        max_failures=o.max_failures, held_out=o.held_out, keep_checkpoints=o.keep_checkpoints,
+                        system_metrics=o.system_metrics)
     if o.dry_run:
         echo_resolved(f"preset {o.preset or '(none)'}, config {o.config or '(none)'}; the run would be:",
                       config.to_dict() | flow_options)

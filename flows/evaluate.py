@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from dfd.flows.datasets import log_test_set
 from dfd.flows.registry import resolve_registered
 from dfd.flows.steps import MADE_ONCE, Summary, flow_run, run_step
 from dfdcore.io.parquet import write_parquet
@@ -92,6 +93,7 @@ def evaluate(spec: ModelSpec, testset: str, faceset: str | None = None, register
     ``spec.registered``; naming no model: the bundled one) on ``testset``'s pairs."""
     with flow_run(EXPERIMENT) as run:  # opened before the registry is asked: it lives in the same store
         made = run_step(testset, "pairs", MADE_ONCE, test_set, faceset, testset, count, seed, degradation)
+        log_test_set(join_uri(testset, "pairs.parquet"), made["sha256"])  # the run's dataset input (testing)
         bicubic = run_step(testset, "bicubic", made["sha256"], bicubic_baseline, testset)
         spec, registry_tags = resolve_registered(spec, registered)  # NAME@ALIAS: the version it points to now
         spec = spec.resolved()  # naming no model: the bundled one

@@ -9,10 +9,11 @@ from dataclasses import asdict, dataclass, field
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from dfd.flows.datasets import log_listing
 from dfd.flows.evaluate import EXPERIMENT, run_label
 from dfd.flows.registry import resolve_registered
 from dfd.flows.steps import Summary, flow_run
-from dfdcore.io.storage import join_uri
+from dfdcore.io.storage import join_uri, list_images
 from dfdcore.restoration.restorer import ModelSpec
 
 PAIRED, NO_REFERENCE = "pairs", "no-reference"
@@ -109,6 +110,8 @@ def _evaluate(mode: str, spec: ModelSpec, inputs: dict, output: str, registered:
             scored = score_unreferenced(spec, inputs["folder"], rows_uri, label)
         means = scored["means"]
         counts = {"photos": scored["photos"], "scored_photos": scored["scored"], "faces": scored["faces"]}
+        for name, folder in inputs.items():  # the run's dataset inputs: lq_dir and hq_dir, or folder
+            log_listing(folder, list_images([folder]), name=name, context="testing")
         run.name(label)
         run.log(params={"model": label, "mode": mode, "testset": " ".join(inputs.values()), **inputs,
                         **{f"spec_{k}": v for k, v in asdict(spec).items()}},

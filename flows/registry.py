@@ -29,14 +29,21 @@ class RegistryError(LookupError):
 
 
 def register_generator(generator: str | Path, dictionary: str | Path, name: str = DEFAULT_MODEL_NAME, *,
-                       validation: dict | None = None, best_metric: str = "psnr") -> str:
+                       validation: dict | None = None, best_metric: str = "psnr", faceset: str | None = None) -> str:
     """Log the generator + dictionary as a pyfunc model in the active run and register it → the version.
 
+    The model carries its signature and a one-face input example (``flows.model_signature``; the face from
+    ``faceset``'s held-out faces when given, else the bundled example photo's), on which MLflow runs it as it logs.
     ``validation`` (``val_*`` and ``bicubic_*`` figures of the training's validation) becomes tags of the version,
     with ``beats_bicubic`` saying whether the model beat the bicubic baseline on ``best_metric``."""
+    from dfd.flows.model_signature import generator_face_size, input_example, model_signature
+
+    face_size = generator_face_size(generator, dictionary)
     info = mlflow.pyfunc.log_model(name="generator", python_model=str(MODEL_CODE),
                                    artifacts={"generator": str(generator), "dictionary": str(dictionary)},
-                                   pip_requirements=PIP_REQUIREMENTS, registered_model_name=name)
+                                   pip_requirements=PIP_REQUIREMENTS, registered_model_name=name,
+                                   signature=model_signature(face_size),
+                                   input_example=input_example(face_size, faceset))
     version = str(info.registered_model_version)
     if validation:
         client = mlflow.MlflowClient()

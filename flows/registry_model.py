@@ -11,8 +11,10 @@ from mlflow.pyfunc import PythonModel
 
 
 class DFDNetModel(PythonModel):
-    """Restores aligned faces: ``predict({"faces": (B, S, S, 3) uint8, "landmarks68": (B, 68, 2)})`` → (B, S, S, 3)
-    uint8. For whole photos, fetch the files with ``registered_files`` and use ``dfd restore --weights …``."""
+    """Restores aligned faces: ``predict({"faces": (B, S, S, 3) uint8, "landmarks68": (B, 68, 2) float64})`` →
+    (B, S, S, 3) uint8; the logged model's signature says so, and MLflow enforces it on ``pyfunc.load_model(...)
+    .predict`` (``flows.model_signature``). For whole photos, fetch the files with ``registered_files`` and use
+    ``dfd restore --weights …``."""
 
     # MLflow checks predict's type hints when the class is defined and warns "Add type hints to the `predict`
     # method" without them; the hints it can use describe list[...] of records, pydantic models or a DataFrame,

@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from dfd.flows.datasets import log_listing
 from dfd.flows.registry import resolve_registered
 from dfd.flows.steps import FlowRun, flow_run
 from dfdcore.restoration.bulk import BulkSummary, RunOptions, restore_sources
@@ -128,7 +129,8 @@ def record_results(tracked: FlowRun, summary: BulkSummary, copied: int) -> None:
 
 @flow(name="restore_bucket", log_prints=True)
 def restore_bucket(source: str, output: str, model: ModelSpec = ModelSpec(), restore: RestoreOptions = RestoreOptions(),
-                   run: RunOptions = RunOptions(workers=2), failed_prefix: str | None = None) -> BulkSummary:
+                   run: RunOptions = RunOptions(workers=2), failed_prefix: str | None = None,
+                   system_metrics: bool = False) -> BulkSummary:
     """Restore the photos under ``source`` that are new or changed into ``output`` (restored_imgs/ + manifest).
 
     ``model``: how to build the face model (``ModelSpec``: dfdnet with ``weights`` + ``dictionary``, a
@@ -140,14 +142,17 @@ def restore_bucket(source: str, output: str, model: ModelSpec = ModelSpec(), res
     ``run``: how the run goes (``RunOptions``: workers, gpus_per_worker, chunk, batch_size, force, save_faces, cmp,
     input limits; each worker runs on the GPU Ray assigns it, its placement printed to the flow run's log).
     Each is given whole: fields left out take the class defaults. ``failed_prefix``: where to copy inputs that
-    failed, with their reasons.
+    failed, with their reasons. ``system_metrics``: MLflow samples this machine's CPU, memory, disk, network (and
+    GPUs, with pynvml) into the run as system/* metrics while it runs. The listing is the run's dataset input
+    (``flows.datasets.log_listing``: every file listed, its digest from the listing's ETags or sizes and times).
     """
-    with flow_run(EXPERIMENT) as tracked:
+    with flow_run(EXPERIMENT, system_metrics=system_metrics) as tracked:
         model = model.resolved()  # naming no model: the bundled one, by name (model_bundled)
         tracked.log(params=run_params(source, output, model, restore, run))  # as asked: an alias, not a version
         model, registry_tags = resolve_registered(model)  # in the run's store: the alias as it points now
         tracked.log(tags=registry_tags | ({"bundled_model": model.bundled} if model.bundled else {}))
         sources = list_photos(source, failed_prefix)
+        log_listing(source, sources)
         done = restore_photos(sources, output, model, restore, run)
         copied = copy_failures(done.failures, sources, failed_prefix) if failed_prefix and done.failures else 0
         done = replace(done, seconds=tracked.seconds(), run_id=tracked.run_id)

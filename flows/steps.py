@@ -150,17 +150,22 @@ class FlowRun:
 
 
 @contextmanager
-def flow_run(experiment: str, *, name: str | None = None, keep_in: str | None = None) -> Iterator[FlowRun]:
+def flow_run(experiment: str, *, name: str | None = None, keep_in: str | None = None,
+             system_metrics: bool = False) -> Iterator[FlowRun]:
     """Open the MLflow run of this flow call in ``experiment`` (ended, as failed on an exception, on exit).
 
-    ``keep_in``: an output folder whose calls share one run; the run an earlier call left there is continued."""
+    ``keep_in``: an output folder whose calls share one run; the run an earlier call left there is continued.
+    ``system_metrics``: MLflow samples this machine's CPU, memory, disk, network (and GPUs, with pynvml) into the
+    run as system/* metrics while it is open, every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (default 10);
+    off: as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says."""
     import mlflow
 
     from dfd.flows.tracking import mlflow_experiment
 
     experiment_id = mlflow_experiment(experiment)
     previous = _kept_run(keep_in, experiment) if keep_in else None
-    with mlflow.start_run(run_id=previous, experiment_id=experiment_id, run_name=name) as run:
+    with mlflow.start_run(run_id=previous, experiment_id=experiment_id, run_name=name,
+                          log_system_metrics=True if system_metrics else None) as run:
         if keep_in:
             record(keep_in, "mlflow-run", experiment, {"run_id": run.info.run_id})
         yield FlowRun(run.info.run_id, continued=previous is not None)

@@ -12,6 +12,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from dfd.flows.steps import MADE_ONCE, Summary, flat_params, flow_run, run_step
+from dfd.tasks.checkpoints import DEFAULT_KEEP_CHECKPOINTS
 from dfdcore.io.storage import exists, join_uri, read_bytes
 from dfdcore.training import TrainConfig
 
@@ -52,19 +53,20 @@ def prepare_faceset(source: str, faceset: str, face_size: int, test_fraction: fl
 
 
 @task(cache_policy=NONE)
-def run_training(cfg: TrainConfig, tracking_uri: str, run_id: str, max_failures: int) -> dict:
+def run_training(cfg: TrainConfig, tracking_uri: str, run_id: str, max_failures: int,
+                 keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS) -> dict:
     """Ray Train workers train the generator until ``cfg.steps`` (resuming from the latest checkpoint of
-    ``cfg.out``), rank 0 logging into the MLflow run ``run_id`` → {resumed_from (0: a new training),
-    train_seconds, images_per_second}."""
+    ``cfg.out``, keeping the ``keep_checkpoints`` latest), rank 0 logging into the MLflow run ``run_id`` →
+    {resumed_from (0: a new training), train_seconds, images_per_second}."""
     import time
 
     from dfd.tasks.train import Tracking, fit
-    from dfdcore.training import latest_checkpoint
+    from dfdcore.training import checkpoint_step, latest_checkpoint
 
     resumed = latest_checkpoint(cfg.out)
-    resumed_from = int(resumed.rsplit("step_", 1)[1][:8]) if resumed else 0
+    resumed_from = checkpoint_step(resumed) if resumed else 0
     started = time.perf_counter()
-    fit(cfg, Tracking(tracking_uri, run_id), max_failures=max_failures)
+    fit(cfg, Tracking(tracking_uri, run_id), max_failures=max_failures, keep_checkpoints=keep_checkpoints)
     seconds = time.perf_counter() - started
     return {"resumed_from": resumed_from, "train_seconds": seconds,
             "images_per_second": (cfg.steps - resumed_from) * cfg.batch_size / seconds}
@@ -119,25 +121,32 @@ def chosen_generator(out: str) -> tuple[str, dict | None]:
 @flow(name="train", log_prints=True)
 def train(config: TrainConfig, source: str | None = None, test_fraction: float = 0.1,
           register_as: str = "dfd-generator", max_failures: int = 2, held_out: str | None = None,
-          options: dict | None = None) -> TrainSummary:
+          options: dict | None = None, keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
+          system_metrics: bool = False) -> TrainSummary:
     """Train the generator described by ``config`` (faces from ``source`` when ``config.faceset`` is not made yet),
     log it to MLflow and register the chosen generator with its dictionary.
 
-    ``max_failures``: Ray Train restarts of the workers from the latest checkpoint (``tasks.train.fit``).
+    ``max_failures``: Ray Train restarts of the workers from the latest checkpoint (``tasks.train.fit``);
+    ``keep_checkpoints``: the latest checkpoints kept, on disk and in the run (0 or -1: all; ``tasks.checkpoints``);
+    ``system_metrics``: MLflow samples the machine's CPU, memory, GPU ... into the run (system/*) while it trains.
+    The faceset's training and held-out faces are the run's dataset inputs (``flows.datasets``).
     ``held_out``: photos whose faces are the test split (``test_fraction`` is then unused). ``options``: what
     ``dfd train`` resolved (CLI names → values), logged as the artifact config.yaml (each call: a resumed run's is
     the latest call's)."""
-    with flow_run(EXPERIMENT, keep_in=config.out) as run:
+    from dfd.flows.datasets import log_faceset
+
+    with flow_run(EXPERIMENT, keep_in=config.out, system_metrics=system_metrics) as run:
         counts = run_step(config.out, "faceset", MADE_ONCE, prepare_faceset, source or config.faceset,
                           config.faceset, config.face_size, test_fraction, config.seed, held_out)
+        log_faceset(config.faceset, config.face_size)
         if not run.continued:
             run.log(params=flat_params(config) | {"source": source, "test_fraction": test_fraction,
-                                                  "held_out": held_out,
+                                                  "held_out": held_out, "keep_checkpoints": keep_checkpoints,
                                                   "train_faces": counts["train"], "test_faces": counts["test"]},
                     tags={"random_vgg": config.random_vgg, "dictionary": config.dictionary})
         if options:
             run.config("dfd train", options)
-        trained = run_training(config, run.tracking_uri, run.run_id, max_failures)
+        trained = run_training(config, run.tracking_uri, run.run_id, max_failures, keep_checkpoints)
         generator, validation = chosen_generator(config.out)
         warning = training_warning(config.out)
         if warning:
@@ -162,4 +171,4 @@ def register(run, config: TrainConfig, generator: str, validation: dict | None, 
     if validation:
         run.log(metrics={f"best_{k}": v for k, v in validation.items()})
     return register_generator(_local_copy(generator), _local_copy(config.dictionary), name,
-                              validation=validation, best_metric=config.best_metric)
+                              validation=validation, best_metric=config.best_metric, faceset=config.faceset)

@@ -1,23 +1,32 @@
 """Ray Train around ``dfdcore.training``: a TorchTrainer whose workers each run a ``Trainer`` under DDP
 (gloo on CPU, NCCL on GPU), resume from the latest checkpoint under ``out/checkpoints`` and, on rank 0, log
-metrics, sample grids and checkpoints to the MLflow run the driver opened.
+metrics, sample grids and checkpoints to the MLflow run the driver opened. Checkpoints are Ray Train checkpoints
+kept ``keep_checkpoints`` at a time, on disk and in the MLflow run alike (``tasks.checkpoints``).
 
 A worker that dies (a busy or preempted machine) costs the steps since the last checkpoint: Ray Train starts a new
 worker group up to ``max_failures`` times (default ``DEFAULT_MAX_FAILURES``), each resumes from the latest
 checkpoint, and rank 0 does not log again the metrics an earlier attempt logged for the same steps."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfd.tasks.checkpoints import (
+    DEFAULT_KEEP_CHECKPOINTS,
+    checkpoint_config,
+    drop_pruned_artifacts,
+    log_checkpoint,
+    ray_storage,
+    report,
+    resume_uri,
+)
 from dfd.tasks.runtime import ensure_ray, threads_per_worker, train_patience
 from dfdcore.io.storage import exists, join_uri, read_bytes, write_bytes_atomic
-from dfdcore.runtime import dfd_home
-from dfdcore.training import TrainConfig, Trainer, latest_checkpoint
+from dfdcore.training import TrainConfig, Trainer
+from dfdcore.training.loop import CHECKPOINTS
 
 GENERATOR_NAME = "generator.safetensors"
 HISTORY_NAME = "validations.json"
@@ -72,12 +81,11 @@ class _RunLog:
         if self.client is not None:
             self.client.log_artifact(self.run_id, local_path, folder)
 
-
-def _log_file(log: _RunLog, uri: str, folder: str) -> None:
-    from dfdcore.io.storage import is_local
-
-    if is_local(uri):
-        log.artifact(uri, folder)
+    def checkpoint(self, uri: str, out: str) -> None:
+        """The checkpoint just written (``uri``) as an artifact, and the artifacts of those pruned since gone."""
+        if self.client is not None:
+            log_checkpoint(self.client, self.run_id, uri)
+            drop_pruned_artifacts(self.client, self.run_id, out)
 
 
 def train_loop(config: dict) -> None:
@@ -103,7 +111,7 @@ def train_loop(config: dict) -> None:
             "find_unused_parameters": True, "broadcast_buffers": False})
 
     trainer = Trainer(cfg, device, rank=rank, wrap=wrap)
-    resumed = latest_checkpoint(cfg.out)
+    resumed = resume_uri(cfg.out)
     if resumed:
         trainer.load(resumed)
     log = _RunLog(Tracking(**config["tracking"])) if rank == 0 else None
@@ -131,10 +139,12 @@ def train_loop(config: dict) -> None:
             if log:
                 log.metrics(validation, step)
             best.offer(trainer, validation)
-        if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
-            _log_file(log, trainer.save(), "checkpoints")
-        if step % cfg.log_every == 0 or last:
-            ray.train.report(metrics | {"step": step})
+        checkpointed = step % cfg.checkpoint_every == 0 or last
+        saved = trainer.save() if rank == 0 and checkpointed else None
+        if checkpointed or step % cfg.log_every == 0:
+            report(metrics, step, checkpointed, rank)  # every rank: Ray Train registers rank 0's checkpoint
+        if log and saved:
+            log.checkpoint(saved, cfg.out)
     if rank == 0:  # the final generator beside the checkpoints, through a local file (OUT may be an object store)
         _export(trainer, join_uri(cfg.out, GENERATOR_NAME), best.last)
 
@@ -218,14 +228,8 @@ def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
                    init_weights=absolute(cfg.init_weights), vgg_weights=absolute(cfg.vgg_weights))
 
 
-def ray_run_name(out: str) -> str:
-    """The Ray Train run (and folder) of the training folder ``out``: from a sha256 of its absolute URI, never
-    Python's per-process salted ``hash()``, so a resume in another process finds the same Ray folder."""
-    return f"train-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
-
-
 def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = DEFAULT_MAX_FAILURES,
-        loop=train_loop) -> None:
+        loop=train_loop, keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS) -> None:
     """Run the training with ``cfg.workers`` Ray Train workers (GPUs when ``cfg.use_gpu``) until ``cfg.steps``,
     then write the final generator to ``cfg.out/generator.safetensors``.
 
@@ -233,14 +237,19 @@ def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = D
     workers again from that checkpoint up to ``max_failures`` times when one dies or fails (-1: without limit, 0:
     the first failure ends the call). Ray Train's start-up and health-check timeouts are raised first
     (``runtime.TRAIN_PATIENCE``): a worker slowed by other work on the machine is not a dead one. ``loop``: the
-    per-worker function (tests wrap ``train_loop``)."""
+    per-worker function (tests wrap ``train_loop``). ``keep_checkpoints``: the latest checkpoints Ray Train keeps
+    (0 or -1: all), on disk and in the MLflow run (``tasks.checkpoints``); the best generator (out/best/) is apart.
+
+    The Ray Train run is ``out/checkpoints`` itself (storage ``out``, name ``checkpoints``): the same folder for
+    every call on ``out``, from which Ray restores its list of checkpoints when a call resumes."""
+    from mlflow import MlflowClient
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     train_patience()
     ensure_ray()
     cfg = _with_absolute_paths(cfg)
-    storage = str(dfd_home() / "ray-train")
+    storage_path, storage_filesystem = ray_storage(cfg.out)
     threads = 1 if cfg.use_gpu else threads_per_worker(cfg.workers)
     trainer = TorchTrainer(
         loop,
@@ -249,7 +258,10 @@ def fit(cfg: TrainConfig, tracking: Tracking = Tracking(), max_failures: int = D
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=None if cfg.use_gpu else {"CPU": 1}),
-        run_config=RunConfig(name=ray_run_name(cfg.out), storage_path=storage,
+        run_config=RunConfig(name=CHECKPOINTS, storage_path=storage_path, storage_filesystem=storage_filesystem,
+                             checkpoint_config=checkpoint_config(keep_checkpoints),
                              failure_config=FailureConfig(max_failures)),
     )
     trainer.fit()
+    if tracking.run_id:  # Ray prunes a little after the last report: the run's artifacts follow once more
+        drop_pruned_artifacts(MlflowClient(tracking.uri), tracking.run_id, cfg.out)

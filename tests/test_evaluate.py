@@ -80,7 +80,7 @@ def test_demo_runs_the_whole_life_cycle(prefect_server, tmp_path):
     out = tmp_path / "demo"
     assert (out / "dictionary" / "dictionary.safetensors").is_file()
     assert (out / "train" / "generator.safetensors").is_file()
-    assert (out / "train" / "checkpoints" / "step_00000003.pt").is_file()
+    assert (out / "train" / "checkpoints" / "step_00000003" / "train_state.pt").is_file()
     assert (out / "train" / "best" / "generator.safetensors").is_file()
     # Nobody is on both sides: 30 % of the 6 people (rounded up) are held out with every photo of theirs.
     train_people = {person_of(p.name) for p in (out / "photos" / "train").iterdir()}

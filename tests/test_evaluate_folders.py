@@ -3,6 +3,7 @@ bundled model (dfd-pd-128), Prefect's local server and MLflow on SQLite; and the
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 
@@ -113,6 +114,8 @@ def test_evaluate_pairs_scores_each_pair_and_beats_bicubic(prefect_server, folde
     assert run.data.metrics["bicubic_psnr"] == pytest.approx(bicubic)
     assert run.data.tags["evaluation"] == "pairs" and run.info.run_name == "bundled-pairs"
     assert {f.path for f in MlflowClient().list_artifacts(run_id)} >= {"samples.png", "metrics"}
+    inputs = {i.dataset.name: json.loads(i.dataset.profile)["num_rows"] for i in run.inputs.dataset_inputs}
+    assert inputs == {"lq_dir": len(NAMES) + 1, "hq_dir": len(NAMES)}  # the run's dataset inputs: both listings
     assert "not scored A000014-hainish: no HQ photo" in result.output
     compared = CliRunner().invoke(main, ["compare", run_id])
     assert compared.exit_code == 0 and f"{bicubic:.2f}" in compared.output.splitlines()[1], compared.output

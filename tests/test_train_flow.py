@@ -17,19 +17,20 @@ def _checkpoint(uri: str) -> dict:
     return torch.load(io.BytesIO(read_bytes(uri)), weights_only=True)
 
 
-def test_ray_run_name_is_the_same_in_every_process():
-    """A resume runs in a new process: the Ray folder's name must not depend on Python's salted str hash."""
-    import subprocess
-    import sys
+def test_the_ray_train_run_folder_is_the_training_folders_checkpoints():
+    """A resume runs in a new process: Ray Train must find the same run folder, out/checkpoints, from ``out`` alone
+    (never from Python's salted str hash), a local ``out`` made absolute (workers run elsewhere)."""
+    import os
 
-    from dfd.tasks.train import ray_run_name
+    from dfd.tasks.checkpoints import keep_count, ray_storage
 
-    out = "/data/runs/train-a"
-    code = f"from dfd.tasks.train import ray_run_name; print(ray_run_name({out!r}))"
-    names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout.strip() for seed in ("1", "2")}
-    assert names == {ray_run_name(out)}
-    assert ray_run_name(out).startswith("train-") and ray_run_name(out) != ray_run_name(out + "-b")
+    assert ray_storage("/data/runs/train-a") == ("/data/runs/train-a", None)
+    assert ray_storage("runs/a") == (os.path.abspath("runs/a"), None)
+    path, filesystem = ray_storage("memory://runs/train-a")  # a remote folder: dfd's fsspec filesystem for pyarrow
+    assert path == "/runs/train-a" and filesystem.type_name.startswith("py::fsspec+")
+    assert [keep_count(k) for k in (1, 3, 0, -1)] == [1, 3, None, None]
+    with pytest.raises(ValueError, match="keep_checkpoints must be"):
+        keep_count(-2)
 
 
 def test_two_worker_ddp_matches_one_process_on_the_same_global_batch(training_data, tmp_path):
@@ -79,8 +80,8 @@ def test_train_flow_records_the_run_and_registers_the_model(prefect_server, trai
     assert [m.step for m in client.get_metric_history(summary.run_id, "loss_g")] == [1, 2, 3, 4]
     assert len(client.get_metric_history(summary.run_id, "val_pixel")) == 2
     artifacts = {f.path for folder in ("samples", "checkpoints") for f in client.list_artifacts(summary.run_id, folder)}
-    assert {"samples/step_00000002.png", "samples/step_00000004.png", "checkpoints/step_00000002.pt",
-            "checkpoints/step_00000004.pt"} <= artifacts
+    assert {"samples/step_00000002.png", "samples/step_00000004.png", "checkpoints/step_00000002",
+            "checkpoints/step_00000004"} <= artifacts
     version = client.get_model_version("dfd-test-generator", summary.model_version)
     assert version.run_id == summary.run_id
     # The registered generator is the best validated one, and its version carries the validation figures.

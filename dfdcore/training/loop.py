@@ -36,7 +36,11 @@ from dfdcore.training.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, 
 from dfdcore.viz import side_by_side
 
 STATE_FORMAT = "dfd-train-state"
-_CHECKPOINT = re.compile(r"step_(\d{8})\.pt$")
+# A checkpoint is the folder checkpoints/step_NNNNNNNN/ holding STATE_NAME (one folder per checkpoint: the unit Ray
+# Train keeps or prunes, tasks.checkpoints); step_NNNNNNNN.pt files are the layout of runs made before.
+_CHECKPOINT = re.compile(r"step_(\d{8})(\.pt)?$")
+CHECKPOINTS = "checkpoints"
+STATE_NAME = "train_state.pt"
 SAMPLE_SEED_OFFSET = 7919  # sample grids use their own degradations, never a training sample's
 PIXEL_LOSSES = {"mse": pixel_loss, "l1": l1_loss, "psnr": log_mse_loss}
 VALIDATION_SEED_OFFSET = 104729  # nor the test set's (dfd evaluate's seed 1234)
@@ -311,15 +315,41 @@ class Trainer:
         return np.concatenate(rows, axis=0)
 
 
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint at ``step`` under ``out/checkpoints``."""
+    return f"step_{step:08d}"
+
+
 def checkpoint_uri(out: str, step: int) -> str:
-    return join_uri(out, f"checkpoints/step_{step:08d}.pt")
+    """The training state file of the checkpoint at ``step`` of the training folder ``out``."""
+    return join_uri(out, f"{CHECKPOINTS}/{checkpoint_name(step)}/{STATE_NAME}")
+
+
+def checkpoint_step(uri: str) -> int:
+    """The step of a checkpoint URI (``…/step_NNNNNNNN/train_state.pt`` or a former ``…/step_NNNNNNNN.pt``)."""
+    match = re.search(r"step_(\d{8})(?:\.pt$|/)", uri)
+    if match is None:
+        raise ValueError(f"{uri}: expected a checkpoint …/step_NNNNNNNN/{STATE_NAME} (or …/step_NNNNNNNN.pt)")
+    return int(match[1])
+
+
+def checkpoint_steps(out: str) -> dict[int, str]:
+    """{step: state file URI} of every checkpoint under ``out/checkpoints`` (complete ones: a folder whose state file
+    is not there yet, or any more, is left out)."""
+    folder = join_uri(out, CHECKPOINTS)
+    if not exists(folder):
+        return {}
+    fs, path = filesystem_for(folder)
+    found = {}
+    for name in fs.ls(path, detail=False):
+        match = _CHECKPOINT.search(name.rstrip("/"))
+        if match:
+            leaf = Path(name.rstrip("/")).name
+            found[int(match[1])] = join_uri(folder, leaf if match[2] else f"{leaf}/{STATE_NAME}")
+    return {step: uri for step, uri in sorted(found.items()) if exists(uri)}
 
 
 def latest_checkpoint(out: str) -> str | None:
-    """URI of the checkpoint with the highest step under ``out/checkpoints``, or None."""
-    folder = join_uri(out, "checkpoints")
-    if not exists(folder):
-        return None
-    fs, path = filesystem_for(folder)
-    steps = sorted((int(m[1]), name) for name in fs.ls(path, detail=False) if (m := _CHECKPOINT.search(name)))
-    return join_uri(folder, Path(steps[-1][1]).name) if steps else None
+    """URI of the state file of the checkpoint with the highest step under ``out/checkpoints``, or None."""
+    steps = checkpoint_steps(out)
+    return steps[max(steps)] if steps else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dfd.lifecycle import _cell, _registered_validation, metrics_table
+from dfd.lifecycle import _cell, echo_model_warning, metrics_table
 
 PHOTO_LABELS = (("photo_psnr", "PSNR"), ("photo_ssim", "SSIM"))
 LEFT_SHOWN = 10  # photos not scored listed by name; the rest are counted (all are in the Parquet)
@@ -34,12 +34,7 @@ def evaluate_folders(spec, pairs: tuple[str, str] | None, no_reference: str | No
         click.echo(f"  not scored ... and {len(summary.left) - LEFT_SHOWN} more (reasons in the Parquet)")
     click.echo(f"  per image  {summary.rows_uri}")
     click.echo(f"  mlflow     run {summary.run_id}")
-    from dfd.options import spec_warning, worse_than_bicubic_warning
-
-    warning = worse_than_bicubic_warning(None, _registered_validation(summary.model["registered_model"])) \
-        if registered else spec_warning(spec)
-    if warning:
-        click.echo(f"  warning    {warning}")
+    echo_model_warning(None, spec, summary.model, registered)
 
 
 def check_folders(folders: tuple[str, ...]) -> None:

@@ -237,7 +237,7 @@ def evaluate(testset, pairs, no_reference, output, faceset, registered, weights,
     require_pipeline("dfd evaluate")
     if sum(map(bool, (testset, pairs, no_reference))) != 1:
         raise click.UsageError("give exactly one of --testset, --pairs LQ_DIR HQ_DIR and --no-reference DIR")
-    from dfd.options import check_spec, spec_warning
+    from dfd.options import check_spec
     from dfdcore.restoration.restorer import ModelSpec
 
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k=16, face_size=face_size, ngf=ngf,
@@ -272,9 +272,15 @@ def evaluate(testset, pairs, no_reference, output, faceset, registered, weights,
     if summary.lpips_note:
         click.echo(f"  LPIPS      unavailable: {summary.lpips_note}")
     click.echo(f"  mlflow     run {summary.run_id}")
-    from dfd.options import worse_than_bicubic_warning
+    echo_model_warning(weights, spec, summary.model, registered)
 
-    warning = worse_than_bicubic_warning(weights, _registered_validation(summary.model["registered_model"])) \
+
+def echo_model_warning(weights, spec, model: dict, registered: bool) -> None:
+    """An evaluation's warning line: a registered version whose validation was worse than bicubic, else the
+    model's own (random weights, a demo model)."""
+    from dfd.options import spec_warning, worse_than_bicubic_warning
+
+    warning = worse_than_bicubic_warning(weights, _registered_validation(model["registered_model"])) \
         if registered else spec_warning(spec)
     if warning:
         click.echo(f"  warning    {warning}")

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
+from dfdcore.io.atomic import process_alive
 from dfdcore.io.storage import filesystem_for, is_local, join_uri, read_bytes, write_bytes_atomic
 
 LOCK_NAME = ".dfd-run.lock"
@@ -136,15 +137,7 @@ def _is_stale(holder: LockInfo) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid > 0 and process_alive(pid)
 
 
 def _remove(uri: str, expected: LockInfo | None) -> None:

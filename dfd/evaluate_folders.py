@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from dfd.lifecycle import _cell, echo_model_warning, metrics_table
+from dfd.lifecycle import _cell, metrics_table
+from dfd.options import echo_model_warning
 
 PHOTO_LABELS = (("photo_psnr", "PSNR"), ("photo_ssim", "SSIM"))
 LEFT_SHOWN = 10  # photos not scored listed by name; the rest are counted (all are in the Parquet)

@@ -272,33 +272,9 @@ def evaluate(testset, pairs, no_reference, output, faceset, registered, weights,
     if summary.lpips_note:
         click.echo(f"  LPIPS      unavailable: {summary.lpips_note}")
     click.echo(f"  mlflow     run {summary.run_id}")
+    from dfd.options import echo_model_warning
+
     echo_model_warning(weights, spec, summary.model, registered)
-
-
-def echo_model_warning(weights, spec, model: dict, registered: bool) -> None:
-    """An evaluation's warning line: a registered version whose validation was worse than bicubic, else the
-    model's own (random weights, a demo model)."""
-    from dfd.options import spec_warning, worse_than_bicubic_warning
-
-    warning = worse_than_bicubic_warning(weights, _registered_validation(model["registered_model"])) \
-        if registered else spec_warning(spec)
-    if warning:
-        click.echo(f"  warning    {warning}")
-
-
-def _registered_validation(registered: str) -> dict:
-    """The validation figures a registered version was tagged with (``val_*``, ``bicubic_*``, ``step``)."""
-    from dfd.flows.registry import find_version
-
-    tags = find_version(registered).tags
-    figures = {}
-    for key, value in tags.items():
-        if key.startswith(("val_", "bicubic_")) or key == "step":
-            try:
-                figures[key] = float(value) if key != "step" else int(float(value))
-            except ValueError:
-                continue
-    return figures
 
 
 @click.command()

@@ -340,3 +340,27 @@ def require_pipeline(command: str) -> None:
     if missing:
         raise click.ClickException(f"`{command}` runs on the pipeline ({', '.join(missing)} not installed): "
                                    "pip install 'dfd[pipeline]'")
+
+
+def echo_model_warning(weights, spec, model: dict, registered: bool) -> None:
+    """An evaluation's warning line: a registered version whose validation was worse than bicubic, else the
+    model's own (random weights, a demo model)."""
+    warning = worse_than_bicubic_warning(weights, _registered_validation(model["registered_model"])) \
+        if registered else spec_warning(spec)
+    if warning:
+        click.echo(f"  warning    {warning}")
+
+
+def _registered_validation(registered: str) -> dict:
+    """The validation figures a registered version was tagged with (``val_*``, ``bicubic_*``, ``step``)."""
+    from dfd.flows.registry import find_version
+
+    tags = find_version(registered).tags
+    figures = {}
+    for key, value in tags.items():
+        if key.startswith(("val_", "bicubic_")) or key == "step":
+            try:
+                figures[key] = float(value) if key != "step" else int(float(value))
+            except ValueError:
+                continue
+    return figures

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dfdcore.io.storage import read_bytes
-from dfdcore.restoration.integrity import DamagedPart, check_bytes, set_aside
+from dfdcore.restoration.integrity import DamagedPart, check_bytes, set_aside_if_present
 from dfdcore.restoration.manifest import (
     SCHEMA,
     _delete,
@@ -132,10 +132,7 @@ def compact_quietly(manifest_uri: str) -> list[tuple[str, str]]:
         except OSError:
             pass  # the parts are all there; the next run compacts
         except DamagedPart as exc:
-            try:
-                set_aside(exc.part)
-            except FileNotFoundError:
-                pass
+            set_aside_if_present(exc.part)
             damaged.append((exc.part, exc.why))
             continue
         break

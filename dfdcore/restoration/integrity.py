@@ -76,6 +76,15 @@ def set_aside(part: str) -> str:
     return uri_of(fs, aside)
 
 
+def set_aside_if_present(part: str) -> bool:
+    """``set_aside`` → False instead of FileNotFoundError when another process removed ``part`` meanwhile."""
+    try:
+        set_aside(part)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def set_aside_damaged(parts: list[str]) -> list[tuple[str, str]]:
     """Check each of ``parts``; set the damaged ones aside → [(part, why)] of those moved. Parts deleted meanwhile
     (another process compacted them) are passed over."""
@@ -86,9 +95,6 @@ def set_aside_damaged(parts: list[str]) -> list[tuple[str, str]]:
         except FileNotFoundError:
             continue
         except DamagedPart as exc:
-            try:
-                set_aside(part)
-            except FileNotFoundError:
-                continue
-            moved.append((part, exc.why))
+            if set_aside_if_present(part):
+                moved.append((part, exc.why))
     return moved

@@ -374,7 +374,7 @@ def verdict(metrics: dict, bicubic: dict, random_vgg: bool) -> str:
     id_gain = bicubic.get("identity_distance", float("nan")) - metrics.get("identity_distance", float("nan"))
     better = gain > 0 and ssim_gain > 0 and id_gain > 0
     text = (f"the demo model is {'better' if better else 'not better'} than bicubic upsampling on the held-out faces "
-            f"(PSNR {gain:+.2f} dB, SSIM {ssim_gain:+.3f}, identity distance {-id_gain:+.3f}).")
+            f"(PSNR {gain:+.2f} dB, SSIM {ssim_gain:+.3f}, identity distance {-id_gain:+.4f}).")
     text += " It learnt from some 90 portraits for a few minutes"
     text += " with a random VGG (no ImageNet weights here)" if random_vgg else ""
     return text + ": it cleans up degradation it was trained on; it is not a general face restorer — train on a " \

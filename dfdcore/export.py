@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dfdcore.arch.generator import DFDNet

@@ -70,42 +70,52 @@ def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
     return float(10 * np.log10(255.0 ** 2 / max(np.mean(diff ** 2), 1e-10)))
 
 
-def run(folder: Path, limit: int, threads: int) -> list[dict]:
-    import torch
-
+def degraded_photos(restorer, folder: Path, limit: int):
+    """Each of the first ``limit`` photos under ``folder`` under each degradation (seeded per photo) → (path, kind,
+    clean rgb8, degraded rgb8, decoded degraded image, its faces); photos without a face under a degradation are
+    passed over."""
     from dfdcore.io.images import decode_image
-    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, resolve_device
 
-    torch.set_num_threads(threads)
-    spec = ModelSpec().resolved()
-    restorer = Restorer(spec.build(), RestoreOptions(upscale=1), batch_size=8, device=resolve_device(spec.device))
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)[:limit]
-    rows = []
     for index, path in enumerate(paths):
-        started = time.perf_counter()
         clean = decode_image(path.read_bytes(), name=path.name).rgb8
         for kind in DEGRADATIONS:
             degraded = degrade(clean, kind, np.random.default_rng(1234 + index))
             image = decode_image(cv2.imencode(".png", degraded[..., ::-1])[1].tobytes(), name=path.name)
             faces = restorer.find_faces(image)
-            if not faces:
+            if faces:
+                yield path, kind, clean, degraded, image, faces
+
+
+def run(folder: Path, limit: int, threads: int) -> list[dict]:
+    import torch
+
+    from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, resolve_device
+
+    torch.set_num_threads(threads)
+    spec = ModelSpec().resolved()
+    restorer = Restorer(spec.build(), RestoreOptions(upscale=1), batch_size=8, device=resolve_device(spec.device))
+    rows = []
+    started = time.perf_counter()
+    for path, kind, clean, degraded, image, faces in degraded_photos(restorer, folder, limit):
+        restored = restorer.restore_faces(faces)
+        outputs = {}
+        for mode in ("face", "correction"):
+            restorer.options = dataclasses.replace(restorer.options, paste=mode)
+            result = restorer.compose(image, faces, restored).restored
+            outputs[mode] = np.rint(np.clip(result, 0, 1) * 255).astype(np.uint8)
+        for number, face in enumerate(faces):
+            region = face_region(face, clean.shape[:2])
+            if region.sum() < 100:
                 continue
-            restored = restorer.restore_faces(faces)
-            outputs = {}
-            for mode in ("face", "correction"):
-                restorer.options = dataclasses.replace(restorer.options, paste=mode)
-                result = restorer.compose(image, faces, restored).restored
-                outputs[mode] = np.rint(np.clip(result, 0, 1) * 255).astype(np.uint8)
-            for number, face in enumerate(faces):
-                region = face_region(face, clean.shape[:2])
-                if region.sum() < 100:
-                    continue
-                # the aligned square's side in the photo (face.matrix maps photo → face: its scale is S / side)
-                side = float(face.image.shape[0] / np.sqrt(abs(np.linalg.det(face.matrix[:, :2]))))
-                rows.append({"photo": path.name, "face": number, "degradation": kind, "face_px": side,
-                             "input": psnr(degraded, clean, region),
-                             **{mode: psnr(out, clean, region) for mode, out in outputs.items()}})
-        print(f"{path.name}: {time.perf_counter() - started:.1f} s", flush=True)
+            # the aligned square's side in the photo (face.matrix maps photo → face: its scale is S / side)
+            side = float(face.image.shape[0] / np.sqrt(abs(np.linalg.det(face.matrix[:, :2]))))
+            rows.append({"photo": path.name, "face": number, "degradation": kind, "face_px": side,
+                         "input": psnr(degraded, clean, region),
+                         **{mode: psnr(out, clean, region) for mode, out in outputs.items()}})
+        if kind == DEGRADATIONS[-1]:
+            print(f"{path.name}: {time.perf_counter() - started:.1f} s", flush=True)
+            started = time.perf_counter()
     return rows
 
 

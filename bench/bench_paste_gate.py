@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_paste_detail import DEGRADATIONS, EXTENSIONS, degrade, face_region, psnr  # noqa: E402
+from bench_paste_detail import DEGRADATIONS, degraded_photos, face_region, psnr  # noqa: E402
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -39,35 +39,27 @@ def crop_sharpness(face_rgb: np.ndarray) -> tuple[float, float]:
 
 
 def run(folder: Path, limit: int) -> list[dict]:
-    from dfdcore.io.images import decode_image
     from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, resolve_device
 
     spec = ModelSpec().resolved()
     restorer = Restorer(spec.build(), RestoreOptions(upscale=1, paste="correction"), batch_size=8,
                         device=resolve_device(spec.device))
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)[:limit]
     rows = []
-    for index, path in enumerate(paths):
-        clean = decode_image(path.read_bytes(), name=path.name).rgb8
-        for kind in DEGRADATIONS:
-            degraded = degrade(clean, kind, np.random.default_rng(1234 + index))
-            image = decode_image(cv2.imencode(".png", degraded[..., ::-1])[1].tobytes(), name=path.name)
-            faces = restorer.find_faces(image)
-            if not faces:
+    for path, kind, clean, degraded, image, faces in degraded_photos(restorer, folder, limit):
+        restored = restorer.restore_faces(faces)
+        output = np.rint(np.clip(restorer.compose(image, faces, restored).restored, 0, 1) * 255)
+        change = output - degraded.astype(np.float64)
+        for face in faces:
+            region = face_region(face, clean.shape[:2])
+            if region.sum() < 100:
                 continue
-            restored = restorer.restore_faces(faces)
-            output = np.rint(np.clip(restorer.compose(image, faces, restored).restored, 0, 1) * 255)
-            change = output - degraded.astype(np.float64)
-            for face in faces:
-                region = face_region(face, clean.shape[:2])
-                if region.sum() < 100:
-                    continue
-                side = float(face.image.shape[0] / np.sqrt(abs(np.linalg.det(face.matrix[:, :2]))))
-                laplacian, detail = crop_sharpness(face.image)
-                scores = {f"g{g}": psnr(np.clip(degraded + g * change, 0, 255), clean, region) for g in FRACTIONS}
-                rows.append({"photo": path.name, "degradation": kind, "face_px": side, "laplacian": laplacian,
-                             "detail": detail, **scores})
-        print(path.name, flush=True)
+            side = float(face.image.shape[0] / np.sqrt(abs(np.linalg.det(face.matrix[:, :2]))))
+            laplacian, detail = crop_sharpness(face.image)
+            scores = {f"g{g}": psnr(np.clip(degraded + g * change, 0, 255), clean, region) for g in FRACTIONS}
+            rows.append({"photo": path.name, "degradation": kind, "face_px": side, "laplacian": laplacian,
+                         "detail": detail, **scores})
+        if kind == DEGRADATIONS[-1]:
+            print(path.name, flush=True)
     return rows
 
 

@@ -87,6 +87,18 @@ def degraded_photos(restorer, folder: Path, limit: int):
                 yield path, kind, clean, degraded, image, faces
 
 
+def scored_faces(faces, image_size: tuple[int, int]):
+    """(number, face, its outline region in the photo, its aligned square's side in px) of each face whose outline
+    covers at least 100 pixels."""
+    for number, face in enumerate(faces):
+        region = face_region(face, image_size)
+        if region.sum() < 100:
+            continue
+        # the aligned square's side in the photo (face.matrix maps photo → face: its scale is S / side)
+        side = float(face.image.shape[0] / np.sqrt(abs(np.linalg.det(face.matrix[:, :2]))))
+        yield number, face, region, side
+
+
 def run(folder: Path, limit: int, threads: int) -> list[dict]:
     import torch
 
@@ -104,12 +116,7 @@ def run(folder: Path, limit: int, threads: int) -> list[dict]:
             restorer.options = dataclasses.replace(restorer.options, paste=mode)
             result = restorer.compose(image, faces, restored).restored
             outputs[mode] = np.rint(np.clip(result, 0, 1) * 255).astype(np.uint8)
-        for number, face in enumerate(faces):
-            region = face_region(face, clean.shape[:2])
-            if region.sum() < 100:
-                continue
-            # the aligned square's side in the photo (face.matrix maps photo → face: its scale is S / side)
-            side = float(face.image.shape[0] / np.sqrt(abs(np.linalg.det(face.matrix[:, :2]))))
+        for number, face, region, side in scored_faces(faces, clean.shape[:2]):
             rows.append({"photo": path.name, "face": number, "degradation": kind, "face_px": side,
                          "input": psnr(degraded, clean, region),
                          **{mode: psnr(out, clean, region) for mode, out in outputs.items()}})

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_paste_detail import DEGRADATIONS, degraded_photos, face_region, psnr  # noqa: E402
+from bench_paste_detail import DEGRADATIONS, degraded_photos, psnr, scored_faces  # noqa: E402
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -49,11 +49,7 @@ def run(folder: Path, limit: int) -> list[dict]:
         restored = restorer.restore_faces(faces)
         output = np.rint(np.clip(restorer.compose(image, faces, restored).restored, 0, 1) * 255)
         change = output - degraded.astype(np.float64)
-        for face in faces:
-            region = face_region(face, clean.shape[:2])
-            if region.sum() < 100:
-                continue
-            side = float(face.image.shape[0] / np.sqrt(abs(np.linalg.det(face.matrix[:, :2]))))
+        for _, face, region, side in scored_faces(faces, clean.shape[:2]):
             laplacian, detail = crop_sharpness(face.image)
             scores = {f"g{g}": psnr(np.clip(degraded + g * change, 0, 255), clean, region) for g in FRACTIONS}
             rows.append({"photo": path.name, "degradation": kind, "face_px": side, "laplacian": laplacian,

@@ -6,7 +6,7 @@ import math
 import click
 
 from dfd.config_file import config_option, echo_resolved, resolved_options
-from dfd.options import require_pipeline
+from dfd.options import check_spec, echo_model_warning, require_pipeline, use_all_cores, worse_than_bicubic_warning
 from dfdcore.training.presets import PRESETS, preset_values
 
 # dfdcore.data.degrade.PRESETS, named here so that `dfd --help` does not import OpenCV (tests/test_degrade.py)
@@ -189,7 +189,6 @@ def train(**options) -> None:
     click.echo(f"  generator  {summary.generator}")
     click.echo(f"  registered {summary.model_name} version {summary.model_version}")
     click.echo(f"  mlflow     run {summary.run_id}")
-    from dfd.options import worse_than_bicubic_warning
 
     for warning in (summary.warning, worse_than_bicubic_warning(None, validation)):
         if warning:
@@ -237,7 +236,6 @@ def evaluate(testset, pairs, no_reference, output, faceset, registered, weights,
     require_pipeline("dfd evaluate")
     if sum(map(bool, (testset, pairs, no_reference))) != 1:
         raise click.UsageError("give exactly one of --testset, --pairs LQ_DIR HQ_DIR and --no-reference DIR")
-    from dfd.options import check_spec
     from dfdcore.restoration.restorer import ModelSpec
 
     spec = ModelSpec(model_name, weights, dictionary, random_weights, k=16, face_size=face_size, ngf=ngf,
@@ -272,8 +270,6 @@ def evaluate(testset, pairs, no_reference, output, faceset, registered, weights,
     if summary.lpips_note:
         click.echo(f"  LPIPS      unavailable: {summary.lpips_note}")
     click.echo(f"  mlflow     run {summary.run_id}")
-    from dfd.options import echo_model_warning
-
     echo_model_warning(weights, spec, summary.model, registered)
 
 
@@ -327,8 +323,6 @@ def demo(output, steps, vgg_weights, max_failures, people) -> None:
     no endorsement by them is implied."""
     require_pipeline("dfd demo")
     from dataclasses import replace
-
-    from dfd.options import use_all_cores
 
     use_all_cores()
     _prefect()

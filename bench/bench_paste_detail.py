@@ -9,11 +9,13 @@ on), at their own size (faces ~150-300 px), each degraded at photo level with a 
 - ``clean``: JPEG quality 95 only;
 - ``mild``: Gaussian blur σ 1.0, noise σ 2/255, JPEG 85;
 - ``moderate``: area-downscaled ×3, bicubic back, noise σ 3/255, JPEG 75;
-- ``heavy``: the same from ×6 (the face's aligned square then holds ~70 px of detail: the model's own ground).
+- ``heavy``: the same from ×6 (the face's aligned square then holds ~70 px of detail: the model's own ground);
+- ``noisy`` (bench_paste_gate.py only): noise σ 6/255, JPEG 60, no blur.
 
 Restored at ``--upscale 1`` with the default detector, mask and colour match; per face, PSNR (RGB, 0-255) against
 the clean photo over the face's landmark outline (jaw and brows, the region the paste changes), for the input
-itself, ``face`` and ``correction``.
+itself, ``face`` and ``correction`` with all of the model's change (``--strength 1``), and ``correction`` with the
+default ``--strength auto`` (dfdcore/face/strength.py).
 
     python bench/bench_paste_detail.py HELD_OUT_FOLDER [--limit 40] [--out bench/results/paste-detail.json]
 """
@@ -32,14 +34,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEGRADATIONS = ("clean", "mild", "moderate", "heavy")
+COLUMN = {"face": "--paste face", "correction": "--paste correction --strength 1",
+          "auto": "--paste correction --strength auto (default)"}
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def degrade(rgb8: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     """(H, W, 3) uint8 → the same size, degraded as the module docstring says."""
     image = rgb8.astype(np.float32) / 255.0
-    quality = {"clean": 95, "mild": 85, "moderate": 75, "heavy": 75}[kind]
-    if kind == "mild":
+    quality = {"clean": 95, "mild": 85, "moderate": 75, "heavy": 75, "noisy": 60}[kind]
+    if kind == "noisy":  # bench_paste_gate.py's fifth: sensor noise and strong JPEG on a sharp photo
+        image = image + rng.normal(0, 6 / 255, image.shape).astype(np.float32)
+    elif kind == "mild":
         image = cv2.GaussianBlur(image, (0, 0), 1.0)
         image = image + rng.normal(0, 2 / 255, image.shape).astype(np.float32)
     elif kind in ("moderate", "heavy"):
@@ -70,16 +76,22 @@ def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
     return float(10 * np.log10(255.0 ** 2 / max(np.mean(diff ** 2), 1e-10)))
 
 
-def degraded_photos(restorer, folder: Path, limit: int):
-    """Each of the first ``limit`` photos under ``folder`` under each degradation (seeded per photo) → (path, kind,
-    clean rgb8, degraded rgb8, decoded degraded image, its faces); photos without a face under a degradation are
-    passed over."""
+def degraded_photos(restorer, folder: Path, limit: int, kinds=DEGRADATIONS, scale: float = 1.0, shuffle=None):
+    """Each of the first ``limit`` photos under ``folder`` (in name order, or shuffled with seed ``shuffle``),
+    resized by ``scale``, under each degradation of ``kinds`` (seeded per photo) → (path, kind, clean rgb8, degraded
+    rgb8, decoded degraded image, its faces); photos without a face under a degradation are passed over."""
+    import random
+
     from dfdcore.io.images import decode_image
 
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)[:limit]
-    for index, path in enumerate(paths):
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    if shuffle is not None:
+        random.Random(shuffle).shuffle(paths)
+    for index, path in enumerate(paths[:limit]):
         clean = decode_image(path.read_bytes(), name=path.name).rgb8
-        for kind in DEGRADATIONS:
+        if scale != 1.0:
+            clean = cv2.resize(clean, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        for kind in kinds:
             degraded = degrade(clean, kind, np.random.default_rng(1234 + index))
             image = decode_image(cv2.imencode(".png", degraded[..., ::-1])[1].tobytes(), name=path.name)
             faces = restorer.find_faces(image)
@@ -112,10 +124,11 @@ def run(folder: Path, limit: int, threads: int) -> list[dict]:
     for path, kind, clean, degraded, image, faces in degraded_photos(restorer, folder, limit):
         restored = restorer.restore_faces(faces)
         outputs = {}
-        for mode in ("face", "correction"):
-            restorer.options = dataclasses.replace(restorer.options, paste=mode)
+        for name, mode, strength in (("face", "face", 1.0), ("correction", "correction", 1.0),
+                                     ("auto", "correction", "auto")):
+            restorer.options = dataclasses.replace(restorer.options, paste=mode, strength=strength)
             result = restorer.compose(image, faces, restored).restored
-            outputs[mode] = np.rint(np.clip(result, 0, 1) * 255).astype(np.uint8)
+            outputs[name] = np.rint(np.clip(result, 0, 1) * 255).astype(np.uint8)
         for number, face, region, side in scored_faces(faces, clean.shape[:2]):
             rows.append({"photo": path.name, "face": number, "degradation": kind, "face_px": side,
                          "input": psnr(degraded, clean, region),
@@ -127,17 +140,19 @@ def run(folder: Path, limit: int, threads: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| degradation | faces | aligned square's side (px, median) | input PSNR | --paste face | --paste correction | "
-             "correction − face | faces worse than input: face / correction |", "|---|---|---|---|---|---|---|---|"]
+    modes = [m for m in ("face", "correction", "auto") if all(m in r for r in rows)]  # older runs lack "auto"
+    lines = ["| degradation | faces | aligned square's side (px, median) | input PSNR | " +
+             " | ".join(COLUMN[m] for m in modes) + " | faces worse than input: " + " / ".join(modes) + " |",
+             "|---|---|---|---|" + "---|" * len(modes) + "---|"]
     for kind in DEGRADATIONS:
         chosen = [r for r in rows if r["degradation"] == kind]
         if not chosen:
             continue
-        mean = {key: float(np.mean([r[key] for r in chosen])) for key in ("input", "face", "correction")}
-        worse = [sum(r[m] < r["input"] for r in chosen) for m in ("face", "correction")]
+        mean = {key: float(np.mean([r[key] for r in chosen])) for key in ("input", *modes)}
+        worse = [str(sum(r[m] < r["input"] for r in chosen)) for m in modes]
         lines.append(f"| {kind} | {len(chosen)} | {np.median([r['face_px'] for r in chosen]):.0f} | "
-                     f"{mean['input']:.2f} | {mean['face']:.2f} | {mean['correction']:.2f} | "
-                     f"{mean['correction'] - mean['face']:+.2f} | {worse[0]} / {worse[1]} |")
+                     f"{mean['input']:.2f} | " + " | ".join(f"{mean[m]:.2f}" for m in modes) +
+                     f" | {' / '.join(worse)} |")
     return "\n".join(lines)
 
 

@@ -1,15 +1,20 @@
-"""How much of the model's change should a large face get? A probe for a sharpness gate on ``--paste correction``.
+"""How much of the model's change should a pasted face keep? Calibrates and checks ``--strength auto``.
 
-On large faces (the aligned square ~456 px against the model's 128) that are clean or only mildly degraded, the
-bundled model's change costs PSNR against leaving the photo alone (bench/RESULTS.md, "Large faces are not
-softened"); on heavily degraded ones it gains. This measures, per face, (a) how sharp the 128-px crop the model sees
-is (mean |Laplacian| of its centre, and its difference from a σ = 1 blur of itself) and (b) the face-outline PSNR
+On clean, mildly degraded or noisy photos the bundled model's change costs PSNR against leaving the photo alone
+(the model sharpens a little at its own 128 px whatever it is given); on faces blurred at the model's scale it
+gains. Per face this measures (a) how sharp the 128-px crop the model sees is — ``strength.detail_ratio`` (fine band
+over the band below it) and, for comparison, the mean |Laplacian| of its centre — and (b) the face-outline PSNR
 against the clean photo when only a fraction g of the pasted change is kept (g = 0: the degraded photo itself;
-g = 1: today's output), so that a gate g(sharpness) can be chosen from the numbers:
+g = 1: all of the change), and what ``auto`` gives. ``--fit`` grid-searches ``SHARP``/``RAMP`` of
+``clip((SHARP − ratio) / RAMP, 0, 1)`` on the rows: the largest summed gain with no degradation's mean below the
+photo left alone. Calibrate on training portraits, check on held-out ones:
 
-    python bench/bench_paste_gate.py real/photos/test/pd-faces --limit 24 --out bench/results/paste-gate.json
+    python bench/bench_paste_gate.py real/photos/train/pd-faces --limit 60 --shuffle 7 --fit \\
+        --out bench/results/paste-gate-train.json                       # and --scale 0.5 for faces near 128 px
+    python bench/bench_paste_gate.py real/photos/test/pd-faces --limit 60 --shuffle 11 \\
+        --out bench/results/paste-gate.json
 
-The degradations, faces and PSNR region are bench_paste_detail.py's. Not wired into dfd restore: a measurement.
+The degradations (clean, mild, moderate, heavy, noisy), faces and PSNR region are bench_paste_detail.py's.
 """
 from __future__ import annotations
 
@@ -24,66 +29,106 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_paste_detail import DEGRADATIONS, degraded_photos, psnr, scored_faces  # noqa: E402
 
-FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+KINDS = (*DEGRADATIONS, "noisy")
+FRACTIONS = tuple(np.linspace(0.0, 1.0, 9))
 
 
-def crop_sharpness(face_rgb: np.ndarray) -> tuple[float, float]:
-    """(mean |Laplacian|, mean |crop − blur σ 1|) of the centre half of an aligned face, grey, 0–255."""
-    pixels = face_rgb if face_rgb.dtype == np.uint8 else (np.clip(face_rgb, 0, 1) * 255).astype(np.uint8)
-    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY).astype(np.float32)
+def laplacian(face_rgb: np.ndarray) -> float:
+    """Mean |Laplacian| of the grey centre half of an aligned face, 0-255."""
+    grey = cv2.cvtColor(face_rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     side = grey.shape[0]
-    centre = grey[side // 4: 3 * side // 4, side // 4: 3 * side // 4]
-    laplacian = float(np.abs(cv2.Laplacian(centre, cv2.CV_32F)).mean())
-    detail = float(np.abs(centre - cv2.GaussianBlur(centre, (0, 0), 1.0)).mean())
-    return laplacian, detail
+    return float(np.abs(cv2.Laplacian(grey[side // 4: 3 * side // 4, side // 4: 3 * side // 4], cv2.CV_32F)).mean())
 
 
-def run(folder: Path, limit: int) -> list[dict]:
+def run(folder: Path, limit: int, scale: float, shuffle: int | None) -> list[dict]:
+    from dfdcore.face.strength import detail_ratio
     from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, resolve_device
 
     spec = ModelSpec().resolved()
-    restorer = Restorer(spec.build(), RestoreOptions(upscale=1, paste="correction"), batch_size=8,
+    restorer = Restorer(spec.build(), RestoreOptions(upscale=1, paste="correction", strength=1.0), batch_size=8,
                         device=resolve_device(spec.device))
     rows = []
-    for path, kind, clean, degraded, image, faces in degraded_photos(restorer, folder, limit):
+    for path, kind, clean, degraded, image, faces in degraded_photos(restorer, folder, limit, KINDS, scale, shuffle):
         restored = restorer.restore_faces(faces)
         output = np.rint(np.clip(restorer.compose(image, faces, restored).restored, 0, 1) * 255)
         change = output - degraded.astype(np.float64)
         for _, face, region, side in scored_faces(faces, clean.shape[:2]):
-            laplacian, detail = crop_sharpness(face.image)
-            scores = {f"g{g}": psnr(np.clip(degraded + g * change, 0, 255), clean, region) for g in FRACTIONS}
-            rows.append({"photo": path.name, "degradation": kind, "face_px": side, "laplacian": laplacian,
-                         "detail": detail, **scores})
-        if kind == DEGRADATIONS[-1]:
+            # the change of one face only reaches its own outline (faces of one photo do not overlap there)
+            scores = [psnr(np.clip(degraded + g * change, 0, 255), clean, region) for g in FRACTIONS]
+            rows.append({"photo": path.name, "degradation": kind, "face_px": side, "laplacian": laplacian(face.image),
+                         "ratio": detail_ratio(face.image), "psnr": scores})
+        if kind == KINDS[-1]:
             print(path.name, flush=True)
     return rows
 
 
+def gained(row: dict, strength: float) -> float:
+    """Face PSNR (dB) with ``strength`` of the change kept, against the photo left alone (interpolated in g)."""
+    return float(np.interp(strength, FRACTIONS, row["psnr"]) - row["psnr"][0])
+
+
+def gate(values, sharp: float, ramp: float) -> np.ndarray:
+    return np.clip((sharp - np.asarray(values)) / ramp, 0.0, 1.0)
+
+
+def fit(rows: list[dict], feature: str, sharps, ramps) -> tuple[float, float]:
+    """(SHARP, RAMP) with the largest summed per-degradation mean gain, none below −0.005 dB."""
+    best, chosen = -np.inf, (np.nan, np.nan)
+    groups = [[row for row in rows if row["degradation"] == kind] for kind in KINDS]
+    for sharp in sharps:
+        for ramp in ramps:
+            means = [np.mean([gained(r, g) for r, g in zip(group, gate([r[feature] for r in group], sharp, ramp))])
+                     for group in groups if group]
+            if min(means) >= -0.005 and sum(means) > best:
+                best, chosen = sum(means), (float(sharp), float(ramp))
+    return chosen
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| degradation | faces | crop sharpness: mean abs. Laplacian (mean ± sd) | " +
-             " | ".join(f"g = {g} vs g = 0 (dB)" for g in FRACTIONS[1:]) + " |",
-             "|---|---|---|" + "---|" * (len(FRACTIONS) - 1)]
-    for kind in DEGRADATIONS:
+    """Per degradation: what all of the change and what ``auto`` (today's SHARP, RAMP; the stored ratio) give."""
+    from dfdcore.face.strength import RAMP, SHARP
+
+    lines = ["| degradation | faces | side (px, median) | detail ratio (mean ± sd) | strength 1 vs input (dB) | "
+             "auto vs input (dB) | auto strength (mean) | best fixed g | faces worse by > 0.05 dB: strength 1 / auto |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for kind in KINDS:
         chosen = [row for row in rows if row["degradation"] == kind]
         if not chosen:
             continue
-        sharpness = np.array([row["laplacian"] for row in chosen])
-        gains = [np.mean([row[f"g{g}"] - row["g0.0"] for row in chosen]) for g in FRACTIONS[1:]]
-        lines.append(f"| {kind} | {len(chosen)} | {sharpness.mean():.1f} ± {sharpness.std():.1f} | " +
-                     " | ".join(f"{gain:+.2f}" for gain in gains) + " |")
+        ratio = np.array([row["ratio"] for row in chosen])
+        full = np.array([gained(row, 1.0) for row in chosen])
+        strengths = gate(ratio, SHARP, RAMP)
+        auto = np.array([gained(row, strength) for row, strength in zip(chosen, strengths)])
+        curve = np.mean([np.array(row["psnr"]) - row["psnr"][0] for row in chosen], axis=0)
+        lines.append(f"| {kind} | {len(chosen)} | {np.median([row['face_px'] for row in chosen]):.0f} | "
+                     f"{ratio.mean():.2f} ± {ratio.std():.2f} | {full.mean():+.3f} | {auto.mean():+.3f} | "
+                     f"{strengths.mean():.2f} | {FRACTIONS[int(np.argmax(curve))]:.2f} "
+                     f"({curve.max():+.3f}) | {(full < -0.05).sum()} / {(auto < -0.05).sum()} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="held-out portraits (e.g. the pd-faces test split)")
-    parser.add_argument("--limit", type=int, default=24)
+    parser.add_argument("folder", type=Path, nargs="?", help="portraits (train split to fit, test split to check)")
+    parser.add_argument("--limit", type=int, default=60)
+    parser.add_argument("--scale", type=float, default=1.0, help="resize each photo first (0.5: faces near 128 px)")
+    parser.add_argument("--shuffle", type=int, default=None, help="take --limit photos at random with this seed")
+    parser.add_argument("--fit", action="store_true", help="grid-search the gate on these rows and print it")
+    parser.add_argument("--rows", type=Path, nargs="*", help="read rows from earlier --out files instead of running")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    rows = run(args.folder, args.limit)
+    if args.rows:
+        rows = [row for path in args.rows for row in json.loads(path.read_text())["rows"]]
+    else:
+        rows = run(args.folder, args.limit, args.scale, args.shuffle)
     if args.out:
         args.out.write_text(json.dumps({"rows": rows}, indent=1))
     print(table(rows))
+    if args.fit:
+        for feature, sharps, ramps in (("ratio", np.arange(0.6, 1.3, 0.02), np.arange(0.05, 0.6, 0.025)),
+                                       ("laplacian", np.arange(5, 25, 0.5), np.arange(1, 15, 0.5))):
+            sharp, ramp = fit(rows, feature, sharps, ramps)
+            print(f"{feature}: SHARP = {sharp:.3f}, RAMP = {ramp:.3f}")
 
 
 if __name__ == "__main__":

@@ -193,6 +193,11 @@ def restore_options(func):
                      help="correction: add what the model changed (restored face − its input crop) to the photo, so "
                           "a face larger than the model's keeps its finer detail; face: replace the photo under "
                           "the mask with the restored face."),
+        click.option("--strength", default="auto", show_default=True, callback=_strength,
+                     help="How much of the model's change each face keeps: a number from 0 (the photo left as it "
+                          "is) to 1 (all of it), or auto: less where the face the model sees is already sharp, so a "
+                          "clean or mildly degraded face is not made worse (bench/RESULTS.md, 'A strength gate for "
+                          "pasted faces'). With --aligned, auto keeps all of it."),
         click.option("--bg-upsampler", default="bicubic", show_default=True,
                      help="Upscaling of the background (outside the faces): bicubic, lanczos, or the path of a "
                           "PyTorch SR model file (Real-ESRGAN/ESRGAN state dict or TorchScript)."),
@@ -202,6 +207,15 @@ def restore_options(func):
                      help="Output format; auto keeps JPEG for 8-bit opaque JPEG inputs and writes PNG otherwise."),
         click.option("--suffix", default="", help="Appended to each output file name (before the extension)."),
     ])
+
+
+def _strength(ctx, param, value: str) -> float | str:
+    from dfdcore.face.strength import check_strength
+
+    try:
+        return check_strength(value, "--strength")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 def _default_detector() -> str:

@@ -133,7 +133,7 @@ def test_colour_match_lowers_the_colour_shift_of_a_tinted_face_on_a_real_photo(t
     (x0, y0, x1, y1), _ = warp_weight(128, matrix, image.rgb.shape[:2])
     region = skin_in_image(face, 128, matrix, (x0, y0, x1, y1), image.rgb.shape[:2])
     for colour in COLOR_MATCHES:
-        restorer.options = RestoreOptions(upscale=1, color_match=colour, mask=mask)
+        restorer.options = RestoreOptions(upscale=1, color_match=colour, mask=mask, strength=1.0)
         result = restorer.compose(image, faces, restored)
         errors[colour] = delta_e00(result.restored[y0:y1, x0:x1], image.rgb[y0:y1, x0:x1], region)
     assert errors["none"][1] > 5  # the tint shows: ΔE00 of the skin's mean colour
@@ -161,7 +161,7 @@ def test_landmarks_mask_leaves_less_seam_than_the_square_on_a_real_photo():
     reference = upscale_image(image.rgb, 2)
     seams = {}
     for mask in MASKS:
-        restorer.options = RestoreOptions(upscale=2, mask=mask, color_match="mean-std")
+        restorer.options = RestoreOptions(upscale=2, mask=mask, color_match="mean-std", strength=1.0)
         output = restorer.compose(image, faces, restored).restored
         seams[mask] = face_metrics(faces[0], restored[0].shape[0], output, reference, 2, mask)["seam"]
     assert seams["landmarks"] < seams["square"], seams

@@ -17,7 +17,8 @@ from .conftest import portrait
 @pytest.fixture(scope="module")
 def bundled():
     spec = ModelSpec().resolved()  # the bundled dfd-pd-128, as `dfd restore` uses it by default
-    return Restorer(spec.build(), RestoreOptions(upscale=1), batch_size=4)
+    # all of the model's change: these tests are about how it is pasted (tests/test_strength.py: how much of it)
+    return Restorer(spec.build(), RestoreOptions(upscale=1, strength=1.0), batch_size=4)
 
 
 def _face_psnr(restorer: Restorer, image, reference: np.ndarray) -> dict[str, float]:

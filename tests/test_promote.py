@@ -72,7 +72,9 @@ def test_restore_bucket_follows_the_alias_and_the_manifest_says_which_version(pr
     assert "was nothing, now version 1" in result.output
 
     out, champion = tmp_path / "out", ModelSpec(registered=f"{MODEL}@champion", device="cpu")
-    same_size = RestoreOptions(upscale=1, upsample=0)  # the faces are large: the detector needs no upsampling
+    # the faces are large: the detector needs no upsampling; clean photos: all of each model's change is kept (auto
+    # would leave these sharp faces nearly as they are, and the versions could not be told apart)
+    same_size = RestoreOptions(upscale=1, upsample=0, strength=1.0)
     first = restore_bucket(str(photos), str(out), champion, same_size, RunOptions(workers=1))
     assert (first.restored, first.failed) == (2, 0)
     assert set(versions(out).values()) == {f"{MODEL}/1"}
@@ -104,7 +106,7 @@ def test_restore_bucket_follows_the_alias_and_the_manifest_says_which_version(pr
     # `dfd restore --registered NAME@ALIAS` makes exactly what the flow made with the version the alias points to.
     cli_out = tmp_path / "cli-out"
     result = CliRunner().invoke(restore, [str(photos), "-o", str(cli_out), "--upscale", "1", "--upsample", "0",
-                                          "--device", "cpu", "--registered", f"{MODEL}@champion"])
+                                          "--device", "cpu", "--strength", "1", "--registered", f"{MODEL}@champion"])
     assert result.exit_code == 0, result.output
     assert f"registered {MODEL}/2" in result.output
     assert set(versions(cli_out).values()) == {f"{MODEL}/2"}

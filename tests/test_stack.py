@@ -203,7 +203,9 @@ def _options_reach_the_workers(env: dict, bucket: str, small_face: Path) -> None
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         write_bytes_atomic(f"{bucket}/sizes/{name}", buffer.getvalue())
-    restore = {"upscale": 1, "detector": "cnn", "upsample": 0, "min_face": 160}
+    # strength 1: each model's whole change (auto would keep none of it on this sharp face); a float through the
+    # deployment's parameters as the CLI's "auto" is a string
+    restore = {"upscale": 1, "detector": "cnn", "upsample": 0, "min_face": 160, "strength": 1.0}
     rows, pixels = {}, {}
     for fidelity in (0.0, 1.0):
         model = {"name": "dfdnet", "random_weights": True, "face_size": 128, "ngf": 8, "k": 8, "fidelity": fidelity}

@@ -24,6 +24,7 @@ from dfdcore.face.blend import DEFAULT_MASK, MASKS, lost_detail, prepare_faces
 from dfdcore.face.colour import COLOR_MATCHES, DEFAULT_COLOR_MATCH
 from dfdcore.face.paste import paste_faces, upscale_image
 from dfdcore.face.pipeline import align_crop, resize_face
+from dfdcore.face.strength import AUTO, check_strength, faces_to_paste
 from dfdcore.io.hashing import sha256_json
 from dfdcore.io.images import DecodedImage, ImageDecodeError, decode_image, encode_image
 from dfdcore.io.pixels import images_to_tensor, tensor_to_images
@@ -205,6 +206,7 @@ class RestoreOptions:
     color_match: Literal["none", "mean-std", "low-freq"] = DEFAULT_COLOR_MATCH  # restored → input colour (colour.py)
     mask: Literal["square", "landmarks"] = DEFAULT_MASK  # paste-back weight: the square alone or the face's outline
     paste: Literal["correction", "face"] = "correction"  # add restored − input crop to the photo, or replace it
+    strength: float | str = AUTO  # fraction of the model's change kept per face; auto: less where already sharp
     bg_upsampler: str = "bicubic"  # the background's upscaling: bicubic | lanczos | path of an SR model file
     bg_tile: int = 256          # input pixels per tile of an SR model (bounds its memory)
     ext: Literal["auto", "png", "jpg"] = "auto"  # auto: keep JPEG for 8-bit opaque JPEG inputs, else PNG
@@ -216,6 +218,8 @@ class RestoreOptions:
         _check_choice("RestoreOptions.color_match", self.color_match, COLOR_MATCHES)
         _check_choice("RestoreOptions.mask", self.mask, MASKS)
         _check_choice("RestoreOptions.paste", self.paste, PASTE_MODES)
+        # "0.5" → 0.5, "AUTO" → "auto" (frozen: set once, here)
+        object.__setattr__(self, "strength", check_strength(self.strength, "RestoreOptions.strength"))
         if not self.bg_upsampler:
             raise ValueError("RestoreOptions.bg_upsampler must be 'bicubic', 'lanczos' or a model file's path, got ''")
         for name, low, high in (("upscale", 1, 8), ("upsample", 0, 3), ("min_face", 0, None),
@@ -243,6 +247,7 @@ class ImageResult:
     restored_faces: list[np.ndarray]     # (S, S, 3) uint8 each
     seconds: dict[str, float] = field(default_factory=dict)
     note: str | None = None              # what the manifest row should say (an aligned crop's landmark source)
+    strengths: list[float] = field(default_factory=list)  # the fraction of the model's change kept, per face
 
 
 def select_faces(faces: list[AlignedFace], shape: tuple[int, int], options: RestoreOptions) -> list[AlignedFace]:
@@ -306,21 +311,22 @@ class Restorer:
         colour-matched too, is the whole output, resized to the crop's size × upscale."""
         scale, note, options = self.options.upscale, None, self.options
         height, width = image.rgb.shape[0] * scale, image.rgb.shape[1] * scale
-        pairs, shapes = prepare_faces(faces, restored, scale, (height, width), options.mask, options.color_match)
+        strengths, pasting, kept = faces_to_paste(faces, restored, options.strength, options.aligned)
+        pairs, shapes = prepare_faces(pasting, kept, scale, (height, width), options.mask, options.color_match)
         if options.aligned:
             pasted = resize_face(pairs[0][0], width, height)
             note = f"aligned input; landmarks: {faces[0].landmarks_source}"
         else:
             background = self.upscale_background(image.rgb, scale, tile=options.bg_tile)
-            pasted = paste_faces(background, pairs, shapes=shapes) if faces else background
-            if faces and options.paste == "correction":  # keep the photo's detail finer than the model's faces
+            pasted = paste_faces(background, pairs, shapes=shapes) if pasting else background
+            if pasting and options.paste == "correction":  # keep the photo's detail finer than the model's faces
                 bicubic = background if options.bg_upsampler == "bicubic" else None
-                pasted += lost_detail(image.rgb, faces, pairs, shapes, scale, bicubic)
+                pasted += lost_detail(image.rgb, pasting, pairs, shapes, scale, bicubic)
         alpha = None if image.alpha is None else upscale_image(image.alpha, scale).astype(np.float32)
         pasted = np.clip(pasted, 0.0, 1.0)
         if self.options.draw_box:
             draw_outlines(pasted, alpha, [face_outline(f, scale) for f in faces])
-        return ImageResult(pasted, alpha, faces, restored, note=note)
+        return ImageResult(pasted, alpha, faces, restored, note=note, strengths=strengths)
 
     def restore_images(self, images: Iterable[tuple[object, DecodedImage]]
                        ) -> Iterator[tuple[object, ImageResult | Exception]]:

@@ -59,14 +59,15 @@ def degrade(rgb8: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray
     return cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
-def face_region(face, image_size: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool: the face's landmark outline (``blend.landmark_mask`` > 0.5) in photo pixels (upscale 1)."""
+def face_region(face, image_size: tuple[int, int], upscale: int = 1) -> np.ndarray:
+    """(H, W) bool: the face's landmark outline (``blend.landmark_mask`` > 0.5) in the pixels of the photo
+    restored at ``upscale``."""
     from dfdcore.face.blend import landmark_mask
     from dfdcore.face.paste import face_to_image_matrix
 
     size = face.image.shape[0]
     outline = landmark_mask(face.landmarks68, size)
-    warped = cv2.warpAffine(outline.astype(np.float32), face_to_image_matrix(face.matrix, 1),
+    warped = cv2.warpAffine(outline.astype(np.float32), face_to_image_matrix(face.matrix, upscale),
                             (image_size[1], image_size[0]), flags=cv2.INTER_LINEAR, borderValue=0)
     return warped > 0.5
 
@@ -76,10 +77,12 @@ def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
     return float(10 * np.log10(255.0 ** 2 / max(np.mean(diff ** 2), 1e-10)))
 
 
-def degraded_photos(restorer, folder: Path, limit: int, kinds=DEGRADATIONS, scale: float = 1.0, shuffle=None):
+def degraded_photos(restorer, folder: Path, limit: int, kinds=DEGRADATIONS, scale: float = 1.0, shuffle=None,
+                    upscale: int = 1):
     """Each of the first ``limit`` photos under ``folder`` (in name order, or shuffled with seed ``shuffle``),
-    resized by ``scale``, under each degradation of ``kinds`` (seeded per photo) → (path, kind, clean rgb8, degraded
-    rgb8, decoded degraded image, its faces); photos without a face under a degradation are passed over."""
+    resized by ``scale`` (the clean photo), area-downscaled by ``upscale`` and degraded by each of ``kinds`` (seeded
+    per photo) → (path, kind, clean rgb8, degraded rgb8, decoded degraded image, its faces); photos without a face
+    under a degradation are passed over."""
     import random
 
     from dfdcore.io.images import decode_image
@@ -91,19 +94,22 @@ def degraded_photos(restorer, folder: Path, limit: int, kinds=DEGRADATIONS, scal
         clean = decode_image(path.read_bytes(), name=path.name).rgb8
         if scale != 1.0:
             clean = cv2.resize(clean, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        height, width = clean.shape[0] // upscale * upscale, clean.shape[1] // upscale * upscale
+        clean = clean[:height, :width]
+        small = cv2.resize(clean, (width // upscale, height // upscale), interpolation=cv2.INTER_AREA)
         for kind in kinds:
-            degraded = degrade(clean, kind, np.random.default_rng(1234 + index))
+            degraded = degrade(small if upscale > 1 else clean, kind, np.random.default_rng(1234 + index))
             image = decode_image(cv2.imencode(".png", degraded[..., ::-1])[1].tobytes(), name=path.name)
             faces = restorer.find_faces(image)
             if faces:
                 yield path, kind, clean, degraded, image, faces
 
 
-def scored_faces(faces, image_size: tuple[int, int]):
-    """(number, face, its outline region in the photo, its aligned square's side in px) of each face whose outline
-    covers at least 100 pixels."""
+def scored_faces(faces, image_size: tuple[int, int], upscale: int = 1):
+    """(number, face, its outline region in the photo restored at ``upscale`` (of ``image_size``), its aligned
+    square's side in input px) of each face whose outline covers at least 100 pixels."""
     for number, face in enumerate(faces):
-        region = face_region(face, image_size)
+        region = face_region(face, image_size, upscale)
         if region.sum() < 100:
             continue
         # the aligned square's side in the photo (face.matrix maps photo → face: its scale is S / side)

@@ -40,23 +40,25 @@ def laplacian(face_rgb: np.ndarray) -> float:
     return float(np.abs(cv2.Laplacian(grey[side // 4: 3 * side // 4, side // 4: 3 * side // 4], cv2.CV_32F)).mean())
 
 
-def run(folder: Path, limit: int, scale: float, shuffle: int | None) -> list[dict]:
+def run(folder: Path, limit: int, scale: float, shuffle: int | None, upscale: int = 1) -> list[dict]:
     from dfdcore.face.strength import detail_ratio
     from dfdcore.restoration.restorer import ModelSpec, RestoreOptions, Restorer, resolve_device
 
     spec = ModelSpec().resolved()
-    restorer = Restorer(spec.build(), RestoreOptions(upscale=1, paste="correction", strength=1.0), batch_size=8,
-                        device=resolve_device(spec.device))
+    restorer = Restorer(spec.build(), RestoreOptions(upscale=upscale, paste="correction", strength=1.0),
+                        batch_size=8, device=resolve_device(spec.device))
     rows = []
-    for path, kind, clean, degraded, image, faces in degraded_photos(restorer, folder, limit, KINDS, scale, shuffle):
+    for path, kind, clean, _, image, faces in degraded_photos(restorer, folder, limit, KINDS, scale, shuffle, upscale):
         restored = restorer.restore_faces(faces)
         output = np.rint(np.clip(restorer.compose(image, faces, restored).restored, 0, 1) * 255)
-        change = output - degraded.astype(np.float64)
-        for _, face, region, side in scored_faces(faces, clean.shape[:2]):
+        # strength 0 gives the upscaled photo itself (the face is not pasted): the change is measured from it
+        base = np.rint(np.clip(restorer.upscale_background(image.rgb, upscale, tile=256), 0, 1) * 255)
+        change = output - base
+        for _, face, region, side in scored_faces(faces, clean.shape[:2], upscale):
             # the change of one face only reaches its own outline (faces of one photo do not overlap there)
-            scores = [psnr(np.clip(degraded + g * change, 0, 255), clean, region) for g in FRACTIONS]
-            rows.append({"photo": path.name, "degradation": kind, "face_px": side, "laplacian": laplacian(face.image),
-                         "ratio": detail_ratio(face.image), "psnr": scores})
+            scores = [psnr(np.clip(base + g * change, 0, 255), clean, region) for g in FRACTIONS]
+            rows.append({"photo": path.name, "degradation": kind, "face_px": side, "upscale": upscale,
+                         "laplacian": laplacian(face.image), "ratio": detail_ratio(face.image), "psnr": scores})
         if kind == KINDS[-1]:
             print(path.name, flush=True)
     return rows
@@ -113,6 +115,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--scale", type=float, default=1.0, help="resize each photo first (0.5: faces near 128 px)")
     parser.add_argument("--shuffle", type=int, default=None, help="take --limit photos at random with this seed")
+    parser.add_argument("--upscale", type=int, default=1,
+                        help="restore at this --upscale: each photo (the reference) is area-downscaled by it first")
     parser.add_argument("--fit", action="store_true", help="grid-search the gate on these rows and print it")
     parser.add_argument("--rows", type=Path, nargs="*", help="read rows from earlier --out files instead of running")
     parser.add_argument("--out", type=Path)
@@ -120,7 +124,7 @@ def main() -> None:
     if args.rows:
         rows = [row for path in args.rows for row in json.loads(path.read_text())["rows"]]
     else:
-        rows = run(args.folder, args.limit, args.scale, args.shuffle)
+        rows = run(args.folder, args.limit, args.scale, args.shuffle, args.upscale)
     if args.out:
         args.out.write_text(json.dumps({"rows": rows}, indent=1))
     print(table(rows))

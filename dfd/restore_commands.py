@@ -99,6 +99,9 @@ def _report(summary, label: str, output: str) -> None:
     if summary.excluded:
         click.echo(f"  left out   {summary.excluded} files of the output itself (it lies inside an input)")
     click.echo(f"  faces      {summary.faces} in {summary.seconds:.1f} s")
+    if summary.faces_as_they_were:
+        click.echo(f"  unchanged  {summary.faces_as_they_were} of those faces were already sharp: left as they were "
+                   "(--strength auto; --strength 1 keeps the model's whole change)")
     for uri, reason in summary.failures[:20]:
         click.echo(f"  failed     {printable(uri)}: {printable(str(reason))}")
     if len(summary.failures) > 20:

@@ -31,12 +31,13 @@ WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 def _face(shift: float) -> dict:
     # Values exactly representable in float32, so round trips compare equal.
     return {"det_box": [10.5 + shift, 20.0, 110.25, 140.0], "det_score": 0.875,
-            "lm5": [float(v) + shift for v in range(10)], "lm68": [float(v) / 4 for v in range(136)]}
+            "lm5": [float(v) + shift for v in range(10)], "lm68": [float(v) / 4 for v in range(136)],
+            "strength": 0.25 + shift / 4}
 
 
 def _rows() -> list[dict]:
     ok = {"source_uri": "/in/a.jpg", "relpath": "a.jpg", "content_sha256": sha256_bytes(b"a"), "status": "ok",
-          "error": None, "n_faces": 2, "faces": [_face(0), {**_face(1), "lm68": None}],
+          "error": None, "n_faces": 2, "faces": [_face(0), {**_face(1), "lm68": None, "strength": None}],
           "outputs": ["/out/restored/a.png", "/out/compare/a.png"], "model_id": "dfdnet-test",
           "random_weights": True, "config_hash": "cfg1",
           "seconds": {"decode": 0.25, "detect": 1.5, "restore": 2.0, "paste": 0.25, "write": 0.0, "total": 4.0},

@@ -119,3 +119,26 @@ def test_strength_values_are_checked_and_scale_the_change():
     restored = np.full((16, 16, 3), 200, np.uint8)
     assert scale_change(crop, restored, 1.0) is restored
     assert np.allclose(scale_change(crop, restored, 0.25), 50.0) and np.allclose(scale_change(crop, restored, 0), 0)
+
+
+def test_restore_records_each_face_strength_and_says_which_faces_it_left(tmp_path):
+    from click.testing import CliRunner
+
+    from dfd.restore_commands import restore
+    from dfdcore.io.images import read_rgb
+    from dfdcore.restoration.manifest import read_manifest
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    clean = read_rgb(BUNDLED / PHOTOS[0])
+    (folder / "clean.png").write_bytes(cv2.imencode(".png", clean[..., ::-1])[1].tobytes())
+    (folder / "heavy.png").write_bytes(cv2.imencode(".png", degrade(clean, "heavy", 0)[..., ::-1])[1].tobytes())
+    result = CliRunner().invoke(restore, [str(folder), "-o", str(tmp_path / "out"), "--upscale", "1", "--ext", "png"])
+    assert result.exit_code == 0, result.output
+    assert "unchanged  1 of those faces were already sharp" in result.output, result.output
+    rows = {row["relpath"]: row for row in read_manifest(str(tmp_path / "out" / "manifest.parquet")).values()}
+    assert [face["strength"] for face in rows["clean.png"]["faces"]] == [0.0]
+    assert rows["heavy.png"]["faces"][0]["strength"] > 0.6
+    # the sharp face was left as it was: the output is the input, to the bit
+    assert np.array_equal(read_rgb(tmp_path / "out" / "restored_imgs" / "clean.png"), clean)
+    assert not np.array_equal(read_rgb(tmp_path / "out" / "restored_imgs" / "heavy.png"), degrade(clean, "heavy", 0))

@@ -45,7 +45,7 @@ from dfdcore.restoration.manifest import (
     printable,
     read_manifest,
 )
-from dfdcore.restoration.outputs import OutputStorageError, check_writable, face_record, write_outputs
+from dfdcore.restoration.outputs import OutputStorageError, check_writable, face_records, write_outputs
 from dfdcore.restoration.plan import MANIFEST_NAME, OUTPUT_FOLDERS, check_left_out, plan_outputs
 from dfdcore.restoration.restorer import Restorer, decode_or_error, model_identity
 from dfdcore.restoration.stopping import StopRequest
@@ -110,6 +110,7 @@ class BulkSummary:
     not_read: int = 0          # listed but not read (not an image name, a FIFO, ...): rows with the reason
     failed: int = 0
     faces: int = 0
+    faces_as_they_were: int = 0  # of those, faces --strength auto (or 0) judged sharp: the photo left as it was
     excluded: int = 0          # files of the output itself found among the inputs, left out
     unrecorded: int = 0        # rows that could not be appended to the manifest (their images are redone)
     manifest_appends: int = 0  # parts appended to the manifest (one per flush, or per chunk with workers)
@@ -296,6 +297,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
             continue
         n_faces = len(result.faces)
         summary.faces += n_faces
+        summary.faces_as_they_were += sum(strength == 0 for strength in result.strengths)
         summary.restored += bool(n_faces)
         summary.no_face += not n_faces
         seconds = dict(result.seconds, decode=decode_seconds, write=time.perf_counter() - t0)
@@ -303,7 +305,7 @@ def restore_sources(sources: Sequence[Source], out: str, restorer: Restorer, run
         note = "; ".join(filter(None, [f"first of {image.frames} frames restored" if image.frames > 1 else None,
                                        result.note])) or None  # result.note: an aligned crop's landmark source
         finish(row(source, digest, "ok" if n_faces else "no_face", None if n_faces else "no face found",
-                   note=note, n_faces=n_faces, faces=[face_record(f) for f in result.faces], outputs=outputs,
+                   note=note, n_faces=n_faces, faces=face_records(result), outputs=outputs,
                    seconds={k: float(v) for k, v in seconds.items()}))  # a key the schema lacks is refused
 
     for index, source in enumerate(videos):

@@ -48,6 +48,9 @@ FACE_TYPE = pa.struct([
         "doc": "5 landmarks (eyes, nose, mouth corners) as x0, y0, x1, y1, ... in source pixels", "size": "10"}),
     pa.field("lm68", pa.list_(pa.float32()), nullable=True, metadata={
         "doc": "68 landmarks as x0, y0, ... in source pixels; null when not computed", "size": "136"}),
+    pa.field("strength", pa.float32(), nullable=True, metadata={
+        "doc": "fraction of the model's change this face kept (--strength; auto: by how sharp its crop was; 0: the "
+               "photo left as it was there); null in rows of a dfd before the option"}),
 ])
 FACE_LIST_SIZES = {f.name: int(f.metadata[b"size"]) for f in FACE_TYPE if f.metadata and b"size" in f.metadata}
 

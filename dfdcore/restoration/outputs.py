@@ -32,10 +32,17 @@ def check_writable(out: str) -> None:
         remove_stale_parts(out)
 
 
-def face_record(face) -> dict:
+def face_record(face, strength: float | None = None) -> dict:
     return {"det_box": [float(v) for v in face.detection.box], "det_score": float(face.detection.score),
             "lm5": [float(v) for v in face.points5.reshape(-1)],
-            "lm68": [float(v) for v in to_photo_points(face.matrix, face.landmarks68).reshape(-1)]}
+            "lm68": [float(v) for v in to_photo_points(face.matrix, face.landmarks68).reshape(-1)],
+            "strength": None if strength is None else float(strength)}
+
+
+def face_records(result: ImageResult) -> list[dict]:
+    """The manifest's record of each face of ``result``, with the strength it was pasted at (None if unknown)."""
+    strengths = list(result.strengths) + [None] * (len(result.faces) - len(result.strengths))
+    return [face_record(face, strength) for face, strength in zip(result.faces, strengths)]
 
 
 def write_outputs(out: str, source: Source, image, result: ImageResult, restorer: Restorer, identity: dict,

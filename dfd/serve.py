@@ -130,6 +130,7 @@ class Choice:
     upscale: int
     fidelity: float
     only_largest: bool
+    strength: float | str = "auto"  # RestoreOptions.strength
 
 
 def restore_upload(models: dict, upload: Upload, name: str, choice: Choice, limits: Limits, batch_size: int,
@@ -152,8 +153,8 @@ def restore_upload(models: dict, upload: Upload, name: str, choice: Choice, limi
     model = models[choice.model]
     if hasattr(model, "fidelity"):
         model.fidelity = choice.fidelity  # safe: the queue runs one restoration at a time
-    restorer = Restorer(model, RestoreOptions(upscale=choice.upscale, only_largest=choice.only_largest),
-                        batch_size=batch_size, device=device)
+    options = RestoreOptions(upscale=choice.upscale, only_largest=choice.only_largest, strength=choice.strength)
+    restorer = Restorer(model, options, batch_size=batch_size, device=device)
     (_, result), = restorer.restore_images([(name, image)])
     if isinstance(result, Exception):
         raise UploadError(500, "restoration failed", f"{type(result).__name__}: {result}")
@@ -168,9 +169,10 @@ def restore_upload(models: dict, upload: Upload, name: str, choice: Choice, limi
     return {
         "name": name, "model": choice.model, "label": label, "upscale": choice.upscale,
         "fidelity": choice.fidelity if hasattr(model, "fidelity") else None, "only_largest": choice.only_largest,
+        "strength": choice.strength,
         "input": {"width": image.size[0], "height": image.size[1]}, "width": width, "height": height,
-        "faces": [{"box": [int(v) for v in face.detection.box], "score": round(float(face.detection.score), 3)}
-                  for face in result.faces],
+        "faces": [{"box": [int(v) for v in face.detection.box], "score": round(float(face.detection.score), 3),
+                   "strength": round(float(strength), 3)} for face, strength in zip(result.faces, result.strengths)],
         "seconds": {"decode": decoded - clock, **result.seconds, "encode": time.perf_counter() - encode_started},
         "started": started, "finished": time.time(),
         "image": base64.b64encode(png).decode("ascii"),
@@ -179,7 +181,7 @@ def restore_upload(models: dict, upload: Upload, name: str, choice: Choice, limi
 
 def create_app(models: dict, limits: Limits, *, batch_size: int = 4, device: str = "cpu", fidelity: float = 1.0):
     """The FastAPI app: ``GET /`` the page, ``GET /api/config`` models and limits, ``POST /api/restore`` (body: the
-    file; query: model, upscale, fidelity, only_largest; header X-Dfd-Ticket: the page's name for it) and
+    file; query: model, upscale, fidelity, only_largest, strength; header X-Dfd-Ticket: the page's name for it) and
     ``GET /api/queue?ticket=`` where an upload stands; GET routes answer HEAD too; no /docs, /redoc or
     /openapi.json. ``models``: name → face model, built once by the caller. ``app.state``: its queue and in_flight.
     The Host/Origin checks and the connection limits are not here but around it (dfd.serve_guard.server_config)."""
@@ -240,12 +242,18 @@ def create_app(models: dict, limits: Limits, *, batch_size: int = 4, device: str
     @app.post("/api/restore")
     async def restore(http: Request, model: str = Query(next(iter(models))), upscale: int = Query(2, ge=1, le=8),
                       fidelity: float = Query(fidelity, ge=0, le=1), only_largest: bool = False,
-                      name: str | None = None):
+                      strength: str = "auto", name: str | None = None):
+        from dfdcore.face.strength import check_strength
+
         if model not in models:
             raise UploadError(422, "bad option", f"model must be one of {sorted(models)}, got {model!r}")
+        try:
+            strength = check_strength(strength)
+        except ValueError as exc:
+            raise UploadError(422, "bad option", str(exc)) from exc
         refuse_declared_size(http.headers, limits.max_bytes)
         queue.check_room()  # before reading the body: a full queue costs the client nothing but this reply
-        choice = Choice(model, upscale, fidelity, only_largest)
+        choice = Choice(model, upscale, fidelity, only_largest, strength)
         async with received(http.receive, body_limits, in_flight) as upload:
             if is_multipart(http.headers.get("content-type")):
                 await asyncio.to_thread(find_file_part, upload, http.headers["content-type"])

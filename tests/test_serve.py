@@ -105,8 +105,10 @@ def test_config_lists_the_models_built_at_start(server):
 
 
 def test_a_photo_comes_back_restored_at_the_upscale_with_its_face(server):
-    status, reply = post(server, PHOTO.read_bytes(), model="random", upscale=2, name="grace_hopper.jpg")
+    # strength 1: all of the random network's change (auto leaves her sharp 190-px face as it is: next test)
+    status, reply = post(server, PHOTO.read_bytes(), model="random", upscale=2, name="grace_hopper.jpg", strength=1)
     assert status == 200, reply
+    assert reply["strength"] == 1.0 and reply["faces"][0]["strength"] == 1.0
     restored = png_of(reply)
     assert restored.shape == (1024, 1024, 3) and (reply["width"], reply["height"]) == (1024, 1024)
     assert reply["input"] == {"width": 512, "height": 512}
@@ -119,6 +121,18 @@ def test_a_photo_comes_back_restored_at_the_upscale_with_its_face(server):
     diff = np.abs(restored.astype(np.float32) - original).mean(axis=2)
     assert diff[2 * y1:2 * y2, 2 * x1:2 * x2].mean() > 10
     assert max(diff[-100:].mean(), diff[:, :100].mean(), diff[:, -100:].mean()) < 2
+
+
+def test_a_sharp_face_is_left_as_it_was_with_the_default_strength(server):
+    status, reply = post(server, PHOTO.read_bytes(), model="random", upscale=1, name="grace_hopper.jpg")
+    assert status == 200, reply
+    assert reply["strength"] == "auto" and reply["faces"][0]["strength"] == 0.0
+    from dfdcore.io.images import decode_image
+
+    original = decode_image(PHOTO.read_bytes()).rgb8  # as the server decodes it
+    assert np.array_equal(png_of(reply), original)  # even a random network's change is not pasted
+    status, reply = post(server, PHOTO.read_bytes(), model="random", strength="strong")
+    assert status == 422 and "strength must be 'auto' or a number in [0, 1]" in str(reply), reply
 
 
 def test_identity_at_upscale_1_gives_the_photo_back(server):

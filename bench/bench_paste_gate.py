@@ -6,8 +6,8 @@ gains. Per face this measures (a) how sharp the 128-px crop the model sees is �
 over the band below it) and, for comparison, the mean |Laplacian| of its centre — and (b) the face-outline PSNR
 against the clean photo when only a fraction g of the pasted change is kept (g = 0: the degraded photo itself;
 g = 1: all of the change), and what ``auto`` gives. ``--fit`` grid-searches ``SHARP``/``RAMP`` of
-``clip((SHARP − ratio) / RAMP, 0, 1)`` on the rows: the largest summed gain with no degradation's mean below the
-photo left alone. Calibrate on training portraits, check on held-out ones:
+``clip((SHARP − ratio) / RAMP, 0, 1)`` on the rows: the largest summed gain with no condition's mean (a rows file ×
+a degradation) more than 0.01 dB below the photo left alone. Calibrate on training portraits, check on held-out ones:
 
     python bench/bench_paste_gate.py real/photos/train/pd-faces --limit 60 --shuffle 7 --fit \\
         --out bench/results/paste-gate-train.json                       # and --scale 0.5 for faces near 128 px
@@ -74,14 +74,16 @@ def gate(values, sharp: float, ramp: float) -> np.ndarray:
 
 
 def fit(rows: list[dict], feature: str, sharps, ramps) -> tuple[float, float]:
-    """(SHARP, RAMP) with the largest summed per-degradation mean gain, none below −0.005 dB."""
+    """(SHARP, RAMP) with the largest summed mean gain over the conditions (a rows file × a degradation), none of
+    them below −0.01 dB."""
+    conditions = sorted({(row.get("set", ""), row["degradation"]) for row in rows})
+    groups = [[row for row in rows if (row.get("set", ""), row["degradation"]) == key] for key in conditions]
     best, chosen = -np.inf, (np.nan, np.nan)
-    groups = [[row for row in rows if row["degradation"] == kind] for kind in KINDS]
     for sharp in sharps:
         for ramp in ramps:
             means = [np.mean([gained(r, g) for r, g in zip(group, gate([r[feature] for r in group], sharp, ramp))])
-                     for group in groups if group]
-            if min(means) >= -0.005 and sum(means) > best:
+                     for group in groups]
+            if min(means) >= -0.01 and sum(means) > best:
                 best, chosen = sum(means), (float(sharp), float(ramp))
     return chosen
 
@@ -122,7 +124,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.rows:
-        rows = [row for path in args.rows for row in json.loads(path.read_text())["rows"]]
+        rows = [{**row, "set": path.stem} for path in args.rows for row in json.loads(path.read_text())["rows"]]
     else:
         rows = run(args.folder, args.limit, args.scale, args.shuffle, args.upscale)
     if args.out:

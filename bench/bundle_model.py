@@ -4,8 +4,9 @@
         --name dfd-pd-128 --card docs/model-card.md
 
 writes ``dfdcore/assets/models/NAME/{generator,dictionary}.safetensors`` and ``model.json`` (name, files, sha256,
-sizes, face size, width and the generator's own validation). ``dfdcore.models.bundled`` checks those digests before
-the model is used. Only data anyone may redistribute may have trained a bundled model (see the model card).
+sizes, face size, width and the generator's own validation). The generator's provenance keeps the last two parts
+of each path it names (the run and the file), not the training machine's folders. ``dfdcore.models.bundled``
+checks those digests before the model is used. Only data anyone may redistribute may have trained a bundled model (see the model card).
 """
 from __future__ import annotations
 
@@ -31,6 +32,42 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def without_machine_paths(value):
+    """``value`` (a provenance: nested dicts, lists, strings) with each absolute path cut to its last two parts
+    ("/work/real/pd/ft-id64m3/faceset.parquet" → "ft-id64m3/faceset.parquet"): a bundled file names the run and
+    the file, not the folders of the machine that trained it."""
+    if isinstance(value, dict):
+        return {key: without_machine_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_machine_paths(item) for item in value]
+    if isinstance(value, str) and value.startswith("/") and "\n" not in value:
+        return "/".join(Path(value).parts[-2:])
+    return value
+
+
+def copy_generator(source: Path, target: Path) -> None:
+    """The generator file with its tensor bytes unchanged and its metadata's provenance ``without_machine_paths``:
+    only the JSON header is rewritten (keys in their order, padded to 8 bytes as the format asks), so the same
+    source always gives the same bytes."""
+    data = source.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    meta = header.get("__metadata__", {})
+    if "provenance" in meta:
+        meta["provenance"] = json.dumps(without_machine_paths(json.loads(meta["provenance"])))
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.write_bytes(len(encoded).to_bytes(8, "little") + encoded + data[8 + length:])
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    import torch
+
+    with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
+        return set(fa.keys()) == set(fb.keys()) and all(torch.equal(fa.get_tensor(k), fb.get_tensor(k))
+                                                         for k in fa.keys())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("generator", type=Path, help="dfd generator .safetensors (a training run's export)")
@@ -40,13 +77,22 @@ def main() -> None:
     parser.add_argument("--validations", type=Path, help="a run's validations.json: the figures of --step are recorded "
                         "(for a generator exported from a checkpoint, whose file carries none)")
     parser.add_argument("--step", type=int, help="the step of --validations to record")
+    parser.add_argument("--keep-dictionary", action="store_true",
+                        help="leave the bundled dictionary file as it is (its tensors must equal the given one's): "
+                             "a new generator for the same dictionary keeps its sha256")
     args = parser.parse_args()
     folder = Path(dfdcore.__file__).parent / "assets" / "models" / args.name
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for role, source in (("generator", args.generator), ("dictionary", args.dictionary)):
         target = folder / f"{role}.safetensors"
-        shutil.copyfile(source, target)
+        if role == "generator":
+            copy_generator(source, target)
+        elif args.keep_dictionary and target.exists():
+            if not same_tensors(source, target):
+                raise SystemExit(f"--keep-dictionary: {target}'s tensors differ from {source}'s")
+        else:
+            shutil.copyfile(source, target)
         files[role] = {"file": target.name, "sha256": sha256(target), "bytes": target.stat().st_size}
     total = sum(f["bytes"] for f in files.values())
     if total > BUDGET_BYTES:

@@ -6,7 +6,8 @@
 writes ``dfdcore/assets/models/NAME/{generator,dictionary}.safetensors`` and ``model.json`` (name, files, sha256,
 sizes, face size, width and the generator's own validation). The generator's provenance keeps the last two parts
 of each path it names (the run and the file), not the training machine's folders. ``dfdcore.models.bundled``
-checks those digests before the model is used. Only data anyone may redistribute may have trained a bundled model (see the model card).
+checks those digests before the model is used. Only data anyone may redistribute may have trained a bundled model
+(see the model card).
 """
 from __future__ import annotations
 

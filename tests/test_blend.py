@@ -234,3 +234,27 @@ def test_dfd_restore_takes_both_options_and_a_change_is_new_work(tmp_path):
     assert "0 restored" in restore("--mask", "square", "--color-match", "none")[1]
     result = CliRunner().invoke(main, ["restore", str(folder), "-o", str(out), "--mask", "circle"])
     assert result.exit_code == 2 and "'circle' is not one of 'square', 'landmarks'" in result.output
+
+
+def test_a_black_and_white_photo_stored_as_rgb_gets_no_tint_from_the_model():
+    """The bundled model, trained on colour faces, tints a grey face faintly (measured: up to 6-10 levels in the
+    restored crop); pasted with a colour match, the face of a grey photo stays grey. A colour photo keeps its
+    colour (the check is on the crop, not the options)."""
+    from dfdcore.face.colour import is_grey
+    from dfdcore.restoration.restorer import ModelSpec
+
+    rgb = read_rgb(portrait("biden.jpg"))
+    grey = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    small = cv2.resize(grey, (grey.shape[1] // 4, grey.shape[0] // 4), interpolation=cv2.INTER_AREA)
+    restorer = Restorer(ModelSpec().build(), RestoreOptions(upscale=4, strength=1.0))
+    chroma = {}
+    for match in ("none", "mean-std"):
+        image = decode_image(cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes())
+        faces = restorer.find_faces(image)
+        restored = restorer.restore_faces(faces)
+        assert is_grey(faces[0].image) and not is_grey(restored[0]), "the model should tint this grey face"
+        restorer.options = RestoreOptions(upscale=4, strength=1.0, color_match=match)
+        out = np.rint(restorer.compose(image, faces, restored).restored * 255)
+        chroma[match] = float((out.max(axis=2) - out.min(axis=2)).max())
+    assert chroma["none"] >= 3 and chroma["mean-std"] <= 1, chroma  # rounding may leave one level
+    assert not is_grey(read_rgb(portrait("biden.jpg"))[100:228, 100:228])

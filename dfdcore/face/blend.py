@@ -115,7 +115,7 @@ def prepare_faces(faces, restored: list[np.ndarray], scale: int, image_size: tup
         (face (S, S, 3) float32 in [0, 1], colour-matched, (2, 3) face → output matrix) pairs and the shape
         mask of each face (None for ``square``).
     """
-    from dfdcore.face.colour import COLOR_MATCHES, match_colour
+    from dfdcore.face.colour import COLOR_MATCHES, is_grey, match_colour, to_grey
     from dfdcore.face.paste import face_to_image_matrix
 
     if mask not in MASKS or color_match not in COLOR_MATCHES:
@@ -134,6 +134,8 @@ def prepare_faces(faces, restored: list[np.ndarray], scale: int, image_size: tup
             # changed the hair and background around it, and correcting those by the skin's shift made the step
             # where a square mask meets the photo larger (bench/RESULTS.md, issue 27).
             unit += outline[..., None] * (matched - unit)
+            if is_grey(face.image):  # no colour in, none out: the model's faint tint is not the photo's
+                unit = to_grey(unit)
         pairs.append((unit, matrix))
         shapes.append(outline if mask == "landmarks" else None)
     return pairs, shapes

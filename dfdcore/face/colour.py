@@ -15,8 +15,10 @@ Methods (``COLOR_MATCHES``):
     face's, read over the skin only (normalised convolution: eyes and mouth are filled from the skin around
     them): corrects shading that changes across the face as well, keeps the model's detail.
 
-The skin is ``blend.skin_region`` where the photo shows it; ``blend.prepare_faces`` applies the result inside the
-face's landmark outline only (the skin says nothing about how the model changed the hair and background).
+A grey face (``is_grey``: a black-and-white photo, even stored as RGB) gets a grey restored face (``to_grey``),
+whatever the method but ``none``. The skin is ``blend.skin_region`` where the photo shows it;
+``blend.prepare_faces`` applies the result inside the face's landmark outline only (the skin says nothing about how
+the model changed the hair and background).
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ DETAIL_SIGMA = 1 / 64  # of the face side: what mean-std's deviations ignore (2 
 LOW_SIGMA = 1 / 16     # of the face side: the scale low-freq takes from the input (8 px on a 128 face)
 MAX_GAIN = 2.0         # mean-std scales a channel's deviations by at most this (or 1/this): a flat face stays sane
 MIN_PIXELS = 64        # fewer skin pixels than this: statistics are not trusted and the face is left as it is
+# A crop whose channels differ by less than this on average (of 255) is a grey photo's face (a black-and-white photo
+# stored as RGB; JPEG's chroma noise keeps such faces under 0.1): its restored face is made grey too, since a
+# model trained on colour faces gives it a faint tint (up to ~8 levels) that the photo never had.
+GREY_CHROMA = 1.0
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as dfdcore.io.images
 
 
 def to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -109,3 +116,16 @@ def match_colour(restored: np.ndarray, reference: np.ndarray, region: np.ndarray
     if method == "low-freq":
         return match_low_frequency(restored, reference, region)
     raise ValueError(f"colour match must be one of {COLOR_MATCHES}, got {method!r}")
+
+
+def is_grey(face: np.ndarray) -> bool:
+    """Whether an (S, S, 3) RGB face (uint8, or float in [0, 255]) has no colour: mean over its pixels of the largest
+    difference between two channels < ``GREY_CHROMA``."""
+    pixels = np.asarray(face, np.float32)
+    return float((pixels.max(axis=2) - pixels.min(axis=2)).mean()) < GREY_CHROMA
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB → the same shape, each channel its BT.601 luma (float32)."""
+    luma = np.asarray(rgb, np.float32) @ _LUMA
+    return np.repeat(luma[..., None], 3, axis=2)

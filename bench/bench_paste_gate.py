@@ -69,13 +69,11 @@ def gained(row: dict, strength: float) -> float:
     return float(np.interp(strength, FRACTIONS, row["psnr"]) - row["psnr"][0])
 
 
-def gate(values, sharp: float, ramp: float) -> np.ndarray:
-    return np.clip((sharp - np.asarray(values)) / ramp, 0.0, 1.0)
-
-
 def fit(rows: list[dict], feature: str, sharps, ramps) -> tuple[float, float]:
     """(SHARP, RAMP) with the largest summed mean gain over the conditions (a rows file × a degradation), none of
     them below −0.01 dB."""
+    from dfdcore.face.strength import gate
+
     conditions = sorted({(row.get("set", ""), row["degradation"]) for row in rows})
     groups = [[row for row in rows if (row.get("set", ""), row["degradation"]) == key] for key in conditions]
     best, chosen = -np.inf, (np.nan, np.nan)
@@ -90,7 +88,7 @@ def fit(rows: list[dict], feature: str, sharps, ramps) -> tuple[float, float]:
 
 def table(rows: list[dict]) -> str:
     """Per degradation: what all of the change and what ``auto`` (today's SHARP, RAMP; the stored ratio) give."""
-    from dfdcore.face.strength import RAMP, SHARP
+    from dfdcore.face.strength import gate
 
     lines = ["| degradation | faces | side (px, median) | detail ratio (mean ± sd) | strength 1 vs input (dB) | "
              "auto vs input (dB) | auto strength (mean) | best fixed g | faces worse by > 0.05 dB: strength 1 / auto |",
@@ -101,7 +99,7 @@ def table(rows: list[dict]) -> str:
             continue
         ratio = np.array([row["ratio"] for row in chosen])
         full = np.array([gained(row, 1.0) for row in chosen])
-        strengths = gate(ratio, SHARP, RAMP)
+        strengths = gate(ratio)
         auto = np.array([gained(row, strength) for row, strength in zip(chosen, strengths)])
         curve = np.mean([np.array(row["psnr"]) - row["psnr"][0] for row in chosen], axis=0)
         lines.append(f"| {kind} | {len(chosen)} | {np.median([row['face_px'] for row in chosen]):.0f} | "

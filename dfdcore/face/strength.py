@@ -44,9 +44,14 @@ def detail_ratio(face: np.ndarray) -> float:
     return fine / below if below > 1e-6 else 0.0  # a flat crop holds nothing to keep: restore it fully
 
 
+def gate(ratio, sharp: float = SHARP, ramp: float = RAMP) -> np.ndarray:
+    """``clip((sharp − ratio) / ramp, 0, 1)`` of a detail ratio (or an array of them): the fraction ``auto`` keeps."""
+    return np.clip((sharp - np.asarray(ratio, np.float64)) / ramp, 0.0, 1.0)
+
+
 def auto_strength(face: np.ndarray) -> float:
     """The fraction of the model's change that ``auto`` keeps for this input crop, in [0, 1] (module docstring)."""
-    return float(np.clip((SHARP - detail_ratio(face)) / RAMP, 0.0, 1.0))
+    return float(gate(detail_ratio(face)))
 
 
 def check_strength(strength: float | str, name: str = "strength") -> float | str:
@@ -63,8 +68,8 @@ def check_strength(strength: float | str, name: str = "strength") -> float | str
 
 
 def face_strength(strength: float | str, face: np.ndarray) -> float:
-    """The fraction kept for one face: ``strength`` itself, or ``auto_strength(face)`` for ``"auto"``."""
-    strength = check_strength(strength)
+    """The fraction kept for one face: ``strength`` (as ``check_strength`` gave it) itself, or
+    ``auto_strength(face)`` for ``"auto"``."""
     return auto_strength(face) if strength == AUTO else float(strength)
 
 
@@ -88,7 +93,8 @@ def scale_change(crop: np.ndarray, restored: np.ndarray, strength: float) -> np.
 
 def faces_to_paste(faces, restored: list[np.ndarray], strength: float | str, aligned: bool = False
                    ) -> tuple[list[float], list, list[np.ndarray]]:
-    """Each face's strength, and the faces to paste with what of their restoration they keep.
+    """Each face's strength (``strength`` as ``check_strength`` gave it: ``RestoreOptions`` checks it once), and the
+    faces to paste with what of their restoration they keep.
 
     A face at strength 0 is not pasted at all, so the photo stays as it is there to the bit (colour matching a crop
     to itself moves it by up to ~0.6/255). An aligned crop (``aligned``) is always kept, and ``auto`` keeps all of
@@ -100,7 +106,7 @@ def faces_to_paste(faces, restored: list[np.ndarray], strength: float | str, ali
     Returns:
         (strength per face, the faces pasted, their kept faces as ``scale_change`` gives them).
     """
-    strength = 1.0 if aligned and check_strength(strength) == AUTO else strength
+    strength = 1.0 if aligned and strength == AUTO else strength
     strengths = [face_strength(strength, face.image) for face in faces]
     chosen = [(face, scale_change(face.image, pixels, s))
               for face, pixels, s in zip(faces, restored, strengths, strict=True) if s > 0 or aligned]

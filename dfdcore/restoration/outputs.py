@@ -40,9 +40,8 @@ def face_record(face, strength: float | None = None) -> dict:
 
 
 def face_records(result: ImageResult) -> list[dict]:
-    """The manifest's record of each face of ``result``, with the strength it was pasted at (None if unknown)."""
-    strengths = list(result.strengths) + [None] * (len(result.faces) - len(result.strengths))
-    return [face_record(face, strength) for face, strength in zip(result.faces, strengths)]
+    """The manifest's record of each face of ``result``, with the strength it was pasted at."""
+    return [face_record(face, strength) for face, strength in zip(result.faces, result.strengths, strict=True)]
 
 
 def write_outputs(out: str, source: Source, image, result: ImageResult, restorer: Restorer, identity: dict,
